@@ -1,0 +1,1 @@
+"""Quality and performance harness for hybrid-router."""

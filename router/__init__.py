@@ -1,0 +1,107 @@
+"""hybrid-router: answer most chat queries with a small local model, pay a cloud LLM for the rest.
+
+``from router import Client`` is a drop-in for ``openai.OpenAI``. The public names are loaded on
+first access (PEP 562), so ``import router`` stays fast and imports no model runtime; the
+``openai`` package itself loads with ``Client``, as it would in the application already.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "Client": "router.client",
+    "AsyncClient": "router.client",
+    "Stream": "router.client",
+    "AsyncStream": "router.client",
+    "RawResponse": "router.client",
+    "RouterConfig": "router.config",
+    "LocalConfig": "router.config",
+    "CloudConfig": "router.config",
+    "ClassifierConfig": "router.config",
+    "RoutingConfig": "router.config",
+    "LogConfig": "router.config",
+    "ModelRoute": "router.config",
+    "load_config": "router.config",
+    "RouteInfo": "router.types",
+    "Reason": "router.types",
+    "TrafficLog": "router.traffic_log",
+    "LogRecord": "router.traffic_log",
+    "RoutingPolicy": "router.policy",
+    "render_prompt": "router.chat_template",
+    "register_local_backend": "router.backends",
+    "LocalBackend": "router.backends",
+    "RouterError": "router.errors",
+    "ConfigError": "router.errors",
+    "MissingDependencyError": "router.errors",
+    "NotFittedError": "router.errors",
+    "ArtifactError": "router.errors",
+    "ArtifactIntegrityError": "router.errors",
+    "APIError": "router.errors",
+    "APIConnectionError": "router.errors",
+    "APITimeoutError": "router.errors",
+    "APIStatusError": "router.errors",
+    "BadRequestError": "router.errors",
+    "AuthenticationError": "router.errors",
+    "PermissionDeniedError": "router.errors",
+    "PrivacyError": "router.errors",
+    "NotFoundError": "router.errors",
+    "RateLimitError": "router.errors",
+    "InternalServerError": "router.errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'router' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # static analysers see the real names
+    from router.backends import LocalBackend, register_local_backend
+    from router.chat_template import render_prompt
+    from router.client import AsyncClient, AsyncStream, Client, RawResponse, Stream
+    from router.config import (
+        ClassifierConfig,
+        CloudConfig,
+        LocalConfig,
+        LogConfig,
+        ModelRoute,
+        RouterConfig,
+        RoutingConfig,
+        load_config,
+    )
+    from router.errors import (
+        APIConnectionError,
+        APIError,
+        APIStatusError,
+        APITimeoutError,
+        ArtifactError,
+        ArtifactIntegrityError,
+        AuthenticationError,
+        BadRequestError,
+        ConfigError,
+        InternalServerError,
+        MissingDependencyError,
+        NotFittedError,
+        NotFoundError,
+        PermissionDeniedError,
+        PrivacyError,
+        RateLimitError,
+        RouterError,
+    )
+    from router.policy import RoutingPolicy
+    from router.traffic_log import LogRecord, TrafficLog
+    from router.types import Reason, RouteInfo

@@ -1,0 +1,457 @@
+"""The routing engine: classify, decide, serve with fallback, log. Shared by the sync and async clients.
+
+Streams are *primed*: ``create(stream=True)`` runs until the first token before it returns, so a
+failure of the chosen tier can still fall back, and errors surface at ``create`` as they do with
+the OpenAI SDK, rather than halfway through the application's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from router._exchange import Exchange, attach
+from router._guard import DegenerationGuard
+from router._request import ChatRequest
+from router.backends import CloudBackend, LocalFailure, create_local_backend
+from router.config import RouterConfig
+from router.errors import APIError, APITimeoutError, BadRequestError, InternalServerError, RouterError
+from router.policy import Decision, RoutingPolicy
+from router.traffic_log import TrafficLog
+from router.types import Reason
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger("router")
+_END = object()
+
+
+class Engine:
+    """Owns the models, the backends and the log for one client configuration."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.policy = RoutingPolicy(config)
+        self.local = create_local_backend(config.local)
+        self.cloud = CloudBackend(config.cloud)
+        self.log: TrafficLog | None = None
+        if config.log.enabled:
+            redact = config.routing.pii_patterns if config.log.redact_pii else None
+            self.log = TrafficLog(config.log.path, store_messages=config.log.store_messages, redact_patterns=redact)
+        self._classifier: Any = None
+        self._classifier_lock = threading.Lock()
+        self._warm: threading.Thread | None = None
+        if config.warmup == "eager":
+            self.warmup()
+        elif config.warmup == "background":
+            self._warm = threading.Thread(target=self._warm_quietly, name="router-warmup", daemon=True)
+            self._warm.start()
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def warmup(self) -> None:
+        """Load the classifier and local model and import litellm now, not on first use."""
+        if self.config.cloud.preimport:
+            self.cloud.preimport()
+        self.classifier  # noqa: B018 - loads it
+        self.local.load()
+        self.cloud.litellm  # noqa: B018 - waits for the import
+
+    def _warm_quietly(self) -> None:
+        try:
+            self.warmup()
+        except Exception as err:  # the request that needs the part will raise it properly
+            logger.warning("background warm-up failed: %s", err)
+
+    @property
+    def classifier(self) -> Any:
+        """The loaded classifier artifact, or None when none is configured."""
+        path = self.config.classifier.path
+        if path is None:
+            return None
+        if self._classifier is None:
+            with self._classifier_lock:
+                if self._classifier is None:
+                    from classifiers import EmbeddingClassifier
+
+                    classifier = EmbeddingClassifier.load(path)
+                    if self.config.classifier.threshold is not None:
+                        classifier.threshold_ = self.config.classifier.threshold
+                    self._classifier = classifier
+        return self._classifier
+
+    def close(self) -> None:
+        self.local.close()
+        if self.log is not None:
+            self.log.close()
+
+    # -- planning -------------------------------------------------------------------------------
+
+    def plan(self, request: ChatRequest) -> Exchange:
+        """Classify and decide; a refused request is logged whole, then raised."""
+        category = confidence = classify_ms = None
+        classifier = self.classifier
+        if classifier is not None and request.query:
+            start = time.perf_counter()
+            prediction = classifier.classify(request.query)
+            classify_ms = (time.perf_counter() - start) * 1000
+            category, confidence = prediction.category, float(prediction.confidence)
+        try:
+            decision = self.policy.decide(request, category=category, has_classifier=classifier is not None)
+        except RouterError as err:
+            refused = Exchange(request, Decision("local", Reason.REFUSED, str(err)), category, confidence, classify_ms)
+            refused.error = err
+            self._write_log(refused)
+            raise
+        return Exchange(request, decision, category, confidence, classify_ms)
+
+    def _write_log(self, exchange: Exchange) -> None:
+        if self.log is not None:
+            self.log.record(exchange.log_record())
+
+    def _local_max_tokens(self, request: ChatRequest) -> int:
+        cfg = self.config.local
+        return min(request.params.max_tokens or cfg.default_max_tokens, cfg.max_tokens)
+
+    def _local_deadline(self, request: ChatRequest) -> float:
+        timeout = self.config.local.timeout_s
+        if request.timeout_s is not None:
+            timeout = min(timeout, request.timeout_s)
+        return time.monotonic() + timeout
+
+    def _check_local_fits(self, exchange: Exchange) -> None:
+        """Move a request whose prompt overflows the local window to the cloud (or refuse it)."""
+        request = exchange.request
+        try:
+            fits = self.local.fits(request.messages, self._local_max_tokens(request))
+        except Exception as err:
+            raise LocalFailure("error", f"local model unavailable: {err}") from err
+        if not fits:
+            if exchange.decision.private or exchange.decision.forced:
+                raise BadRequestError(
+                    "The conversation is longer than the local model's context window and may not go to the cloud.",
+                    param="messages",
+                    code="context_length_exceeded",
+                )
+            raise LocalFailure("context", "prompt longer than the local context window")
+
+    def _can_fall_back_to_cloud(self, exchange: Exchange) -> bool:
+        return not (exchange.decision.private or exchange.decision.forced)
+
+    def _can_fall_back_to_local(self, exchange: Exchange) -> bool:
+        request = exchange.request
+        return (
+            self.config.cloud.fallback_to_local
+            and not exchange.decision.forced
+            and not request.local_blockers
+            and exchange.fallback_from is None
+        )
+
+    # -- local tier -----------------------------------------------------------------------------
+
+    def _local_pieces(self, exchange: Exchange) -> Iterator[str]:
+        """Generate locally, guarded; raises LocalFailure before or while yielding text."""
+        request = exchange.request
+        self._check_local_fits(exchange)
+        exchange.serve_with("local", self.local.name, self.local.model_name, self.config.local.adapter_version)
+        guard = DegenerationGuard(
+            question=request.query,
+            min_span=self.config.local.degenerate_min_span,
+            reject_echo=self.config.local.reject_echo,
+        )
+        stream = self.local.generate(
+            request.messages,
+            request.params,
+            max_tokens=self._local_max_tokens(request),
+            deadline=self._local_deadline(request),
+        )
+        text = ""
+        try:
+            for piece in stream:
+                exchange.mark_first_token()
+                text += piece
+                if guard.check_partial(text):
+                    raise LocalFailure("degenerate", guard.problem or "")
+                yield piece
+            if guard.check_final(text):
+                raise LocalFailure("degenerate", guard.problem or "")
+        except LocalFailure:
+            raise
+        except Exception as err:  # a crash in the native layer is a local failure like any other
+            raise LocalFailure("error", f"{type(err).__name__}: {err}") from err
+        finally:
+            stream.close()
+        exchange.finish_reason = stream.finish_reason
+        exchange.prompt_tokens = stream.prompt_tokens
+        exchange.completion_tokens = stream.completion_tokens
+        exchange.cloud_cost_usd_estimate = self._cloud_estimate(exchange)
+        exchange.cost_usd = 0.0
+
+    def _cloud_estimate(self, exchange: Exchange) -> float | None:
+        route = self.config.route_for(exchange.decision.cloud_model)
+        pricing = route.pricing_model or route.litellm_model
+        return self.cloud.cost(pricing, exchange.prompt_tokens or 0, exchange.completion_tokens or 0, wait=False)
+
+    def _run_local(self, exchange: Exchange) -> Any:
+        exchange.text = "".join(self._local_pieces(exchange))
+        return exchange.completion()
+
+    def _local_error(self, failure: LocalFailure) -> APIError:
+        if failure.kind == "timeout":
+            return APITimeoutError(f"The local model did not answer in time: {failure.detail}")
+        return InternalServerError(f"The local model failed ({failure.kind}): {failure.detail}", code=f"local_{failure.kind}")
+
+    # -- cloud tier -----------------------------------------------------------------------------
+
+    def _cloud_route(self, exchange: Exchange) -> Any:
+        route = self.config.route_for(exchange.decision.cloud_model)
+        exchange.serve_with("cloud", self.cloud.name, exchange.decision.cloud_model)
+        return route
+
+    def _finish_cloud(self, exchange: Exchange, route: Any, usage: Any) -> None:
+        if usage is not None:
+            exchange.prompt_tokens = usage.prompt_tokens
+            exchange.completion_tokens = usage.completion_tokens
+        pricing = route.pricing_model or route.litellm_model
+        exchange.cost_usd = self.cloud.cost(pricing, exchange.prompt_tokens or 0, exchange.completion_tokens or 0)
+        exchange.cloud_cost_usd_estimate = exchange.cost_usd
+
+    def _accept_cloud_completion(self, exchange: Exchange, route: Any, completion: Any) -> Any:
+        choice = completion.choices[0] if completion.choices else None
+        exchange.text = (choice.message.content or "") if choice else ""
+        exchange.finish_reason = choice.finish_reason if choice else None
+        exchange.model = completion.model or exchange.model
+        exchange.mark_first_token()
+        self._finish_cloud(exchange, route, completion.usage)
+        return attach(completion, exchange.info())
+
+    # -- non-streaming ----------------------------------------------------------------------------
+
+    def complete(self, request: ChatRequest) -> Any:
+        exchange = self.plan(request)
+        try:
+            result = self._serve(exchange)
+        except BaseException as err:
+            exchange.error = err
+            raise
+        finally:
+            self._write_log(exchange)
+        return result
+
+    def _serve(self, exchange: Exchange) -> Any:
+        if exchange.decision.tier == "local":
+            try:
+                return self._run_local(exchange)
+            except LocalFailure as failure:
+                if not self._can_fall_back_to_cloud(exchange):
+                    raise self._local_error(failure) from failure
+                logger.info("local tier failed (%s); falling back to the cloud", failure)
+                exchange.fall_back("cloud", f"{failure.kind}: {failure.detail}")
+        route = self._cloud_route(exchange)
+        try:
+            return self._accept_cloud_completion(exchange, route, self.cloud.complete(exchange.request, route, exchange.request.timeout_s))
+        except APIError as err:
+            if not self._can_fall_back_to_local(exchange):
+                raise
+            logger.info("cloud tier failed (%s); falling back to the local tier", err)
+            exchange.fall_back("local", f"{type(err).__name__}: {err}")
+            try:
+                return self._run_local(exchange)
+            except LocalFailure as failure:
+                raise err from failure
+
+    async def acomplete(self, request: ChatRequest) -> Any:
+        exchange = await asyncio.to_thread(self.plan, request)
+        try:
+            result = await self._aserve(exchange)
+        except BaseException as err:
+            exchange.error = err
+            raise
+        finally:
+            self._write_log(exchange)
+        return result
+
+    async def _aserve(self, exchange: Exchange) -> Any:
+        if exchange.decision.tier == "local":
+            try:
+                return await asyncio.to_thread(self._run_local, exchange)
+            except LocalFailure as failure:
+                if not self._can_fall_back_to_cloud(exchange):
+                    raise self._local_error(failure) from failure
+                exchange.fall_back("cloud", f"{failure.kind}: {failure.detail}")
+        route = self._cloud_route(exchange)
+        try:
+            completion = await self.cloud.acomplete(exchange.request, route, exchange.request.timeout_s)
+            return self._accept_cloud_completion(exchange, route, completion)
+        except APIError as err:
+            if not self._can_fall_back_to_local(exchange):
+                raise
+            exchange.fall_back("local", f"{type(err).__name__}: {err}")
+            try:
+                return await asyncio.to_thread(self._run_local, exchange)
+            except LocalFailure as failure:
+                raise err from failure
+
+    # -- streaming --------------------------------------------------------------------------------
+
+    def _local_chunks(self, exchange: Exchange, pieces: Iterator[str]) -> Iterator[Any]:
+        """Chunks for a local stream whose first piece is already known to exist."""
+        yield exchange.chunk({"role": "assistant", "content": ""})
+        finish = None
+        try:
+            for piece in pieces:
+                exchange.text += piece
+                yield exchange.chunk({"content": piece})
+            finish = exchange.finish_reason or "stop"
+        except LocalFailure as failure:
+            # Text already reached the caller: end the stream cleanly and record why.
+            exchange.error = InternalServerError(f"local stream cut short ({failure.kind}): {failure.detail}")
+            finish = "length" if failure.kind == "timeout" else "stop"
+            exchange.finish_reason = finish
+        yield exchange.chunk({}, finish_reason=finish)
+        if exchange.request.include_usage:
+            yield exchange.chunk(None, usage=True)
+
+    def _record_cloud_chunk(self, exchange: Exchange, route: Any, chunk: Any) -> Any:
+        """Record one cloud chunk; return it for the caller, or None to drop it."""
+        for choice in chunk.choices:
+            if choice.delta and choice.delta.content:
+                exchange.text += choice.delta.content
+            if choice.finish_reason:
+                exchange.finish_reason = choice.finish_reason
+        if chunk.usage is not None:
+            self._finish_cloud(exchange, route, chunk.usage)
+            if not exchange.request.include_usage:
+                if not chunk.choices:
+                    return None
+                chunk.usage = None
+        exchange.model = chunk.model or exchange.model
+        return attach(chunk, exchange.info(final=chunk.usage is not None or any(c.finish_reason for c in chunk.choices)))
+
+    def stream(self, request: ChatRequest) -> Iterator[Any]:
+        """A primed iterator of chunks; logging happens when it is exhausted or closed."""
+        exchange = self.plan(request)
+        try:
+            source = self._primed_stream(exchange)
+        except BaseException as err:
+            exchange.error = err
+            self._write_log(exchange)
+            raise
+        return self._logged(exchange, source)
+
+    def _primed_stream(self, exchange: Exchange) -> Iterator[Any]:
+        if exchange.decision.tier == "local":
+            pieces = self._local_pieces(exchange)
+            try:
+                first = next(pieces, None)
+            except LocalFailure as failure:
+                if not self._can_fall_back_to_cloud(exchange):
+                    raise self._local_error(failure) from failure
+                exchange.fall_back("cloud", f"{failure.kind}: {failure.detail}")
+            else:
+                rest = pieces if first is None else itertools.chain([first], pieces)
+                return self._local_chunks(exchange, rest)
+        route = self._cloud_route(exchange)
+        try:
+            chunks = self.cloud.stream(exchange.request, route, exchange.request.timeout_s)
+            first_chunk = next(chunks)
+        except APIError as err:
+            if not self._can_fall_back_to_local(exchange):
+                raise
+            exchange.fall_back("local", f"{type(err).__name__}: {err}")
+            pieces = self._local_pieces(exchange)
+            try:
+                first = next(pieces, None)
+            except LocalFailure as failure:
+                raise err from failure
+            rest = pieces if first is None else itertools.chain([first], pieces)
+            return self._local_chunks(exchange, rest)
+        exchange.mark_first_token()
+        recorded = (self._record_cloud_chunk(exchange, route, c) for c in itertools.chain([first_chunk], chunks))
+        return (c for c in recorded if c is not None)
+
+    def _logged(self, exchange: Exchange, source: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from source
+        except BaseException as err:
+            exchange.error = err
+            raise
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+            self._write_log(exchange)
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[Any]:
+        """Async twin of :meth:`stream`: local tokens are stepped in a worker thread."""
+        exchange = await asyncio.to_thread(self.plan, request)
+        try:
+            source = await self._aprimed_stream(exchange)
+        except BaseException as err:
+            exchange.error = err
+            self._write_log(exchange)
+            raise
+        return self._alogged(exchange, source)
+
+    async def _aprimed_stream(self, exchange: Exchange) -> AsyncIterator[Any]:
+        if exchange.decision.tier == "local":
+            try:
+                sync_source = await asyncio.to_thread(self._primed_stream, exchange)
+            except LocalFailure as failure:  # pragma: no cover - _primed_stream converts these
+                raise self._local_error(failure) from failure
+            return _threaded(sync_source)
+        route = self._cloud_route(exchange)
+        try:
+            chunks = self.cloud.astream(exchange.request, route, exchange.request.timeout_s)
+            first_chunk = await chunks.__anext__()
+        except APIError as err:
+            if not self._can_fall_back_to_local(exchange):
+                raise
+            exchange.fall_back("local", f"{type(err).__name__}: {err}")
+            try:
+                sync_source = await asyncio.to_thread(self._primed_stream, exchange)
+            except APIError:
+                raise err from None
+            return _threaded(sync_source)
+        exchange.mark_first_token()
+
+        async def process() -> AsyncIterator[Any]:
+            try:
+                if (chunk := self._record_cloud_chunk(exchange, route, first_chunk)) is not None:
+                    yield chunk
+                async for raw in chunks:
+                    if (chunk := self._record_cloud_chunk(exchange, route, raw)) is not None:
+                        yield chunk
+            finally:
+                await chunks.aclose()
+
+        return process()
+
+    async def _alogged(self, exchange: Exchange, source: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        try:
+            async for chunk in source:
+                yield chunk
+        except BaseException as err:
+            exchange.error = err
+            raise
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            self._write_log(exchange)
+
+
+async def _threaded(source: Iterator[Any]) -> AsyncIterator[Any]:
+    """Step a blocking iterator in a worker thread so the event loop stays free."""
+    try:
+        while (item := await asyncio.to_thread(next, source, _END)) is not _END:
+            yield item
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)

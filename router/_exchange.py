@@ -1,0 +1,181 @@
+"""One request's bookkeeping: timing, text, usage, routing facts; turned into a response and a log row.
+
+Sync and async paths, streaming or not, all fill an :class:`Exchange`, so what the client returns
+and what the traffic log stores cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from router._request import ChatRequest
+from router.policy import Decision
+from router.traffic_log import LogRecord
+from router.types import Reason, RouteInfo, Tier
+
+__all__ = ["Exchange", "new_request_id"]
+
+
+def new_request_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+@dataclass
+class Exchange:
+    """Everything known about one request while it is being served."""
+
+    request: ChatRequest
+    decision: Decision
+    category: str | None
+    confidence: float | None
+    classify_ms: float | None
+    request_id: str = field(default_factory=new_request_id)
+    started: float = field(default_factory=time.perf_counter)
+    created: int = field(default_factory=lambda: int(time.time()))
+    tier: Tier | None = None
+    backend: str | None = None
+    model: str | None = None
+    adapter_version: str | None = None
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_ms: float | None = None
+    cost_usd: float | None = None
+    cloud_cost_usd_estimate: float | None = None
+    fallback_from: Tier | None = None
+    fallback_reason: str | None = None
+    error: BaseException | None = None
+
+    def serve_with(self, tier: Tier, backend: str, model: str, adapter_version: str | None = None) -> None:
+        self.tier, self.backend, self.model, self.adapter_version = tier, backend, model, adapter_version
+
+    def fall_back(self, to: Tier, reason: str) -> None:
+        """Record that the first tier failed and ``to`` serves instead."""
+        self.fallback_from = self.tier or self.decision.tier
+        self.fallback_reason = reason
+        self.decision = replace(self.decision, tier=to)
+
+    def mark_first_token(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = (time.perf_counter() - self.started) * 1000
+
+    @property
+    def latency_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def info(self, *, final: bool = True) -> RouteInfo:
+        """Routing metadata for the response (latency and cost only once final)."""
+        return RouteInfo(
+            request_id=self.request_id,
+            tier=self.tier or self.decision.tier,
+            backend=self.backend or "",
+            model=self.model or "",
+            reason=self.decision.reason,
+            detail=self.decision.detail,
+            category=self.category,
+            confidence=self.confidence,
+            fallback_from=self.fallback_from,
+            fallback_reason=self.fallback_reason,
+            adapter_version=self.adapter_version,
+            classify_ms=self.classify_ms,
+            latency_ms=self.latency_ms if final else None,
+            cost_usd=self.cost_usd if final else None,
+            cloud_cost_usd_estimate=self.cloud_cost_usd_estimate if final else None,
+        )
+
+    def log_record(self) -> LogRecord:
+        p = self.request.params
+        params = {
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "stop": list(p.stop) or None,
+            "seed": p.seed,
+            "n": self.request.n,
+        }
+        error = self.error
+        return LogRecord(
+            id=self.request_id,
+            requested_model=self.request.model,
+            reason=(self.decision.reason.value if isinstance(self.decision.reason, Reason) else str(self.decision.reason)),
+            stream=self.request.stream,
+            tier=self.tier,
+            backend=self.backend,
+            served_model=self.model,
+            category=self.category,
+            confidence=self.confidence,
+            detail=self.decision.detail or None,
+            fallback_from=self.fallback_from,
+            fallback_reason=self.fallback_reason,
+            adapter_version=self.adapter_version,
+            messages=self.request.messages,
+            params={k: v for k, v in params.items() if v is not None},
+            response=self.text if error is None else (self.text or None),
+            finish_reason=self.finish_reason,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_ms=self.latency_ms,
+            ttft_ms=self.ttft_ms,
+            classify_ms=self.classify_ms,
+            cost_usd=self.cost_usd,
+            cloud_cost_usd_estimate=self.cloud_cost_usd_estimate,
+            error_type=type(error).__name__ if error is not None else None,
+            error_message=str(error) if error is not None else None,
+            user=self.request.user,
+            metadata=self.request.metadata,
+        )
+
+    # -- openai objects -------------------------------------------------------------------------
+
+    def usage(self) -> Any:
+        from openai.types import CompletionUsage
+
+        prompt, completion = self.prompt_tokens or 0, self.completion_tokens or 0
+        return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    def completion(self) -> Any:
+        """A ``ChatCompletion`` for an answer generated here (the local tier)."""
+        from openai.types.chat import ChatCompletion, ChatCompletionMessage
+        from openai.types.chat.chat_completion import Choice
+
+        completion = ChatCompletion(
+            id=self.request_id,
+            object="chat.completion",
+            created=self.created,
+            model=self.model or "",
+            choices=[
+                Choice(
+                    index=0,
+                    finish_reason=self.finish_reason or "stop",  # type: ignore[arg-type]
+                    message=ChatCompletionMessage(role="assistant", content=self.text),
+                )
+            ],
+            usage=self.usage(),
+        )
+        return attach(completion, self.info())
+
+    def chunk(self, delta: dict[str, Any] | None, *, finish_reason: str | None = None, usage: bool = False) -> Any:
+        """A ``ChatCompletionChunk`` for a locally generated stream."""
+        from openai.types.chat import ChatCompletionChunk
+        from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
+
+        choices = [] if delta is None else [Choice(index=0, delta=ChoiceDelta(**delta), finish_reason=finish_reason)]  # type: ignore[arg-type]
+        chunk = ChatCompletionChunk(
+            id=self.request_id,
+            object="chat.completion.chunk",
+            created=self.created,
+            model=self.model or "",
+            choices=choices,
+            usage=self.usage() if usage else None,
+        )
+        return attach(chunk, self.info(final=finish_reason is not None or usage))
+
+
+def attach(response: Any, info: RouteInfo) -> Any:
+    """Put routing metadata on an openai response object as the extra field ``router``."""
+    response.router = info
+    return response

@@ -1,0 +1,269 @@
+"""Validate ``chat.completions.create`` arguments once, into a normalised :class:`ChatRequest`.
+
+The checks mirror what the OpenAI API rejects with a 400, so a malformed request fails here with
+the same error class and ``param`` an application already handles, before anything is routed or
+logged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+
+from router.errors import BadRequestError
+
+__all__ = ["ChatRequest", "GenerationParams", "build_request"]
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_TEXT_ROLES = frozenset({"system", "developer", "user", "assistant"})
+_NOT_GIVEN_TYPES = tuple(t for t in (getattr(openai, "NotGiven", None), getattr(openai, "Omit", None)) if t)
+
+# Parameters the local tier honours; any other supplied parameter is passed to the cloud and,
+# if it changes the answer's shape, makes the request cloud-only (see _local_blockers).
+_CLOUD_ONLY_FEATURES = {
+    "tools": "tools",
+    "functions": "function calling",
+    "tool_choice": "tool_choice",
+    "function_call": "function calling",
+    "logprobs": "logprobs",
+    "top_logprobs": "logprobs",
+    "logit_bias": "logit_bias",
+    "audio": "audio output",
+    "prediction": "predicted outputs",
+    "web_search_options": "web search",
+}
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling controls shared by every backend."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated request: everything routing, backends and the log need."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    params: GenerationParams
+    stream: bool = False
+    include_usage: bool = False
+    n: int = 1
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    timeout_s: float | None = None
+    max_retries: int | None = None
+    cloud_extra: dict[str, Any] = field(default_factory=dict)
+    local_blockers: tuple[str, ...] = ()
+
+    @property
+    def query(self) -> str:
+        """The text to classify: the last user message."""
+        for message in reversed(self.messages):
+            if message["role"] == "user":
+                return _content_text(message.get("content"))
+        return ""
+
+    @property
+    def all_text(self) -> str:
+        """Every message's text, for privacy checks."""
+        return "\n".join(_content_text(m.get("content")) for m in self.messages)
+
+
+def _given(value: Any) -> bool:
+    return value is not None and not (_NOT_GIVEN_TYPES and isinstance(value, _NOT_GIVEN_TYPES))
+
+
+def _bad(message: str, param: str, code: str | None = None) -> BadRequestError:
+    return BadRequestError(message, param=param, code=code)
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, Mapping) and part.get("type") == "text")
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(f"Invalid type for '{name}': expected a number, got {type(value).__name__}.", name, "invalid_type")
+    if not low <= value <= high:
+        raise _bad(f"Invalid '{name}': {value} is outside [{low}, {high}].", name, "invalid_value")
+    return float(value)
+
+
+def _integer(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"Invalid type for '{name}': expected an integer, got {type(value).__name__}.", name, "invalid_type")
+    if value < low:
+        raise _bad(f"Invalid '{name}': {value} is less than the minimum of {low}.", name, "invalid_value")
+    return value
+
+
+def _messages(raw: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """Check the messages list; also return reasons the local tier cannot serve them."""
+    if not isinstance(raw, (list, tuple)):
+        raise _bad(f"Invalid type for 'messages': expected an array, got {type(raw).__name__}.", "messages", "invalid_type")
+    if not raw:
+        raise _bad("Invalid 'messages': empty array. Expected an array with minimum length 1.", "messages", "empty_array")
+    messages: list[dict[str, Any]] = []
+    blockers: list[str] = []
+    for i, message in enumerate(raw):
+        where = f"messages[{i}]"
+        if hasattr(message, "model_dump"):  # openai SDK message objects, e.g. a previous response's message
+            message = message.model_dump(exclude_none=True)
+        if not isinstance(message, Mapping):
+            raise _bad(f"Invalid type for '{where}': expected an object, got {type(message).__name__}.", where, "invalid_type")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise _bad(
+                f"Invalid value for '{where}.role': {role!r}. Supported values are: {', '.join(sorted(_ROLES))}.",
+                f"{where}.role",
+                "invalid_value",
+            )
+        content = message.get("content")
+        if role not in _TEXT_ROLES:
+            blockers.append(f"{role} messages")
+        if isinstance(content, str):
+            pass
+        elif content is None:
+            if role != "assistant" or not message.get("tool_calls"):
+                if role in {"user", "system", "developer"}:
+                    raise _bad(f"Invalid '{where}.content': a {role} message needs content.", f"{where}.content", "missing_content")
+        elif isinstance(content, (list, tuple)):
+            for j, part in enumerate(content):
+                part_where = f"{where}.content[{j}]"
+                if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
+                    raise _bad(f"Invalid '{part_where}': expected a content part object with a 'type'.", part_where, "invalid_type")
+                if part["type"] == "text":
+                    if not isinstance(part.get("text"), str):
+                        raise _bad(f"Invalid '{part_where}.text': expected a string.", f"{part_where}.text", "invalid_type")
+                else:
+                    blockers.append(f"{part['type']} content")
+        else:
+            raise _bad(
+                f"Invalid type for '{where}.content': expected a string or an array of content parts, got {type(content).__name__}.",
+                f"{where}.content",
+                "invalid_type",
+            )
+        if message.get("tool_calls"):
+            blockers.append("tool calls in history")
+        messages.append(dict(message))
+    return messages, blockers
+
+
+def _stop(raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        return (raw,)
+    if isinstance(raw, (list, tuple)) and all(isinstance(s, str) for s in raw) and len(raw) <= 4:
+        return tuple(raw)
+    raise _bad("Invalid 'stop': expected a string or an array of at most 4 strings.", "stop", "invalid_type")
+
+
+def _timeout(raw: Any) -> float | None:
+    if isinstance(raw, httpx.Timeout):
+        values = [v for v in (raw.read, raw.connect, raw.write, raw.pool) if v is not None]
+        return max(values) if values else None
+    return _number(raw, "timeout", 0.0, math.inf) if raw is not None else None
+
+
+def build_request(*, max_input_chars: int, max_retries: int | None = None, **kwargs: Any) -> ChatRequest:
+    """Validate ``create`` keyword arguments into a :class:`ChatRequest` or raise a 400."""
+    args = {k: v for k, v in kwargs.items() if _given(v)}
+    model = args.pop("model", None)
+    if not isinstance(model, str) or not model.strip():
+        raise _bad("Invalid 'model': expected a non-empty string.", "model", "invalid_type")
+    messages, blockers = _messages(args.pop("messages", None))
+
+    size = sum(len(_content_text(m.get("content"))) for m in messages)
+    if size > max_input_chars:
+        raise _bad(
+            f"Input is too long: {size} characters, the limit is {max_input_chars}.", "messages", "context_length_exceeded"
+        )
+
+    stream = args.pop("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("Invalid type for 'stream': expected a boolean.", "stream", "invalid_type")
+    stream_options = args.pop("stream_options", None)
+    include_usage = False
+    if stream_options is not None:
+        if not stream:
+            raise _bad("Invalid 'stream_options': only allowed when 'stream' is true.", "stream_options", "invalid_value")
+        if not isinstance(stream_options, Mapping):
+            raise _bad("Invalid type for 'stream_options': expected an object.", "stream_options", "invalid_type")
+        include_usage = bool(stream_options.get("include_usage", False))
+
+    max_tokens = args.pop("max_completion_tokens", None)
+    legacy_max = args.pop("max_tokens", None)
+    if max_tokens is None:
+        max_tokens = legacy_max
+    params = GenerationParams(
+        max_tokens=_integer(max_tokens, "max_tokens", 1) if max_tokens is not None else None,
+        temperature=_number(args.pop("temperature"), "temperature", 0.0, 2.0) if "temperature" in args else None,
+        top_p=_number(args.pop("top_p"), "top_p", 0.0, 1.0) if "top_p" in args else None,
+        stop=_stop(args.pop("stop")) if "stop" in args else (),
+        seed=_integer(args.pop("seed"), "seed", -(2**63)) if "seed" in args else None,
+        frequency_penalty=_number(args.pop("frequency_penalty"), "frequency_penalty", -2.0, 2.0)
+        if "frequency_penalty" in args
+        else None,
+        presence_penalty=_number(args.pop("presence_penalty"), "presence_penalty", -2.0, 2.0)
+        if "presence_penalty" in args
+        else None,
+    )
+    n = _integer(args.pop("n"), "n", 1) if "n" in args else 1
+    if n > 1:
+        blockers.append("n > 1")
+
+    user = args.pop("user", None)
+    if user is not None and not isinstance(user, str):
+        raise _bad("Invalid type for 'user': expected a string.", "user", "invalid_type")
+    metadata = args.pop("metadata", None)
+    if metadata is not None:
+        if not isinstance(metadata, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise _bad("Invalid 'metadata': expected an object of string keys and string values.", "metadata", "invalid_type")
+        if len(metadata) > 16:
+            raise _bad("Invalid 'metadata': at most 16 keys.", "metadata", "invalid_value")
+        metadata = dict(metadata)
+    timeout_s = _timeout(args.pop("timeout", None))
+
+    response_format = args.get("response_format")
+    if response_format is not None:
+        if not isinstance(response_format, Mapping) or "type" not in response_format:
+            raise _bad("Invalid 'response_format': expected an object with a 'type'.", "response_format", "invalid_type")
+        if response_format["type"] != "text":
+            blockers.append(f"response_format {response_format['type']}")
+    for name, feature in _CLOUD_ONLY_FEATURES.items():
+        if name in args and args[name] is not False and feature not in blockers:
+            blockers.append(feature)
+    for header_arg in ("extra_headers", "extra_query"):
+        args.pop(header_arg, None)  # transport details of the HTTP SDK; litellm takes extra_body only
+
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        params=params,
+        stream=stream,
+        include_usage=include_usage,
+        n=n,
+        user=user,
+        metadata=metadata,
+        timeout_s=timeout_s,
+        max_retries=max_retries,
+        cloud_extra=args,
+        local_blockers=tuple(dict.fromkeys(blockers)),
+    )

@@ -1,0 +1,109 @@
+"""What a local backend is, and the registry that picks one from config.
+
+A backend turns rendered messages into a stream of text pieces. Deadlines, the degeneration guard
+and fallback live in the engine, so every backend gets them for free.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from router._request import GenerationParams
+from router.config import LocalConfig
+from router.errors import ConfigError
+
+__all__ = [
+    "GenerationStream",
+    "LocalBackend",
+    "LocalFailure",
+    "available_local_backends",
+    "create_local_backend",
+    "register_local_backend",
+]
+
+
+class LocalFailure(Exception):
+    """The local tier could not produce an acceptable answer; ``kind`` says why (internal)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass
+class GenerationStream:
+    """Text pieces from a backend; usage and finish reason are filled in when it ends."""
+
+    pieces: Iterator[str]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+
+    def __iter__(self) -> Iterator[str]:
+        return self.pieces
+
+    def close(self) -> None:
+        close = getattr(self.pieces, "close", None)
+        if close is not None:
+            close()
+
+
+class LocalBackend(abc.ABC):
+    """One way of running the local tier; owns its native resources until ``close``."""
+
+    name: str
+
+    @property
+    @abc.abstractmethod
+    def model_name(self) -> str:
+        """The model name reported in responses."""
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load weights or connect; idempotent and thread-safe."""
+
+    @abc.abstractmethod
+    def fits(self, messages: Sequence[dict[str, Any]], max_tokens: int) -> bool:
+        """Whether the prompt plus ``max_tokens`` fits the model's context window."""
+
+    @abc.abstractmethod
+    def generate(
+        self, messages: Sequence[dict[str, Any]], params: GenerationParams, *, max_tokens: int, deadline: float
+    ) -> GenerationStream:
+        """Start generating; raise :class:`LocalFailure` (kind ``timeout``) past ``deadline``."""
+
+    def close(self) -> None:
+        """Release native resources."""
+
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_REGISTRY: dict[str, Callable[[LocalConfig], LocalBackend]] = {}
+
+
+def register_local_backend(name: str, factory: Callable[[LocalConfig], LocalBackend]) -> None:
+    """Make ``local.backend = name`` in config build a backend with ``factory(config)``."""
+    _REGISTRY[name] = factory
+
+
+def available_local_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_local_backend(config: LocalConfig) -> LocalBackend:
+    """Build the backend named by ``config.backend``."""
+    try:
+        factory = _REGISTRY[config.backend]
+    except KeyError:
+        raise ConfigError(
+            f"unknown local backend {config.backend!r}; registered: {', '.join(available_local_backends())}"
+        ) from None
+    return factory(config)

@@ -1,0 +1,115 @@
+"""The local tier served by a self-hosted OpenAI-compatible endpoint (vLLM, llama.cpp server, Ollama).
+
+This is how the local tier scales past one machine without touching application code. Requests use
+the plain ``/v1/completions`` endpoint with the prompt rendered by :mod:`router.chat_template`, so a
+fine-tuned adapter sees exactly the turn format it was trained on, whatever template the server
+would otherwise apply.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from router._request import GenerationParams
+from router.backends.base import GenerationStream, LocalBackend, LocalFailure, register_local_backend
+from router.chat_template import STOP_SEQUENCES, render_prompt
+from router.config import LocalConfig
+from router.errors import ConfigError
+
+__all__ = ["OpenAICompatibleBackend"]
+
+# Without the server's tokenizer, count conservatively: English averages about 4 characters a
+# token, so 3 over-estimates and keeps long prompts off a window they would overflow.
+_CHARS_PER_TOKEN_LOW = 3
+
+
+class OpenAICompatibleBackend(LocalBackend):
+    """A remote server speaking the OpenAI completions API, used as the local tier."""
+
+    name = "openai_compatible"
+
+    def __init__(self, config: LocalConfig) -> None:
+        if not config.base_url or not config.remote_model:
+            raise ConfigError("local.backend = 'openai_compatible' needs local.base_url and local.remote_model")
+        self._config = config
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self._config.model_name or str(self._config.remote_model)
+
+    def load(self) -> None:
+        with self._lock:
+            if self._client is None:
+                import openai
+
+                key = self._config.api_key.get_secret_value() if self._config.api_key else "none"
+                self._client = openai.OpenAI(base_url=self._config.base_url, api_key=key, max_retries=0)
+
+    def fits(self, messages: Sequence[dict[str, Any]], max_tokens: int) -> bool:
+        return len(render_prompt(messages)) // _CHARS_PER_TOKEN_LOW + max_tokens <= self._config.n_ctx
+
+    def generate(
+        self, messages: Sequence[dict[str, Any]], params: GenerationParams, *, max_tokens: int, deadline: float
+    ) -> GenerationStream:
+        self.load()
+        stream = GenerationStream(pieces=iter(()))
+        stream.pieces = self._pieces(stream, render_prompt(messages), params, max_tokens, deadline)
+        return stream
+
+    def _pieces(
+        self, stream: GenerationStream, prompt: str, params: GenerationParams, max_tokens: int, deadline: float
+    ) -> Iterator[str]:
+        import openai
+
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LocalFailure("timeout", "no time left before the request started")
+        try:
+            chunks = self._client.completions.create(
+                model=self._config.remote_model,
+                prompt=prompt,
+                max_tokens=max_tokens,
+                temperature=params.temperature if params.temperature is not None else 0.0,
+                top_p=params.top_p if params.top_p is not None else 1.0,
+                stop=[*STOP_SEQUENCES, *params.stop][:4],
+                seed=params.seed,
+                frequency_penalty=params.frequency_penalty,
+                presence_penalty=params.presence_penalty,
+                stream=True,
+                stream_options={"include_usage": True},
+                timeout=remaining,
+            )
+        except openai.APITimeoutError as err:
+            raise LocalFailure("timeout", str(err)) from err
+        except openai.OpenAIError as err:
+            raise LocalFailure("error", f"{type(err).__name__}: {err}") from err
+        try:
+            for chunk in chunks:
+                if chunk.usage is not None:
+                    stream.prompt_tokens = chunk.usage.prompt_tokens
+                    stream.completion_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    if choice.text:
+                        yield choice.text
+                    if choice.finish_reason:
+                        stream.finish_reason = choice.finish_reason
+                if time.monotonic() > deadline:
+                    raise LocalFailure("timeout", "the endpoint passed the request's deadline")
+        except openai.OpenAIError as err:
+            raise LocalFailure("error", f"{type(err).__name__}: {err}") from err
+        finally:
+            chunks.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+register_local_backend(OpenAICompatibleBackend.name, OpenAICompatibleBackend)

@@ -1,0 +1,233 @@
+"""Configuration: pydantic models, loaded from TOML and the environment, validated once.
+
+Precedence, highest first: keyword arguments, environment variables (``ROUTER_`` prefix, ``__``
+between nesting levels, e.g. ``ROUTER_CLOUD__DEFAULT_MODEL``), the TOML file, defaults.
+``ROUTER_CONFIG`` names a TOML file to load when none is passed explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from router.errors import ConfigError
+
+__all__ = [
+    "ClassifierConfig",
+    "CloudConfig",
+    "DEFAULT_PII_PATTERNS",
+    "LocalConfig",
+    "LogConfig",
+    "ModelRoute",
+    "RouterConfig",
+    "RoutingConfig",
+    "load_config",
+]
+
+# Patterns for data that must not leave the machine. Conservative on purpose: a false positive
+# costs a local answer, a false negative leaks data.
+DEFAULT_PII_PATTERNS: dict[str, str] = {
+    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+    "card_number": r"\b(?:\d[ -]?){13,19}\b",
+    "iban": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b",
+    "us_ssn": r"\b\d{3}-\d{2}-\d{4}\b",
+    "phone": r"(?<![\w+])\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}\b",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalConfig(_Section):
+    """The in-process tier (or a self-hosted endpoint serving the same role)."""
+
+    backend: str = Field("llama_cpp", description="Local backend registry key: 'llama_cpp' or 'openai_compatible'.")
+    model_path: Path | None = Field(None, description="GGUF file; default: the packaged Gemma 3 270M Q4_K_M.")
+    model_name: str | None = Field(None, description="Model name reported in responses; default: the file stem.")
+    adapter_path: Path | None = Field(None, description="GGUF LoRA adapter applied on top of the model.")
+    adapter_version: str | None = Field(None, description="Version label of the adapter, recorded in the log.")
+    n_ctx: int = Field(2048, ge=128, le=131072, description="Context window in tokens.")
+    n_threads: int | None = Field(None, ge=1, description="Generation threads; default: all cores.")
+    n_batch: int = Field(256, ge=8, description="Prompt-processing batch size.")
+    max_tokens: int = Field(256, ge=1, description="Upper bound on tokens generated locally per request.")
+    default_max_tokens: int = Field(160, ge=1, description="Tokens generated when the request sets no limit.")
+    timeout_s: float = Field(30.0, gt=0, description="Per-request deadline, queueing included.")
+    degenerate_min_span: int = Field(48, ge=8, description="Characters of exact repetition that mark an answer degenerate.")
+    reject_echo: bool = Field(True, description="Treat an answer that only repeats the question as degenerate.")
+    base_url: str | None = Field(None, description="openai_compatible backend: the endpoint, e.g. http://host:8000/v1.")
+    api_key: SecretStr | None = Field(None, description="openai_compatible backend: its API key, if it wants one.")
+    remote_model: str | None = Field(None, description="openai_compatible backend: the model name to request.")
+
+
+class ModelRoute(_Section):
+    """How a requested model name reaches the cloud (any litellm model string and endpoint)."""
+
+    litellm_model: str = Field(..., description="litellm model string, e.g. 'openai/gpt-4o' or 'anthropic/claude-3-5-haiku'.")
+    api_base: str | None = Field(None, description="Endpoint override (self-hosted or loopback stand-in).")
+    api_key: SecretStr | None = Field(None, description="API key; prefer api_key_env.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    pricing_model: str | None = Field(None, description="litellm model name whose prices estimate this route's cost.")
+    always_cloud: bool = Field(False, description="Pin: requests naming this model always go to the cloud.")
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env)
+        return None
+
+
+class CloudConfig(_Section):
+    """The cloud tier, reached through litellm."""
+
+    default_model: str = Field("gpt-4o-mini", description="Model used for model='auto' (a name in [models] or a litellm string).")
+    api_base: str | None = Field(None, description="Endpoint for routes that set none (Client(base_url=...) sets it).")
+    api_key: SecretStr | None = Field(None, description="API key for routes that set none (Client(api_key=...) sets it).")
+    timeout_s: float = Field(60.0, gt=0, description="Per-attempt timeout.")
+    max_retries: int = Field(2, ge=0, le=10, description="Retries on connection errors, timeouts, 429 and 5xx.")
+    backoff_initial_s: float = Field(0.5, ge=0, description="First back-off; doubles each retry.")
+    backoff_max_s: float = Field(8.0, ge=0, description="Back-off ceiling.")
+    drop_unsupported_params: bool = Field(True, description="Let litellm drop parameters a provider does not accept.")
+    fallback_to_local: bool = Field(True, description="Serve locally when the cloud fails and the local tier can.")
+    preimport: bool = Field(True, description="Import litellm in the background at client start (it takes seconds).")
+
+
+class ClassifierConfig(_Section):
+    """Where the query classifier artifact lives."""
+
+    path: Path | None = Field(None, description="Classifier artifact directory; without one every 'auto' query is an edge case.")
+    threshold: float | None = Field(None, ge=0, le=1, description="Override the artifact's calibrated edge threshold.")
+
+
+class RoutingConfig(_Section):
+    """Which queries the local tier serves and which may never leave the machine."""
+
+    local_categories: list[str] | Literal["*"] = Field(
+        default_factory=list, description="Categories served locally ('*' = every known category)."
+    )
+    private_categories: list[str] = Field(default_factory=list, description="Categories that never go to the cloud.")
+    pii_patterns: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_PII_PATTERNS), description="Named regexes; a match keeps the query local."
+    )
+    route_named_models: bool = Field(
+        True, description="Route requests that name a cloud model (e.g. 'gpt-4o'); False sends them straight to it."
+    )
+    max_input_chars: int = Field(200_000, ge=1, description="Requests longer than this are rejected with a 400.")
+
+    @field_validator("pii_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for name, pattern in patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"pii pattern {name!r} is not a valid regex: {err}") from err
+        return patterns
+
+
+class LogConfig(_Section):
+    """The traffic log every request is written to."""
+
+    enabled: bool = Field(True, description="Write the traffic log.")
+    path: Path = Field(
+        default_factory=lambda: _data_dir() / "traffic.sqlite3", description="SQLite database file."
+    )
+    store_messages: bool = Field(True, description="Store message and answer text (needed for retraining).")
+    redact_pii: bool = Field(False, description="Replace PII pattern matches with [NAME] before storing.")
+
+
+def _data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "hybrid-router"
+
+
+# The TOML file for the config being built; a ContextVar keeps from_toml free of global state.
+_toml_file: ContextVar[Path | None] = ContextVar("_toml_file", default=None)
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _toml_file.get()
+        if path is None:
+            return {}
+        try:
+            with open(path, "rb") as fh:
+                return tomllib.load(fh)
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file not found: {path}") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+
+
+class RouterConfig(BaseSettings):
+    """Everything the router needs; every field has a working offline default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ROUTER_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    cloud: CloudConfig = Field(default_factory=CloudConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    models: dict[str, ModelRoute] = Field(default_factory=dict, description="Requested model name → cloud route.")
+    warmup: Literal["lazy", "background", "eager"] = Field(
+        "background", description="When models load: on first use, in a background thread at start, or before returning."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlSource(settings_cls)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str], **overrides: Any) -> RouterConfig:
+        """Load a TOML file (environment and ``overrides`` take precedence)."""
+        token = _toml_file.set(Path(path))
+        try:
+            return _validated(cls, overrides, source=str(path))
+        finally:
+            _toml_file.reset(token)
+
+    def route_for(self, model: str) -> ModelRoute:
+        """The cloud route for a requested model name; unknown names pass to litellm as they are."""
+        if model in self.models:
+            return self.models[model]
+        return ModelRoute(litellm_model=model)
+
+
+def _validated(cls: type[RouterConfig], values: dict[str, Any], *, source: str) -> RouterConfig:
+    try:
+        return cls(**values)
+    except ValidationError as err:
+        problems = "\n".join(
+            f"  {'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"invalid configuration ({source}):\n{problems}") from err
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> RouterConfig:
+    """The configuration from ``path``, else ``$ROUTER_CONFIG``, else environment and defaults."""
+    path = path or os.environ.get("ROUTER_CONFIG")
+    if path:
+        return RouterConfig.from_toml(path, **overrides)
+    return _validated(RouterConfig, overrides, source="environment")

@@ -1,0 +1,107 @@
+"""The routing policy: which tier serves a request, and the reason recorded for it.
+
+Pure decision logic over the validated request and the classifier's prediction, so every rule is
+testable without a model. The order of the rules is the contract:
+
+1. privacy: a private category or a PII match never leaves the machine;
+2. ``model="local"`` forces the local tier;
+3. names pinned to the cloud (``always_cloud``, or routing of named models switched off);
+4. requests the local tier cannot serve (tools, images, ``n > 1`` ...) go to the cloud;
+5. the classifier: no classifier, an edge case, or a category not served locally go to the cloud;
+   everything else is answered locally.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from router._request import ChatRequest
+from router.config import RouterConfig
+from router.errors import BadRequestError, PrivacyError
+from router.types import Reason, Tier
+
+__all__ = ["AUTO_MODEL", "LOCAL_MODEL", "Decision", "RoutingPolicy"]
+
+AUTO_MODEL = "auto"
+LOCAL_MODEL = "local"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a request goes and why; ``private`` forbids any cloud fallback."""
+
+    tier: Tier
+    reason: Reason
+    detail: str = ""
+    cloud_model: str = ""
+    private: bool = False
+    forced: bool = False
+
+
+class RoutingPolicy:
+    """Applies the configured rules; construct once per client (patterns compile here)."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        self._config = config
+        self._pii = [(name, re.compile(pattern)) for name, pattern in config.routing.pii_patterns.items()]
+        local = config.routing.local_categories
+        self._local_categories = None if local == "*" else frozenset(local)
+        self._private_categories = frozenset(config.routing.private_categories)
+
+    def pii_match(self, text: str) -> str | None:
+        """The name of the first PII pattern found in ``text``."""
+        for name, pattern in self._pii:
+            if pattern.search(text):
+                return name
+        return None
+
+    def serves_locally(self, category: str) -> bool:
+        return self._local_categories is None or category in self._local_categories
+
+    def cloud_model_for(self, requested: str) -> str:
+        return self._config.cloud.default_model if requested in (AUTO_MODEL, LOCAL_MODEL) else requested
+
+    def decide(self, request: ChatRequest, *, category: str | None, has_classifier: bool) -> Decision:
+        """Apply the rules in order; raise when no tier may serve the request."""
+        cloud_model = self.cloud_model_for(request.model)
+        blockers = ", ".join(request.local_blockers)
+
+        private_reason: tuple[Reason, str] | None = None
+        if category is not None and category in self._private_categories:
+            private_reason = (Reason.PRIVATE_CATEGORY, category)
+        elif (pii := self.pii_match(request.all_text)) is not None:
+            private_reason = (Reason.PII_MATCH, pii)
+        if private_reason is not None:
+            if blockers:
+                raise PrivacyError(
+                    f"This request is private ({private_reason[0].value}: {private_reason[1]}) and may not leave the "
+                    f"machine, but the local tier cannot serve it ({blockers}).",
+                    code="private_request_not_servable",
+                )
+            return Decision("local", private_reason[0], private_reason[1], cloud_model, private=True)
+
+        if request.model == LOCAL_MODEL:
+            if blockers:
+                raise BadRequestError(
+                    f"model='local' was requested but the local tier cannot serve this request: {blockers}.",
+                    param="model",
+                    code="unsupported_by_local_model",
+                )
+            return Decision("local", Reason.FORCED_LOCAL, "", cloud_model, forced=True)
+
+        if request.model != AUTO_MODEL:
+            if self._config.route_for(request.model).always_cloud:
+                return Decision("cloud", Reason.PINNED_CLOUD, request.model, cloud_model, forced=True)
+            if not self._config.routing.route_named_models:
+                return Decision("cloud", Reason.DIRECT_MODEL, request.model, cloud_model, forced=True)
+
+        if blockers:
+            return Decision("cloud", Reason.UNSUPPORTED, blockers, cloud_model)
+        if not has_classifier:
+            return Decision("cloud", Reason.NO_CLASSIFIER, "", cloud_model)
+        if category is None:
+            return Decision("cloud", Reason.EDGE_CASE, "out of scope or low confidence", cloud_model)
+        if not self.serves_locally(category):
+            return Decision("cloud", Reason.CATEGORY_NOT_LOCAL, category, cloud_model)
+        return Decision("local", Reason.LOCAL_CATEGORY, category, cloud_model)

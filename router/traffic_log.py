@@ -1,0 +1,233 @@
+"""The traffic log: one SQLite row per request, the data ``finetune/`` trains from.
+
+Durability and isolation from serving are the design constraints:
+
+* each request is one ``INSERT`` in its own transaction, so a row is either whole or absent;
+* WAL with ``synchronous=NORMAL`` means a committed row survives a crash of this process;
+* :meth:`TrafficLog.record` never raises: a full disk or a locked file is counted in
+  ``failures`` and logged, and the request it describes still succeeds.
+
+Secrets that look like API keys are always scrubbed from stored text; other PII optionally.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LogRecord", "TrafficLog"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    requested_model TEXT NOT NULL,
+    tier TEXT,
+    backend TEXT,
+    served_model TEXT,
+    category TEXT,
+    confidence REAL,
+    reason TEXT NOT NULL,
+    detail TEXT,
+    fallback_from TEXT,
+    fallback_reason TEXT,
+    adapter_version TEXT,
+    stream INTEGER NOT NULL,
+    messages TEXT,
+    params TEXT,
+    response TEXT,
+    finish_reason TEXT,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    latency_ms REAL,
+    ttft_ms REAL,
+    classify_ms REAL,
+    cost_usd REAL,
+    cloud_cost_usd_estimate REAL,
+    error_type TEXT,
+    error_message TEXT,
+    user TEXT,
+    metadata TEXT,
+    redacted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS requests_created_at ON requests (created_at);
+CREATE INDEX IF NOT EXISTS requests_tier_category ON requests (tier, category);
+"""
+
+# Always scrubbed, whatever the configuration: API keys must never reach the log.
+_SECRETS = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}\b|\bAKIA[0-9A-Z]{16}\b|(?i:bearer)\s+[A-Za-z0-9._~+/-]{16,}=*")
+_JSON_COLUMNS = frozenset({"messages", "params", "metadata"})
+
+
+@dataclass
+class LogRecord:
+    """One logged request; ``messages``, ``params`` and ``metadata`` are stored as JSON."""
+
+    id: str
+    requested_model: str
+    reason: str
+    stream: bool
+    created_at: str = ""
+    tier: str | None = None
+    backend: str | None = None
+    served_model: str | None = None
+    category: str | None = None
+    confidence: float | None = None
+    detail: str | None = None
+    fallback_from: str | None = None
+    fallback_reason: str | None = None
+    adapter_version: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    params: dict[str, Any] | None = None
+    response: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    classify_ms: float | None = None
+    cost_usd: float | None = None
+    cloud_cost_usd_estimate: float | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    redacted: bool = False
+
+
+_COLUMNS = [f.name for f in fields(LogRecord)]
+
+
+class TrafficLog:
+    """Append-only request log in SQLite; safe to share between threads."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        store_messages: bool = True,
+        redact_patterns: Mapping[str, str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.failures = 0
+        self._store_messages = store_messages
+        self._redact = [(name.upper(), re.compile(p)) for name, p in (redact_patterns or {}).items()]
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise sqlite3.DatabaseError(f"{self.path} has log schema {version}; this library reads up to {SCHEMA_VERSION}")
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._conn = conn
+        return self._conn
+
+    def _scrub(self, text: str) -> str:
+        text = _SECRETS.sub("[SECRET]", text)
+        for name, pattern in self._redact:
+            text = pattern.sub(f"[{name}]", text)
+        return text
+
+    def _row(self, record: LogRecord) -> dict[str, Any]:
+        row = asdict(record)
+        row["created_at"] = record.created_at or datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        row["stream"] = int(record.stream)
+        row["redacted"] = int(bool(self._redact))
+        if not self._store_messages:
+            row["messages"] = None
+            row["response"] = None
+        for column in _JSON_COLUMNS:
+            if row[column] is not None:
+                row[column] = json.dumps(row[column], ensure_ascii=False, default=str)
+        for column in ("messages", "response", "error_message"):
+            if row[column] is not None:
+                row[column] = self._scrub(row[column])
+        return row
+
+    def record(self, record: LogRecord) -> bool:
+        """Write one row atomically; False (and ``failures`` + 1) if it could not be written."""
+        try:
+            row = self._row(record)
+            placeholders = ", ".join(f":{c}" for c in _COLUMNS)
+            with self._lock:
+                self._connection().execute(
+                    f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({placeholders})", row
+                )
+            return True
+        except Exception as err:  # the log must never fail a request, whatever went wrong
+            self.failures += 1
+            logger.warning("traffic log write failed (%s total): %s", self.failures, err)
+            return False
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            conn = self._connection()
+            conn.row_factory = sqlite3.Row
+            try:
+                return conn.execute(sql, args).fetchall()
+            finally:
+                conn.row_factory = None
+
+    def count(self) -> int:
+        return int(self._read("SELECT COUNT(*) AS n FROM requests")[0]["n"])
+
+    def records(self, *, tier: str | None = None, category: str | None = None, limit: int | None = None) -> Iterator[LogRecord]:
+        """Logged requests, oldest first, optionally filtered."""
+        where, args = [], []
+        for column, value in (("tier", tier), ("category", category)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = "SELECT * FROM requests" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY rowid"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        for row in self._read(sql, tuple(args)):
+            values = dict(row)
+            for column in _JSON_COLUMNS:
+                if values[column] is not None:
+                    values[column] = json.loads(values[column])
+            values["stream"] = bool(values["stream"])
+            values["redacted"] = bool(values["redacted"])
+            yield LogRecord(**values)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Requests, latency and cost per tier and category."""
+        rows = self._read(
+            """SELECT tier, category, COUNT(*) AS requests, AVG(latency_ms) AS mean_latency_ms,
+                      SUM(COALESCE(cost_usd, 0)) AS cost_usd,
+                      SUM(COALESCE(cloud_cost_usd_estimate, 0)) AS cloud_cost_usd_estimate,
+                      SUM(error_type IS NOT NULL) AS errors
+               FROM requests GROUP BY tier, category ORDER BY tier, category"""
+        )
+        return [dict(r) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> TrafficLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

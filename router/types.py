@@ -1,0 +1,55 @@
+"""Routing metadata that rides along on every response.
+
+Responses are the ``openai`` package's own ``ChatCompletion`` / ``ChatCompletionChunk``. Those
+models accept extra fields, so the routing facts travel as ``response.router`` (a
+:class:`RouteInfo`) without changing anything a client parses.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Reason", "RouteInfo", "Tier"]
+
+Tier = Literal["local", "cloud"]
+
+
+class Reason(str, Enum):
+    """Why a request went where it went; stored verbatim in the traffic log."""
+
+    LOCAL_CATEGORY = "local_category"
+    FORCED_LOCAL = "forced_local"
+    PRIVATE_CATEGORY = "private_category"
+    PII_MATCH = "pii_match"
+    PINNED_CLOUD = "pinned_cloud"
+    EDGE_CASE = "edge_case"
+    CATEGORY_NOT_LOCAL = "category_not_local"
+    NO_CLASSIFIER = "no_classifier"
+    UNSUPPORTED = "unsupported_by_local"
+    DIRECT_MODEL = "direct_model"
+    REFUSED = "refused"
+
+
+class RouteInfo(BaseModel):
+    """Which tier answered and why, with the request's latency and cost."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    tier: Tier
+    backend: str
+    model: str
+    reason: Reason
+    detail: str = ""
+    category: str | None = None
+    confidence: float | None = None
+    fallback_from: Tier | None = None
+    fallback_reason: str | None = None
+    adapter_version: str | None = None
+    classify_ms: float | None = None
+    latency_ms: float | None = None
+    cost_usd: float | None = None
+    cloud_cost_usd_estimate: float | None = None

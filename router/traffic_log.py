@@ -141,11 +141,18 @@ class TrafficLog:
             self._conn = conn
         return self._conn
 
-    def _scrub(self, text: str) -> str:
-        text = _SECRETS.sub("[SECRET]", text)
-        for name, pattern in self._redact:
-            text = pattern.sub(f"[{name}]", text)
-        return text
+    def _scrub(self, value: Any) -> Any:
+        """Redact every string inside ``value`` (before JSON encoding, so structure survives)."""
+        if isinstance(value, str):
+            value = _SECRETS.sub("[SECRET]", value)
+            for name, pattern in self._redact:
+                value = pattern.sub(f"[{name}]", value)
+            return value
+        if isinstance(value, list):
+            return [self._scrub(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._scrub(v) for k, v in value.items()}
+        return value
 
     def _row(self, record: LogRecord) -> dict[str, Any]:
         row = asdict(record)
@@ -155,12 +162,11 @@ class TrafficLog:
         if not self._store_messages:
             row["messages"] = None
             row["response"] = None
+        for column in ("messages", "response", "error_message"):
+            row[column] = self._scrub(row[column])
         for column in _JSON_COLUMNS:
             if row[column] is not None:
                 row[column] = json.dumps(row[column], ensure_ascii=False, default=str)
-        for column in ("messages", "response", "error_message"):
-            if row[column] is not None:
-                row[column] = self._scrub(row[column])
         return row
 
     def record(self, record: LogRecord) -> bool:

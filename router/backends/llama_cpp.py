@@ -116,13 +116,13 @@ class LlamaCppBackend(LocalBackend):
             for chunk in chunks:
                 choice = chunk["choices"][0]
                 text = choice["text"]
+                if time.monotonic() > deadline:  # before yielding, so a late first token can still fall back
+                    raise LocalFailure("timeout", f"local generation passed its deadline after {len(parts)} pieces")
                 if text:
                     parts.append(text)
                     yield text
                 if choice.get("finish_reason"):
                     stream.finish_reason = choice["finish_reason"]
-                if time.monotonic() > deadline:
-                    raise LocalFailure("timeout", f"local generation passed its deadline after {len(parts)} pieces")
             answer = "".join(parts).encode("utf-8")
             stream.completion_tokens = len(self._llm.tokenize(answer, add_bos=False, special=True)) if answer else 0
         finally:

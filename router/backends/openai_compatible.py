@@ -93,13 +93,13 @@ class OpenAICompatibleBackend(LocalBackend):
                 if chunk.usage is not None:
                     stream.prompt_tokens = chunk.usage.prompt_tokens
                     stream.completion_tokens = chunk.usage.completion_tokens
+                if time.monotonic() > deadline:
+                    raise LocalFailure("timeout", "the endpoint passed the request's deadline")
                 for choice in chunk.choices:
                     if choice.text:
                         yield choice.text
                     if choice.finish_reason:
                         stream.finish_reason = choice.finish_reason
-                if time.monotonic() > deadline:
-                    raise LocalFailure("timeout", "the endpoint passed the request's deadline")
         except openai.OpenAIError as err:
             raise LocalFailure("error", f"{type(err).__name__}: {err}") from err
         finally:

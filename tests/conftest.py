@@ -1,0 +1,99 @@
+"""Session-wide fixtures: the loopback stand-in cloud, a classifier trained on Bitext, router configs.
+
+Everything here is real: llama.cpp runs the packaged GGUF, the stand-in cloud is llama-cpp-python's
+OpenAI-compatible server on 127.0.0.1 reached through litellm, the log is SQLite.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+BITEXT_CSV = DATASETS / "bitext_customer_support" / "Bitext_Sample_Customer_Support_Training_Dataset.csv"
+
+# The categories the test router serves locally, keeps private, and sends to the cloud.
+LOCAL_CATEGORIES = ["ORDER", "SHIPPING", "DELIVERY"]
+PRIVATE_CATEGORIES = ["PAYMENT"]
+CLOUD_CATEGORIES = ["FEEDBACK"]
+
+
+def bitext_rows() -> list[dict[str, str]]:
+    with BITEXT_CSV.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="session")
+def standin() -> Iterator[Any]:
+    from evals.standin_cloud import StandinCloud
+
+    with StandinCloud(n_threads=1) as cloud:
+        yield cloud
+
+
+@pytest.fixture(scope="session")
+def classifier_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A frozen-encoder classifier over five Bitext categories, saved as an artifact."""
+    from classifiers import EmbeddingClassifier
+
+    known = LOCAL_CATEGORIES + PRIVATE_CATEGORIES + CLOUD_CATEGORIES
+    rows = [r for r in bitext_rows() if r["category"] in known]
+    train = [r for i, r in enumerate(rows) if i % 4 != 0][:600]
+    clf = EmbeddingClassifier(fine_tune_epochs=0).fit([r["instruction"] for r in train], [r["category"] for r in train])
+    path = tmp_path_factory.mktemp("classifier") / "artifact"
+    clf.save(path)
+    return path
+
+
+@pytest.fixture
+def make_config(standin: Any, classifier_path: Path, tmp_path: Path) -> Callable[..., Any]:
+    """Build a RouterConfig pointing at the stand-in cloud; keyword sections override the defaults."""
+    from router import RouterConfig
+
+    def build(**sections: Any) -> Any:
+        base: dict[str, Any] = {
+            "models": {
+                "gpt-4o": {
+                    "litellm_model": standin.litellm_model,
+                    "api_base": standin.api_base,
+                    "api_key": "sk-test-not-a-real-key-000000",
+                    "pricing_model": "gpt-4o",
+                },
+                "pinned-cloud": {"litellm_model": standin.litellm_model, "api_base": standin.api_base, "always_cloud": True},
+            },
+            "cloud": {"default_model": "gpt-4o", "backoff_initial_s": 0.0, "max_retries": 1},
+            "classifier": {"path": classifier_path},
+            "routing": {"local_categories": LOCAL_CATEGORIES, "private_categories": PRIVATE_CATEGORIES},
+            # The packaged model is a *base* model; echo/loop fallbacks are tested on their own.
+            "local": {"reject_echo": False, "degenerate_min_span": 4000, "n_threads": 1},
+            "log": {"path": tmp_path / "traffic.sqlite3"},
+            "warmup": "lazy",
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        return RouterConfig(**base)
+
+    return build
+
+
+@pytest.fixture
+def client(make_config: Callable[..., Any]) -> Iterator[Any]:
+    from router import Client
+
+    with Client(make_config()) as c:
+        yield c
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]

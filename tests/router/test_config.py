@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from router import ConfigError, RouterConfig, load_config
+
+
+def test_defaults_work_offline() -> None:
+    config = RouterConfig()
+    assert config.local.backend == "llama_cpp" and config.classifier.path is None
+
+
+def test_toml_then_environment_precedence(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "router.toml"
+    path.write_text(
+        '[cloud]\ndefault_model = "from-file"\n[routing]\nlocal_categories = ["ORDER"]\n'
+        '[models.gpt-4o]\nlitellm_model = "openai/x"\napi_base = "http://127.0.0.1:1/v1"\n'
+    )
+    config = RouterConfig.from_toml(path)
+    assert config.cloud.default_model == "from-file"
+    assert config.route_for("gpt-4o").litellm_model == "openai/x"
+    assert config.route_for("claude-x").litellm_model == "claude-x"
+    monkeypatch.setenv("ROUTER_CLOUD__DEFAULT_MODEL", "from-env")
+    assert RouterConfig.from_toml(path).cloud.default_model == "from-env"
+    monkeypatch.setenv("ROUTER_CONFIG", str(path))
+    assert load_config().routing.local_categories == ["ORDER"]
+
+
+def test_invalid_config_names_the_field(tmp_path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[local]\nn_ctx = -5\n[routing.pii_patterns]\nbroken = "(("\n')
+    with pytest.raises(ConfigError) as info:
+        RouterConfig.from_toml(path)
+    assert "local.n_ctx" in str(info.value) and "broken" in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        RouterConfig.from_toml(tmp_path / "nope.toml")
+    (tmp_path / "x.toml").write_text("[[[")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        RouterConfig.from_toml(tmp_path / "x.toml")
+
+
+def test_unknown_keys_are_rejected() -> None:
+    with pytest.raises(ConfigError):
+        load_config(None, locall={"backend": "x"})

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from router._guard import DegenerationGuard
+from router.chat_template import render_prompt
+
+
+def test_repetition_loop_detected_only_when_real() -> None:
+    guard = DegenerationGuard(min_span=48)
+    assert guard.check_partial("Your order ships tomorrow. " * 2) is None  # said twice: not yet a loop
+    assert guard.check_partial("Your order ships tomorrow. " * 3) == "repetition loop"
+    guard = DegenerationGuard(min_span=48)
+    assert guard.check_partial("Hello! I can help with that order. Please share the number.") is None
+    assert guard.check_partial("ab" + "la " * 20) == "repetition loop"
+
+
+def test_empty_and_echo() -> None:
+    assert DegenerationGuard().check_final("   ") == "empty answer"
+    assert DegenerationGuard(question="Where is my order?").check_final("where is my order") == "echoed the question"
+    assert DegenerationGuard(question="Where is my order?", reject_echo=False).check_final("where is my order") is None
+    assert DegenerationGuard(question="Where is my order?").check_final("It ships today.") is None
+
+
+def test_gemma_turns_with_system_and_history() -> None:
+    prompt = render_prompt(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": [{"type": "text", "text": "Where is "}, {"type": "text", "text": "my order?"}]},
+        ]
+    )
+    assert prompt == (
+        "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+        "<start_of_turn>model\nHello!<end_of_turn>\n"
+        "<start_of_turn>user\nWhere is my order?<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
+    assert "<bos>" not in prompt  # the tokenizer adds it
+
+
+def test_system_only_conversation_still_reaches_the_model() -> None:
+    assert render_prompt([{"role": "system", "content": "Say hi"}]).startswith("<start_of_turn>user\nSay hi")

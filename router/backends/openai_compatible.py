@@ -69,6 +69,8 @@ class OpenAICompatibleBackend(LocalBackend):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise LocalFailure("timeout", "no time left before the request started")
+        # Unset sampling options are left out, not sent as null: servers differ in how they read null.
+        optional = {"seed": params.seed, "frequency_penalty": params.frequency_penalty, "presence_penalty": params.presence_penalty}
         try:
             chunks = self._client.completions.create(
                 model=self._config.remote_model,
@@ -77,17 +79,16 @@ class OpenAICompatibleBackend(LocalBackend):
                 temperature=params.temperature if params.temperature is not None else 0.0,
                 top_p=params.top_p if params.top_p is not None else 1.0,
                 stop=[*STOP_SEQUENCES, *params.stop][:4],
-                seed=params.seed,
-                frequency_penalty=params.frequency_penalty,
-                presence_penalty=params.presence_penalty,
                 stream=True,
                 stream_options={"include_usage": True},
                 timeout=remaining,
+                **{k: v for k, v in optional.items() if v is not None},
             )
         except openai.APITimeoutError as err:
             raise LocalFailure("timeout", str(err)) from err
         except openai.OpenAIError as err:
             raise LocalFailure("error", f"{type(err).__name__}: {err}") from err
+        pieces = 0
         try:
             for chunk in chunks:
                 if chunk.usage is not None:
@@ -97,6 +98,7 @@ class OpenAICompatibleBackend(LocalBackend):
                     raise LocalFailure("timeout", "the endpoint passed the request's deadline")
                 for choice in chunk.choices:
                     if choice.text:
+                        pieces += 1
                         yield choice.text
                     if choice.finish_reason:
                         stream.finish_reason = choice.finish_reason
@@ -104,6 +106,11 @@ class OpenAICompatibleBackend(LocalBackend):
             raise LocalFailure("error", f"{type(err).__name__}: {err}") from err
         finally:
             chunks.close()
+        if stream.completion_tokens == 0 and pieces:
+            # Some servers (llama.cpp's among them) send no usage when streaming: each streamed
+            # piece is one token there, and the prompt is estimated at 4 characters a token.
+            stream.completion_tokens = pieces
+            stream.prompt_tokens = -(-len(prompt) // 4)
 
     def close(self) -> None:
         with self._lock:

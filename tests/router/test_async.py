@@ -17,7 +17,7 @@ async def test_async_create_and_stream(make_config) -> None:
     async with AsyncClient(make_config()) as client:
         local = await client.chat.completions.create(model="auto", messages=user("I want to cancel my order"), max_tokens=4)
         assert isinstance(local, ChatCompletion) and local.router.tier == "local"
-        cloud = await client.chat.completions.create(model="gpt-4o", messages=user("I want to leave a review"), max_tokens=4)
+        cloud = await client.chat.completions.create(model="gpt-4o", messages=user("I want to leave a review about your customer service"), max_tokens=4)
         assert cloud.router.tier == "cloud" and cloud.choices[0].message.content is not None
         for model in ("local", "gpt-4o"):
             stream = await client.chat.completions.create(

@@ -33,10 +33,10 @@ def support_bot(client: Any, model: str) -> dict[str, Any]:
             streamed.append(chunk.choices[0].delta.content)
 
     try:
-        client.chat.completions.create(model=model, messages=[])
-        error = None
-    except openai.BadRequestError as err:
-        error = err.status_code
+        client.chat.completions.create(model=model, messages=[{"role": "wizard", "content": "hi"}])
+        rejected = False
+    except openai.APIStatusError:  # OpenAI says 400; servers differ in the code, all raise this family
+        rejected = True
 
     raw = client.chat.completions.with_raw_response.create(model=model, messages=history[:2], max_tokens=2)
     parsed = raw.parse()
@@ -58,7 +58,7 @@ def support_bot(client: Any, model: str) -> dict[str, Any]:
         "finish_reason": completion.choices[0].finish_reason in {"stop", "length"},
         "usage": completion.usage.total_tokens > 0,
         "streamed": bool(streamed),
-        "bad_request_status": error,
+        "rejected_bad_role": rejected,
         "raw_is_completion": isinstance(parsed, openai.types.chat.ChatCompletion),
         "threads": len(answers),
         "json": openai.types.chat.ChatCompletion.model_validate_json(completion.model_dump_json()).id == completion.id,

@@ -1,0 +1,198 @@
+"""Performance benchmark (``make bench``): figures printed and written, never asserted.
+
+Measures, side by side in one run on this machine:
+
+* ``import router`` time (and ``from router import Client``), in fresh interpreters;
+* classification latency per single query, quiet and while the local model is generating
+  in another thread of the same process (the router's real situation);
+* local-tier overhead: ``Client(model="local")`` against calling llama-cpp-python directly
+  on the same prompt and settings, interleaved;
+* process RSS with the classifier and the local model loaded.
+
+Writes ``evals/results/bench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROMPT = [{"role": "user", "content": "Write a few sentences about the history of the postal service."}]
+
+
+def _median_import_seconds(statement: str, runs: int) -> float:
+    code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+    samples = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout) for _ in range(runs)]
+    return statistics.median(samples)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _classifier(path: Path) -> None:
+    from evals.demo import OUT_OF_SCOPE, load_bitext, split, train_classifier
+
+    train, calibration, _ = split(load_bitext())
+    train_classifier(train, calibration, path)
+    del OUT_OF_SCOPE
+
+
+def _queries(n: int) -> list[str]:
+    from evals.demo import load_bitext, split
+
+    _, _, replay = split(load_bitext())
+    return [r["instruction"] for r in replay][:n]
+
+
+def _classify_latencies(classifier: Any, queries: list[str], pause_s: float = 0.0) -> list[float]:
+    out = []
+    for q in queries:
+        start = time.perf_counter()
+        classifier.classify(q)
+        out.append((time.perf_counter() - start) * 1000)
+        if pause_s:
+            time.sleep(pause_s)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=400)
+    parser.add_argument("--overhead-runs", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--classifier", type=Path, default=None, help="an existing classifier artifact")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    print("import times (fresh interpreters, median of 5)")
+    import_router_s = _median_import_seconds("import router", 5)
+    import_client_s = _median_import_seconds("from router import Client", 5)
+    print(f"  import router: {import_router_s * 1000:.1f} ms; from router import Client: {import_client_s * 1000:.0f} ms")
+
+    work = Path(tempfile.mkdtemp(prefix="router-bench-"))
+    classifier_path = args.classifier
+    if classifier_path is None:
+        print("training a benchmark classifier on Bitext (frozen encoder)")
+        classifier_path = work / "classifier"
+        _classifier(classifier_path)
+
+    # Training imported torch; measure serving in a fresh process so RSS reflects the router only.
+    if os.environ.get("_ROUTER_BENCH_CHILD") != "1":
+        env = {**os.environ, "_ROUTER_BENCH_CHILD": "1"}
+        cmd = [sys.executable, "-m", "evals.bench", "--classifier", str(classifier_path),
+               "--queries", str(args.queries), "--overhead-runs", str(args.overhead_runs), "--max-tokens", str(args.max_tokens)]  # fmt: skip
+        child = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        sys.stdout.write(child.stdout.split("import times", 1)[-1].split("\n", 2)[-1] if child.returncode == 0 else child.stdout)
+        if child.returncode != 0:
+            sys.stderr.write(child.stderr)
+            raise SystemExit(child.returncode)
+        results = json.loads((RESULTS / "bench.json").read_text())
+        results.update({"import_router_s": round(import_router_s, 4), "import_client_s": round(import_client_s, 3)})
+        (RESULTS / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+        return results
+
+    from router import Client, RouterConfig
+
+    config = RouterConfig(
+        classifier={"path": classifier_path},
+        routing={"local_categories": "*"},
+        log={"path": work / "traffic.sqlite3"},
+        warmup="eager",
+    )
+    client = Client(config)
+    engine = client._engine
+    classifier = engine.classifier
+    llm = engine.local.llama
+    queries = _queries(args.queries)
+    _classify_latencies(classifier, queries[:50])  # warm caches
+
+    print("classification latency, single query")
+    quiet = _classify_latencies(classifier, queries)
+    print(f"  quiet:                 p50 {_percentile(quiet, 50):.2f} ms, p99 {_percentile(quiet, 99):.2f} ms")
+
+    stop = threading.Event()
+    generated = [0]
+
+    def generate() -> None:
+        from router.chat_template import render_prompt
+
+        prompt = render_prompt(PROMPT)
+        while not stop.is_set():
+            for _ in llm.create_completion(prompt, max_tokens=48, temperature=0.0, stream=True):
+                generated[0] += 1
+                if stop.is_set():
+                    break
+
+    worker = threading.Thread(target=generate, daemon=True)
+    worker.start()
+    time.sleep(1.0)
+    busy = _classify_latencies(classifier, queries, pause_s=0.01)
+    stop.set()
+    worker.join()
+    print(f"  under generation:      p50 {_percentile(busy, 50):.2f} ms, p99 {_percentile(busy, 99):.2f} ms"
+          f"  ({generated[0]} tokens generated meanwhile)")  # fmt: skip
+
+    print(f"local-tier overhead vs llama-cpp-python directly ({args.overhead_runs} interleaved runs, {args.max_tokens} tokens)")
+    from router.chat_template import STOP_SEQUENCES, render_prompt
+
+    prompt = render_prompt(PROMPT)
+    direct_s, routed_s, tokens = [], [], set()
+    for _ in range(args.overhead_runs):
+        start = time.perf_counter()
+        direct = llm.create_completion(prompt, max_tokens=args.max_tokens, temperature=0.0, top_p=1.0, stop=list(STOP_SEQUENCES))
+        direct_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        routed = client.chat.completions.create(model="local", messages=PROMPT, max_tokens=args.max_tokens, temperature=0.0)
+        routed_s.append(time.perf_counter() - start)
+        tokens.add((direct["usage"]["completion_tokens"], routed.usage.completion_tokens))
+        assert routed.router.tier == "local" and routed.router.fallback_from is None, routed.router
+    ratio = statistics.median(routed_s) / statistics.median(direct_s)
+    print(f"  direct median {statistics.median(direct_s) * 1000:.0f} ms, routed median {statistics.median(routed_s) * 1000:.0f} ms,"
+          f" ratio {ratio:.3f} (completion tokens direct/routed: {sorted(tokens)})")  # fmt: skip
+
+    rss = _rss_mb()
+    print(f"process RSS with classifier + local model loaded (and litellm imported): {rss:.0f} MB")
+    loaded = sorted(m for m in ("torch", "transformers", "sentence_transformers", "sklearn") if m in sys.modules)
+    print(f"  training libraries in the serving process: {loaded or 'none'}")
+    client.close()
+
+    results = {
+        "classify_p50_ms": round(_percentile(quiet, 50), 3),
+        "classify_p99_ms": round(_percentile(quiet, 99), 3),
+        "classify_p50_ms_under_generation": round(_percentile(busy, 50), 3),
+        "classify_p99_ms_under_generation": round(_percentile(busy, 99), 3),
+        "local_overhead_ratio": round(ratio, 4),
+        "local_direct_median_s": round(statistics.median(direct_s), 4),
+        "local_routed_median_s": round(statistics.median(routed_s), 4),
+        "rss_mb": round(rss, 1),
+        "queries": len(queries),
+        "cpu_count": os.cpu_count(),
+        "local_n_threads": config.local.n_threads or os.cpu_count(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rss_mb": round(rss, 1),
         "queries": len(queries),
         "cpu_count": os.cpu_count(),
-        "local_n_threads": config.local.n_threads or os.cpu_count(),
+        "local_n_threads": llm.n_threads,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -14,7 +14,6 @@ import argparse
 import csv
 import hashlib
 import os
-import statistics
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -78,7 +77,7 @@ def report(results: list[dict[str, Any]], log_path: Path) -> str:
     by_category: dict[str, Counter[str]] = defaultdict(Counter)
     for r in results:
         by_category[r["true_category"]][r["tier"]] += 1
-    lines.append(f"{'category':<18}{'queries':>8}{'local':>8}{'cloud':>8}   routing")
+    lines.append(f"{'category':<18}{'queries':>8}{'local':>8}{'cloud':>8}{'error':>8}   routing")
     for category in sorted(by_category):
         counts = by_category[category]
         n = sum(counts.values())
@@ -87,10 +86,11 @@ def report(results: list[dict[str, Any]], log_path: Path) -> str:
             "private: local only" if category in PRIVATE_CATEGORIES else
             "cloud by config" if category in CLOUD_CATEGORIES else "out of scope → cloud"
         )  # fmt: skip
-        lines.append(f"{category:<18}{n:>8}{counts['local'] / n:>8.0%}{counts['cloud'] / n:>8.0%}   {role}")
+        lines.append(f"{category:<18}{n:>8}{counts['local'] / n:>8.0%}{counts['cloud'] / n:>8.0%}{counts['error'] / n:>8.0%}   {role}")
     total = len(results)
     local = sum(r["tier"] == "local" for r in results)
-    lines.append(f"{'ALL':<18}{total:>8}{local / total:>8.0%}{(total - local) / total:>8.0%}")
+    cloud = sum(r["tier"] == "cloud" for r in results)
+    lines.append(f"{'ALL':<18}{total:>8}{local / total:>8.0%}{cloud / total:>8.0%}{(total - local - cloud) / total:>8.0%}")
     lines.append("")
     reasons = Counter(r["reason"] for r in results)
     fallbacks = Counter(r["fallback_reason"].split(":")[0] for r in results if r["fallback_reason"])
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from evals.standin_cloud import StandinCloud
-    from router import Client, RouterConfig
+    from router import APIError, Client, RouterConfig
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     log_path = (args.workdir / "traffic.sqlite3").resolve()
@@ -149,9 +149,14 @@ def main(argv: list[str] | None = None) -> None:
         results = []
         with Client(config) as client:
             for row in tqdm(replay, unit="query"):
-                r = client.chat.completions.create(
-                    model="gpt-4o", messages=[{"role": "user", "content": row["instruction"]}], max_tokens=args.max_tokens
-                )
+                try:
+                    r = client.chat.completions.create(
+                        model="gpt-4o", messages=[{"role": "user", "content": row["instruction"]}], max_tokens=args.max_tokens
+                    )
+                except APIError as err:  # e.g. a private query the local tier failed: no tier may serve it
+                    results.append({"true_category": row["category"], "tier": "error", "reason": type(err).__name__,
+                                    "fallback_reason": None, "latency_ms": None, "cost_usd": 0.0, "all_cloud_cost": 0.0})  # fmt: skip
+                    continue
                 info = r.router
                 results.append(
                     {

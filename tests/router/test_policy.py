@@ -78,3 +78,21 @@ def test_route_named_models_off_sends_names_straight_to_cloud() -> None:
     p = RoutingPolicy(RouterConfig(routing={"local_categories": "*", "route_named_models": False}))
     assert p.decide(req(model="gpt-4o"), category="X", has_classifier=True).reason == Reason.DIRECT_MODEL
     assert p.decide(req(model="auto"), category="X", has_classifier=True).tier == "local"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("pay with 4111 1111 1111 1111 please", "card_number"),
+        ("card 4111111111111112", None),  # fails the Luhn check: an order number, not a card
+        ("how can I cancel purchase 113542617735903?", None),
+        ("call me at +44 20 7946 0958", "phone"),
+        ("my number is (415) 555-0199", "phone"),
+        ("help me cancel purchase 00004587345", None),
+        ("ssn 123-45-6789", "us_ssn"),
+        ("iban DE89 3704 0044 0532 0130 00", "iban"),
+        ("mail me: a.b@example.org", "email"),
+    ],
+)
+def test_default_pii_patterns(policy, text, expected) -> None:
+    assert policy.pii_match(text) == expected

@@ -336,6 +336,8 @@ class Engine:
                 exchange.finish_reason = choice.finish_reason
         if chunk.usage is not None:
             self._finish_cloud(exchange, route, chunk.usage)
+            if all(_is_empty(c) for c in chunk.choices):
+                chunk.choices = []  # OpenAI's usage chunk has no choices; litellm may add an empty one
             if not exchange.request.include_usage:
                 if not chunk.choices:
                     return None
@@ -454,6 +456,11 @@ class Engine:
             if aclose is not None:
                 await aclose()
             self._write_log(exchange)
+
+
+def _is_empty(choice: Any) -> bool:
+    delta = choice.delta
+    return not choice.finish_reason and (delta is None or not (delta.content or delta.role or delta.tool_calls))
 
 
 async def _threaded(source: Iterator[Any]) -> AsyncIterator[Any]:

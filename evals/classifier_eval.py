@@ -1,0 +1,160 @@
+"""Banking77 evaluation of ``EmbeddingClassifier``: ``python -m evals.classifier_eval``.
+
+Protocol A: fit on all of train.csv (77 intents), no calibration, accuracy on test.csv.
+Protocol B: the 18 intents at sorted positions i with i % 9 in {0, 4} are out of scope and never
+fitted; every 10th train row (row index % 10 == 0, file order) is held out for ``calibrate``
+(out-of-scope rows labelled None); the rest is fitted. On test.csv: in-scope accuracy (None
+counts wrong) and out-of-scope recall (predicted None). Frozen-encoder figures are reported
+alongside as the baseline. ``--validation`` replays both protocols inside train.csv (rows with
+index % 10 == 5 play test.csv) to choose settings without touching test.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from classifiers import EmbeddingClassifier  # noqa: E402 - offline flag must precede model imports
+
+BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77"
+RESULTS = Path(__file__).parent / "results" / "classifier.json"
+
+Rows = list[tuple[str, str]]
+
+
+def read_rows(path: Path) -> Rows:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [(row["text"], row["category"]) for row in csv.DictReader(fh)]
+
+
+def load_split(validation: bool) -> tuple[Rows, Rows]:
+    train = read_rows(BANKING77 / "train.csv")
+    if not validation:
+        return train, read_rows(BANKING77 / "test.csv")
+    return [r for i, r in enumerate(train) if i % 10 != 5], [r for i, r in enumerate(train) if i % 10 == 5]
+
+
+def out_of_scope_intents(rows: Rows) -> set[str]:
+    intents = sorted({label for _, label in rows})
+    return {name for i, name in enumerate(intents) if i % 9 in (0, 4)}
+
+
+def protocol_a(train: Rows, test: Rows, params: dict[str, Any]) -> dict[str, Any]:
+    start = time.perf_counter()
+    model = EmbeddingClassifier(**params).fit([t for t, _ in train], [c for _, c in train])
+    fit_minutes = (time.perf_counter() - start) / 60
+    predicted = model.predict([t for t, _ in test])
+    accuracy = sum(p == c for p, (_, c) in zip(predicted, test, strict=True)) / len(test)
+    return {"model": model, "accuracy": accuracy, "fit_minutes": fit_minutes}
+
+
+def protocol_b(train: Rows, test: Rows, params: dict[str, Any]) -> dict[str, Any]:
+    oos = out_of_scope_intents(train)
+    fit_rows = [(t, c) for i, (t, c) in enumerate(train) if i % 10 != 0 and c not in oos]
+    calib = [(t, None if c in oos else c) for i, (t, c) in enumerate(train) if i % 10 == 0]
+    start = time.perf_counter()
+    model = EmbeddingClassifier(**params).fit([t for t, _ in fit_rows], [c for _, c in fit_rows])
+    model.calibrate([t for t, _ in calib], [c for _, c in calib])
+    fit_minutes = (time.perf_counter() - start) / 60
+    predicted = model.predict([t for t, _ in test])
+    in_scope = [(p, c) for p, (_, c) in zip(predicted, test, strict=True) if c not in oos]
+    out_scope = [p for p, (_, c) in zip(predicted, test, strict=True) if c in oos]
+    return {
+        "in_scope_accuracy": sum(p == c for p, c in in_scope) / len(in_scope),
+        "oos_recall": sum(p is None for p in out_scope) / len(out_scope),
+        "local_share": sum(p is not None for p in predicted) / len(predicted),
+        "threshold": model.threshold_,
+        "proba_weight": model.proba_weight_,
+        "fit_minutes": fit_minutes,
+    }
+
+
+def single_query_latency_ms(model: EmbeddingClassifier, texts: Sequence[str]) -> dict[str, float]:
+    """Save, reload (as the router would) and time ``classify`` one query at a time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = EmbeddingClassifier.load(model.save(Path(tmp) / "artifact"))
+    for text in texts[:20]:
+        loaded.classify(text)
+    timings = []
+    for text in texts:
+        start = time.perf_counter()
+        loaded.classify(text)
+        timings.append((time.perf_counter() - start) * 1000)
+    timings.sort()
+    return {"p50": statistics.median(timings), "p90": timings[int(0.9 * (len(timings) - 1))]}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--validation", action="store_true", help="evaluate on a split of train.csv")
+    parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the classifier's)")
+    parser.add_argument("--quantize", action="store_true", help="serve the int8 ONNX encoder")
+    parser.add_argument("--n-jobs", type=int, default=None, help="fitting threads (1 is faster on a busy machine)")
+    parser.add_argument("--skip-baseline", action="store_true", help="do not fit the frozen-encoder baseline")
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON output (default {RESULTS}, not in --validation)")
+    args = parser.parse_args(argv)
+
+    params: dict[str, Any] = {"quantize": True} if args.quantize else {}
+    if args.n_jobs is not None:
+        params["n_jobs"] = args.n_jobs
+    if args.epochs is not None:
+        params["fine_tune_epochs"] = args.epochs
+    train, test = load_split(args.validation)
+    print(f"Banking77 ({'validation split of train' if args.validation else 'test.csv'}): "
+          f"{len(train)} train rows, {len(test)} evaluation rows; params {params}", flush=True)
+
+    results: dict[str, Any] = {"split": "validation" if args.validation else "test"}
+    runs = [("final", params)] + ([] if args.skip_baseline else [("baseline", {**params, "fine_tune_epochs": 0})])
+    for name, run_params in runs:
+        print(f"[{name}] protocol A: fit on all intents", flush=True)
+        a = protocol_a(train, test, run_params)
+        print(f"[{name}] protocol A accuracy {a['accuracy']:.4f} (fit {a['fit_minutes']:.1f} min)", flush=True)
+        print(f"[{name}] protocol B: 59 intents, calibrated edge threshold", flush=True)
+        b = protocol_b(train, test, run_params)
+        print(
+            f"[{name}] protocol B in-scope {b['in_scope_accuracy']:.4f}, OOS recall {b['oos_recall']:.4f}",
+            flush=True,
+        )
+        prefix = "banking77" if name == "final" else "baseline_banking77"
+        results.update({
+            f"{prefix}_accuracy": a["accuracy"],
+            f"{prefix}_heldout_in_scope_accuracy": b["in_scope_accuracy"],
+            f"{prefix}_heldout_oos_recall": b["oos_recall"],
+            f"{prefix}_heldout_local_share": b["local_share"],
+            f"{prefix}_heldout_threshold": b["threshold"],
+            f"{prefix}_heldout_proba_weight": b["proba_weight"],
+            f"{prefix}_fit_minutes": a["fit_minutes"],
+            f"{prefix}_heldout_fit_and_calibrate_minutes": b["fit_minutes"],
+        })
+        if name == "final":
+            params_used = a["model"].get_params().items()
+            results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in params_used}
+            latency = single_query_latency_ms(a["model"], [t for t, _ in test[:500]])
+            results["single_query_latency_ms"] = latency
+            results["fine_tune_epoch_losses"] = a["model"].fine_tune_losses_
+
+    print("\n| metric | value |\n|---|---|")
+    for key, value in results.items():
+        if isinstance(value, float):
+            print(f"| {key} | {value:.4f} |")
+    print(f"| single-query p50 / p90 (ms) | {results['single_query_latency_ms']['p50']:.2f} / "
+          f"{results['single_query_latency_ms']['p90']:.2f} |")
+    out = args.out or (None if args.validation else RESULTS)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

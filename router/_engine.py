@@ -175,10 +175,10 @@ class Engine:
             for piece in stream:
                 exchange.mark_first_token()
                 if guard.check_partial(text + piece):
-                    if self._degenerate_is_final(exchange, guard):
-                        exchange.finish_reason = "stop"
-                        return
-                    raise LocalFailure("degenerate", guard.problem or "")
+                    if not self._degenerate_is_final(exchange, guard):
+                        raise LocalFailure("degenerate", guard.problem or "")
+                    exchange.finish_reason = "stop"
+                    break
                 text += piece
                 yield piece
             if guard.check_final(text) and not self._degenerate_is_final(exchange, guard):

@@ -107,6 +107,7 @@ class LlamaCppBackend(LocalBackend):
         if not self._generate_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise LocalFailure("timeout", "waited too long for the local model")
         chunks = None
+        parts: list[str] = []
         try:
             chunks = self._llm.create_completion(
                 tokens,  # pre-tokenized: the prompt is not tokenized twice
@@ -119,7 +120,6 @@ class LlamaCppBackend(LocalBackend):
                 presence_penalty=params.presence_penalty or 0.0,
                 stream=True,
             )
-            parts: list[str] = []
             for chunk in chunks:
                 choice = chunk["choices"][0]
                 text = choice["text"]
@@ -130,11 +130,12 @@ class LlamaCppBackend(LocalBackend):
                     yield text
                 if choice.get("finish_reason"):
                     stream.finish_reason = choice["finish_reason"]
-            answer = "".join(parts).encode("utf-8")
-            stream.completion_tokens = len(self._llm.tokenize(answer, add_bos=False, special=True)) if answer else 0
         finally:
             if chunks is not None:
                 chunks.close()
+            # Counted here so a stream cut short (guard, deadline, caller closing) still reports usage.
+            answer = "".join(parts).encode("utf-8")
+            stream.completion_tokens = len(self._llm.tokenize(answer, add_bos=False, special=True)) if answer else 0
             self._generate_lock.release()
 
     def close(self) -> None:

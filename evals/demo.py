@@ -113,8 +113,8 @@ def report(results: list[dict[str, Any]], log_path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=240, help="how many held-out queries to replay")
-    parser.add_argument("--max-tokens", type=int, default=40)
+    parser.add_argument("--queries", type=int, default=200, help="how many held-out queries to replay")
+    parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--workdir", type=Path, default=Path(".demo"))
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

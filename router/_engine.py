@@ -411,12 +411,8 @@ class Engine:
         return self._alogged(exchange, source)
 
     async def _aprimed_stream(self, exchange: Exchange) -> AsyncIterator[Any]:
-        if exchange.decision.tier == "local":
-            try:
-                sync_source = await asyncio.to_thread(self._primed_stream, exchange)
-            except LocalFailure as failure:  # pragma: no cover - _primed_stream converts these
-                raise self._local_error(failure) from failure
-            return _threaded(sync_source)
+        if exchange.decision.tier == "local":  # _primed_stream handles local failure and fallback
+            return _threaded(await asyncio.to_thread(self._primed_stream, exchange))
         route = self._cloud_route(exchange)
         try:
             chunks = self.cloud.astream(exchange.request, route, exchange.request.timeout_s)

@@ -31,7 +31,7 @@ class Slices:
 @pytest.fixture(scope="session")
 def bitext() -> Slices:
     if not BITEXT.is_file():
-        pytest.skip(f"Bitext dataset not found at {BITEXT}")
+        pytest.fail(f"Bitext dataset not found at {BITEXT}: the tests need ../shared beside the repository")
     by_intent: dict[str, list[str]] = {}
     with BITEXT.open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):

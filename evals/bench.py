@@ -50,11 +50,10 @@ def _rss_mb() -> float:
 
 
 def _classifier(path: Path) -> None:
-    from evals.demo import OUT_OF_SCOPE, load_bitext, split, train_classifier
+    from evals.demo import load_bitext, split, train_classifier
 
     train, calibration, _ = split(load_bitext())
     train_classifier(train, calibration, path)
-    del OUT_OF_SCOPE
 
 
 def _queries(n: int) -> list[str]:
@@ -84,25 +83,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    print("import times (fresh interpreters, median of 5)")
-    import_router_s = _median_import_seconds("import router", 5)
-    import_client_s = _median_import_seconds("from router import Client", 5)
-    print(f"  import router: {import_router_s * 1000:.1f} ms; from router import Client: {import_client_s * 1000:.0f} ms")
-
     work = Path(tempfile.mkdtemp(prefix="router-bench-"))
-    classifier_path = args.classifier
-    if classifier_path is None:
-        print("training a benchmark classifier on Bitext (frozen encoder)")
-        classifier_path = work / "classifier"
-        _classifier(classifier_path)
-
-    # Training imported torch; measure serving in a fresh process so RSS reflects the router only.
+    # The parent measures imports and trains; serving is measured in a fresh child process, so
+    # its RSS and threads reflect the router only (training imported torch here).
     if os.environ.get("_ROUTER_BENCH_CHILD") != "1":
+        print("import times (fresh interpreters, median of 5)")
+        import_router_s = _median_import_seconds("import router", 5)
+        import_client_s = _median_import_seconds("from router import Client", 5)
+        print(f"  import router: {import_router_s * 1000:.1f} ms; from router import Client: {import_client_s * 1000:.0f} ms")
+        classifier_path = args.classifier
+        if classifier_path is None:
+            print("training a benchmark classifier on Bitext (frozen encoder)")
+            classifier_path = work / "classifier"
+            _classifier(classifier_path)
         env = {**os.environ, "_ROUTER_BENCH_CHILD": "1"}
         cmd = [sys.executable, "-m", "evals.bench", "--classifier", str(classifier_path),
                "--queries", str(args.queries), "--overhead-runs", str(args.overhead_runs), "--max-tokens", str(args.max_tokens)]  # fmt: skip
-        child = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        sys.stdout.write(child.stdout.split("import times", 1)[-1].split("\n", 2)[-1] if child.returncode == 0 else child.stdout)
+        child = subprocess.run(cmd, env=env, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
         if child.returncode != 0:
             sys.stderr.write(child.stderr)
             raise SystemExit(child.returncode)
@@ -111,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (RESULTS / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
         return results
 
+    classifier_path = args.classifier
     from router import Client, RouterConfig
 
     # Loop-cutting off, so both sides of the overhead comparison generate the same tokens (the

@@ -204,8 +204,7 @@ class Engine:
 
     def _cloud_estimate(self, exchange: Exchange) -> float | None:
         route = self.config.route_for(exchange.decision.cloud_model)
-        pricing = route.pricing_model or route.litellm_model
-        return self.cloud.cost(pricing, exchange.prompt_tokens or 0, exchange.completion_tokens or 0, wait=False)
+        return self.cloud.cost(route.price_as, exchange.prompt_tokens or 0, exchange.completion_tokens or 0, wait=False)
 
     def _run_local(self, exchange: Exchange) -> Any:
         exchange.text = "".join(self._local_pieces(exchange))
@@ -227,8 +226,7 @@ class Engine:
         if usage is not None:
             exchange.prompt_tokens = usage.prompt_tokens
             exchange.completion_tokens = usage.completion_tokens
-        pricing = route.pricing_model or route.litellm_model
-        exchange.cost_usd = self.cloud.cost(pricing, exchange.prompt_tokens or 0, exchange.completion_tokens or 0)
+        exchange.cost_usd = self.cloud.cost(route.price_as, exchange.prompt_tokens or 0, exchange.completion_tokens or 0)
         exchange.cloud_cost_usd_estimate = exchange.cost_usd
 
     def _accept_cloud_completion(self, exchange: Exchange, route: Any, completion: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 from router._request import ChatRequest
 from router.policy import Decision
 from router.traffic_log import LogRecord
-from router.types import Reason, RouteInfo, Tier
+from router.types import RouteInfo, Tier
 
 __all__ = ["Exchange", "new_request_id"]
 
@@ -103,7 +103,7 @@ class Exchange:
         return LogRecord(
             id=self.request_id,
             requested_model=self.request.model,
-            reason=(self.decision.reason.value if isinstance(self.decision.reason, Reason) else str(self.decision.reason)),
+            reason=self.decision.reason.value,
             stream=self.request.stream,
             tier=self.tier,
             backend=self.backend,

@@ -80,6 +80,11 @@ class ModelRoute(_Section):
     pricing_model: str | None = Field(None, description="litellm model name whose prices estimate this route's cost.")
     always_cloud: bool = Field(False, description="Pin: requests naming this model always go to the cloud.")
 
+    @property
+    def price_as(self) -> str:
+        """The litellm model name whose prices this route's cost is estimated at."""
+        return self.pricing_model or self.litellm_model
+
     def resolved_api_key(self) -> str | None:
         if self.api_key is not None:
             return self.api_key.get_secret_value()

@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo test test-fast bench eval-classifier clean
+.PHONY: install demo demo-retrain quant-report test test-fast bench eval-classifier clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m evals.demo
+
+# The retrain loop end to end (about an hour on 2 cores): writes evals/results/retrain.json.
+demo-retrain: $(STAMP)
+	$(PY) -m evals.demo_retrain
+
+# Merge the promoted adapter, re-quantize (Q8_0, Q5_K_M, Q4_K_M), compare answers with F16.
+quant-report: $(STAMP)
+	$(PY) -m evals.quant_report
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -4,6 +4,12 @@ It is llama-cpp-python's own server (``llama_cpp.server``) running the packaged 
 through litellm exactly as a cloud provider is. It adds one thing: every request body it receives
 is appended to a JSONL file, so tests can prove what did, and did not, leave the router.
 
+**Recorded-answer mode** (``--answers FILE``, for the retrain demo): no model runs; the server
+answers each query with a recorded reference answer (a JSONL of ``{"query", "answer"}``) and
+labels every response ``model="standin-recorded"``, ``system_fingerprint="recorded-answers"``.
+It stands in for a strong cloud model whose answers the local model learns from; the HTTP
+exchange, litellm and the router's cloud path are the real ones.
+
 Run it directly with ``python -m evals.standin_cloud --port 8765 --record requests.jsonl``, or use
 :class:`StandinCloud` to start and stop it as a subprocess.
 """
@@ -23,7 +29,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["STANDIN_MODEL", "StandinCloud", "main"]
+__all__ = ["RECORDED_MODEL", "STANDIN_MODEL", "StandinCloud", "build_recorded_app", "load_recorded_answers", "main"]
 
 STANDIN_MODEL = "standin"
 
@@ -65,11 +71,81 @@ def build_app(model_path: str, record: Path, n_threads: int, n_ctx: int) -> Any:
     return app
 
 
+RECORDED_MODEL = "standin-recorded"
+UNKNOWN_QUERY_ANSWER = "I'm sorry, I can't help with that request."
+
+
+def load_recorded_answers(path: Path) -> dict[str, str]:
+    """``query`` → ``answer`` from a JSONL file; queries match after whitespace normalisation."""
+    answers: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            answers[_query_key(entry["query"])] = entry["answer"]
+    return answers
+
+
+def _query_key(text: str) -> str:
+    return " ".join(text.split())
+
+
+def build_recorded_app(answers: dict[str, str], record: Path) -> Any:
+    """An OpenAI-compatible chat endpoint that replays recorded answers (streaming included)."""
+    import uuid
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def models(request: Any) -> Any:
+        return JSONResponse({"object": "list", "data": [{"id": RECORDED_MODEL, "object": "model", "owned_by": "recorded-answers"}]})
+
+    async def chat(request: Any) -> Any:
+        body = await request.json()
+        with record.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"path": request.url.path, "body": body}) + "\n")
+        question = next((m.get("content") or "" for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+        if isinstance(question, list):
+            question = "".join(part.get("text", "") for part in question if isinstance(part, dict))
+        answer = answers.get(_query_key(question), UNKNOWN_QUERY_ANSWER)
+        common = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": RECORDED_MODEL, "system_fingerprint": "recorded-answers"}
+        usage = {"prompt_tokens": len(question.split()), "completion_tokens": len(answer.split()), "total_tokens": len(question.split()) + len(answer.split())}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": answer}
+            return JSONResponse({**common, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage})
+
+        def events() -> Any:
+            chunk = {**common, "object": "chat.completion.chunk"}
+            pieces = answer.split(" ")
+            for i, piece in enumerate(pieces):
+                delta = {"content": piece if i == 0 else " " + piece, **({"role": "assistant"} if i == 0 else {})}
+                yield f"data: {json.dumps({**chunk, 'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]})}\n\n"
+            final = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            if (body.get("stream_options") or {}).get("include_usage"):
+                final["usage"] = usage
+            yield f"data: {json.dumps(final)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    routes = [Route("/v1/models", models, methods=["GET"]), Route("/v1/chat/completions", chat, methods=["POST"])]
+    return Starlette(routes=routes)
+
+
 class StandinCloud:
     """Start the stand-in server as a subprocess; use as a context manager so it always stops."""
 
-    def __init__(self, *, port: int | None = None, record: Path | None = None, n_threads: int = 1, n_ctx: int = 2048) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        record: Path | None = None,
+        n_threads: int = 1,
+        n_ctx: int = 2048,
+        answers: Path | None = None,
+    ) -> None:
         self.port = port or _free_port()
+        self.answers = answers
         self.record = record or Path(tempfile.mkdtemp(prefix="standin-")) / "requests.jsonl"
         self._n_threads = n_threads
         self._n_ctx = n_ctx
@@ -81,7 +157,7 @@ class StandinCloud:
 
     @property
     def litellm_model(self) -> str:
-        return f"openai/{STANDIN_MODEL}"
+        return f"openai/{RECORDED_MODEL if self.answers else STANDIN_MODEL}"
 
     def start(self, timeout_s: float = 120.0) -> StandinCloud:
         self.record.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +167,8 @@ class StandinCloud:
             "--port", str(self.port), "--record", str(self.record),
             "--n-threads", str(self._n_threads), "--n-ctx", str(self._n_ctx),
         ]  # fmt: skip
+        if self.answers is not None:
+            cmd += ["--answers", str(self.answers)]
         self._process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -137,9 +215,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="GGUF file (default: the packaged Gemma 3 270M)")
     parser.add_argument("--n-threads", type=int, default=1)
     parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--answers", type=Path, help="recorded-answer mode: JSONL of {query, answer}; no model runs")
     args = parser.parse_args(argv)
 
     import uvicorn
+
+    if args.answers is not None:
+        app = build_recorded_app(load_recorded_answers(args.answers), args.record)
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+        return
 
     from router.backends.llama_cpp import packaged_model_path
 

@@ -157,8 +157,11 @@ class Engine:
     def _local_pieces(self, exchange: Exchange) -> Iterator[str]:
         """Generate locally, guarded; raises LocalFailure before or while yielding text."""
         request = exchange.request
+        self.local.refresh()
         self._check_local_fits(exchange)
-        exchange.serve_with("local", self.local.name, self.local.model_name, self.config.local.adapter_version)
+        # With a registry the backend knows which promoted version it loaded; else the config labels it.
+        adapter_version = self.local.adapter_version if self.config.local.registry_path else self.config.local.adapter_version
+        exchange.serve_with("local", self.local.name, self.local.model_name, adapter_version)
         guard = DegenerationGuard(
             question=request.query,
             min_span=self.config.local.degenerate_min_span,

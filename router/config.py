@@ -55,6 +55,12 @@ class LocalConfig(_Section):
     model_name: str | None = Field(None, description="Model name reported in responses; default: the file stem.")
     adapter_path: Path | None = Field(None, description="GGUF LoRA adapter applied on top of the model.")
     adapter_version: str | None = Field(None, description="Version label of the adapter, recorded in the log.")
+    registry_path: Path | None = Field(
+        None,
+        description="Model registry written by `router retrain`; the local tier serves its promoted adapter and "
+        "switches to a new promotion without a restart",
+    )
+    registry_poll_s: float = Field(1.0, gt=0, description="Seconds between checks of the registry for a new promotion.")
     n_ctx: int = Field(2048, ge=128, le=131072, description="Context window in tokens.")
     n_threads: int | None = Field(
         None, ge=1, description="Generation threads; default: all cores but one, left for classification and I/O."
@@ -173,7 +179,10 @@ class _TomlSource(PydanticBaseSettingsSource):
             return {}
         try:
             with open(path, "rb") as fh:
-                return tomllib.load(fh)
+                data = tomllib.load(fh)
+            # The [retrain] table belongs to finetune's RetrainConfig, which reads the same file.
+            data.pop("retrain", None)
+            return data
         except FileNotFoundError as err:
             raise ConfigError(f"config file not found: {path}") from err
         except tomllib.TOMLDecodeError as err:

@@ -21,21 +21,23 @@ from router.config import RouterConfig
 from router.errors import BadRequestError, PrivacyError
 from router.types import Reason, Tier
 
-__all__ = ["AUTO_MODEL", "LOCAL_MODEL", "Decision", "RoutingPolicy"]
+__all__ = ["AUTO_MODEL", "LOCAL_MODEL", "Decision", "RoutingPolicy", "luhn_valid"]
 
 AUTO_MODEL = "auto"
 LOCAL_MODEL = "local"
 
 
-def _luhn_valid(candidate: str) -> bool:
+def luhn_valid(candidate: str) -> bool:
     """The Luhn checksum every payment card number satisfies (about 1 in 10 random numbers do)."""
     digits = [int(c) for c in candidate if c.isdigit()]
     total = sum(digits[-1::-2]) + sum(sum(divmod(2 * d, 10)) for d in digits[-2::-2])
     return total % 10 == 0
 
 
+_luhn_valid = luhn_valid  # the former private name, kept for existing callers
+
 # Patterns of these names only count when the match also passes the check.
-_CHECKSUMS = {"card_number": _luhn_valid}
+_CHECKSUMS = {"card_number": luhn_valid}
 
 
 @dataclass(frozen=True)

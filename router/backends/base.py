@@ -76,6 +76,14 @@ class LocalBackend(abc.ABC):
     ) -> GenerationStream:
         """Start generating; raise :class:`LocalFailure` (kind ``timeout``) past ``deadline``."""
 
+    @property
+    def adapter_version(self) -> str | None:
+        """Registry version of the adapter now serving, for backends that follow a registry."""
+        return None
+
+    def refresh(self) -> None:
+        """Pick up a newly promoted adapter; called before each local request, must be cheap."""
+
     def close(self) -> None:
         """Release native resources."""
 

@@ -7,6 +7,7 @@ same cores. Waiting for the lock counts against the request's deadline.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -15,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from router._request import GenerationParams
+from router.adapter_watch import AdapterWatch, ServingAdapter
 from router.backends.base import GenerationStream, LocalBackend, LocalFailure, register_local_backend
 from router.chat_template import STOP_SEQUENCES, render_prompt
 from router.config import LocalConfig
-from router.errors import ConfigError, MissingDependencyError
+from router.errors import ArtifactError, ConfigError, MissingDependencyError
 
 __all__ = ["LlamaCppBackend", "packaged_model_path"]
+
+logger = logging.getLogger("router")
 
 
 def packaged_model_path() -> Path:
@@ -40,7 +44,12 @@ def default_threads() -> int:
 
 
 class LlamaCppBackend(LocalBackend):
-    """llama-cpp-python running the configured GGUF in this process."""
+    """llama-cpp-python running the configured GGUF in this process.
+
+    With ``local.registry_path`` set it serves the registry's promoted adapter and, when a new
+    version is promoted, loads it beside the serving model and swaps it in between generations; a
+    version that fails its checksum or fails to load leaves the serving model in place.
+    """
 
     name = "llama_cpp"
 
@@ -49,6 +58,14 @@ class LlamaCppBackend(LocalBackend):
         self._llm: Any = None
         self._load_lock = threading.Lock()
         self._generate_lock = threading.Lock()
+        # Tokenizing runs outside the generate lock; this lock keeps a swap from closing the model under it.
+        self._tokenize_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._adapter_path: Path | None = config.adapter_path
+        self._adapter_version: str | None = config.adapter_version
+        self._watch: AdapterWatch | None = None
+        if config.registry_path is not None:
+            self._watch = AdapterWatch(config.registry_path, poll_s=config.registry_poll_s)
 
     @property
     def model_name(self) -> str:
@@ -59,10 +76,48 @@ class LlamaCppBackend(LocalBackend):
         return "gemma-3-270m-q4_k_m"
 
     @property
+    def adapter_version(self) -> str | None:
+        """The registry version (or configured label) of the adapter now loaded."""
+        return self._adapter_version
+
+    @property
+    def adapter_path(self) -> Path | None:
+        """The adapter file now loaded (None: the base model alone)."""
+        return self._adapter_path
+
+    @property
     def llama(self) -> Any:
-        """The underlying ``llama_cpp.Llama`` (loaded on first access)."""
+        """The underlying ``llama_cpp.Llama`` (loaded on first access; replaced when a registry promotes)."""
         self.load()
         return self._llm
+
+    def _new_llama(self, adapter_path: Path | None) -> Any:
+        try:
+            from llama_cpp import Llama
+        except ImportError as err:
+            raise MissingDependencyError("llama-cpp-python", purpose="the local tier") from err
+        model_path = self._config.model_path or packaged_model_path()
+        for label, path in (("local.model_path", model_path), ("local.adapter_path", adapter_path)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{label}: no such file: {path}")
+        llm = Llama(
+            model_path=str(model_path),
+            lora_path=str(adapter_path) if adapter_path else None,
+            n_ctx=self._config.n_ctx,
+            n_batch=self._config.n_batch,
+            n_threads=self._config.n_threads or default_threads(),
+            verbose=False,
+        )
+        # llama-cpp-python compares the adapter pointer with None, which a NULL ctypes pointer never
+        # is: a refused adapter (wrong architecture, shapes, corrupt file) "loads" and the first decode
+        # crashes the process. Check the pointer here instead.
+        if adapter_path and not getattr(llm, "_lora_adapter", True):
+            llm.close()
+            raise ArtifactError(
+                f"llama.cpp refused the LoRA adapter {adapter_path}: not a LoRA for this base model "
+                "(architecture or tensor shapes differ) or a damaged file"
+            )
+        return llm
 
     def load(self) -> None:
         if self._llm is not None:
@@ -70,25 +125,67 @@ class LlamaCppBackend(LocalBackend):
         with self._load_lock:
             if self._llm is not None:
                 return
+            if self._watch is not None:
+                state = self._watch.read()
+                if state is not None:
+                    try:
+                        self._llm = self._new_llama(state.adapter_path)
+                    except MissingDependencyError:
+                        raise
+                    except Exception as err:  # a bad promotion must not take the local tier down
+                        logger.warning("registry version %s failed to load (%s); serving the configured model", state.version, err)
+                    else:
+                        self._serve(state)
+                        return
+            self._llm = self._new_llama(self._config.adapter_path)
+
+    def _serve(self, state: ServingAdapter) -> None:
+        self._adapter_path, self._adapter_version = state.adapter_path, state.version
+        if self._watch is not None:
+            self._watch.accept(state)
+
+    def refresh(self) -> None:
+        """Swap in a newly promoted adapter, if the registry has one (checked at most every poll interval)."""
+        if self._watch is None or self._llm is None:
+            return  # load() reads the registry itself
+        state = self._watch.poll()
+        if state is None:
+            return
+        with self._reload_lock:
+            if state == self._watch.current:
+                return
             try:
-                from llama_cpp import Llama
-            except ImportError as err:
-                raise MissingDependencyError("llama-cpp-python", purpose="the local tier") from err
-            model_path = self._config.model_path or packaged_model_path()
-            for label, path in (("local.model_path", model_path), ("local.adapter_path", self._config.adapter_path)):
-                if path is not None and not Path(path).is_file():
-                    raise ConfigError(f"{label}: no such file: {path}")
-            self._llm = Llama(
-                model_path=str(model_path),
-                lora_path=str(self._config.adapter_path) if self._config.adapter_path else None,
-                n_ctx=self._config.n_ctx,
-                n_batch=self._config.n_batch,
-                n_threads=self._config.n_threads or default_threads(),
-                verbose=False,
-            )
+                new = self._new_llama(state.adapter_path)
+            except Exception as err:
+                logger.warning(
+                    "registry version %s failed to load (%s); still serving %s", state.version, err, self._adapter_version
+                )
+                return
+            old = None
+            if self._generate_lock.acquire(timeout=self._config.timeout_s):
+                try:
+                    with self._tokenize_lock:
+                        if self._llm is not None:  # not closed meanwhile
+                            old, self._llm = self._llm, new
+                            self._serve(state)
+                            new = None
+                finally:
+                    self._generate_lock.release()
+            else:
+                self._watch.retry()  # the model stayed busy; try again on a later request
+            for llm in (old, new):
+                if llm is not None:
+                    llm.close()
+            if old is not None:
+                logger.info("local tier now serves registry version %s", state.version)
+
+    def _tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        self.load()
+        with self._tokenize_lock:
+            return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     def _prompt_tokens(self, messages: Sequence[dict[str, Any]]) -> list[int]:
-        return self.llama.tokenize(render_prompt(messages).encode("utf-8"), add_bos=True, special=True)
+        return self._tokenize(render_prompt(messages), add_bos=True)
 
     def fits(self, messages: Sequence[dict[str, Any]], max_tokens: int) -> bool:
         return len(self._prompt_tokens(messages)) + max_tokens <= self._config.n_ctx

@@ -1,0 +1,90 @@
+"""finetune: turn the router's traffic log into a better local model, promoted only when it wins.
+
+``retrain(config)`` runs one cycle (dataset snapshot → LoRA training → GGUF adapter export →
+evaluation as served → gate → promotion); the pieces are public for custom pipelines. Names
+load on first access (PEP 562): torch, transformers and peft are imported only by the functions
+that train or evaluate.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "retrain": "finetune.retrain",
+    "RetrainResult": "finetune.retrain",
+    "RetrainConfig": "finetune.config",
+    "Example": "finetune.datasets",
+    "DatasetFilters": "finetune.datasets",
+    "DatasetSnapshot": "finetune.datasets",
+    "FrozenEvalSet": "finetune.datasets",
+    "build_snapshot": "finetune.datasets",
+    "clean": "finetune.datasets",
+    "examples_from_log": "finetune.datasets",
+    "examples_from_jsonl": "finetune.datasets",
+    "examples_from_csv": "finetune.datasets",
+    "TrainConfig": "finetune.training",
+    "TrainResult": "finetune.training",
+    "load_base_model": "finetune.training",
+    "train_lora": "finetune.training",
+    "measure_logits_speedup": "finetune.training",
+    "export_adapter": "finetune.export",
+    "write_lora_gguf": "finetune.export",
+    "EvalConfig": "finetune.evaluate",
+    "EvalReport": "finetune.evaluate",
+    "evaluate_model": "finetune.evaluate",
+    "rouge_l": "finetune.evaluate",
+    "GateConfig": "finetune.gate",
+    "GateDecision": "finetune.gate",
+    "decide": "finetune.gate",
+    "ModelRegistry": "finetune.registry",
+    "ModelVersion": "finetune.registry",
+    "NoRollbackTargetError": "finetune.registry",
+    "BASE_VERSION": "finetune.registry",
+    "split_bucket": "finetune.datasets",
+    "update_classifier": "finetune.classifier_update",
+    "merge_adapter": "finetune.merge",
+    "quantize_gguf": "finetune.merge",
+    "quantization_report": "finetune.quant_report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'finetune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from finetune.config import RetrainConfig
+    from finetune.datasets import (
+        DatasetFilters,
+        DatasetSnapshot,
+        Example,
+        FrozenEvalSet,
+        build_snapshot,
+        split_bucket,
+        clean,
+        examples_from_csv,
+        examples_from_jsonl,
+        examples_from_log,
+    )
+    from finetune.evaluate import EvalConfig, EvalReport, evaluate_model, rouge_l
+    from finetune.export import export_adapter, write_lora_gguf
+    from finetune.merge import merge_adapter, quantize_gguf
+    from finetune.quant_report import quantization_report
+    from finetune.gate import GateConfig, GateDecision, decide
+    from finetune.classifier_update import update_classifier
+    from finetune.registry import BASE_VERSION, ModelRegistry, ModelVersion, NoRollbackTargetError
+    from finetune.retrain import RetrainResult, retrain
+    from finetune.training import TrainConfig, TrainResult, load_base_model, measure_logits_speedup, train_lora

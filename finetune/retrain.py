@@ -1,0 +1,174 @@
+"""One retrain: traffic log → dataset snapshot → LoRA → GGUF adapter → evaluation → gate → promotion.
+
+Idempotent and safe to run from cron: too little new data, or a snapshot already trained on,
+changes nothing; training happens in a run directory named after the snapshot and settings, so
+an interrupted run resumes from its last checkpoint next time; the serving pointer is switched
+(atomically, by the registry) only after the candidate has passed the gate on the frozen
+evaluation set, evaluated with llama.cpp exactly as it will be served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from finetune.config import RetrainConfig
+from finetune.datasets import DatasetSnapshot, Example, build_snapshot, examples_from_csv, examples_from_jsonl, examples_from_log
+from finetune.evaluate import evaluate_model
+from finetune.gate import GateDecision, decide
+from finetune.registry import BASE_VERSION, ModelRegistry, ModelVersion
+from router.errors import ConfigError
+
+__all__ = ["RetrainResult", "retrain"]
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["promoted", "rejected", "skipped"]
+
+
+@dataclass
+class RetrainResult:
+    """What a retrain did, and why."""
+
+    status: Status
+    message: str
+    dataset_id: str | None = None
+    version: str | None = None
+    serving_version: str | None = None
+    candidate_metrics: dict[str, float] = field(default_factory=dict)
+    serving_metrics: dict[str, float] = field(default_factory=dict)
+    decision: GateDecision | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "decision"}
+        out["gate_reasons"] = list(self.decision.reasons) if self.decision else []
+        return out
+
+
+def _load_sources(config: RetrainConfig) -> tuple[list[Example], list[str]]:
+    if not Path(config.log_path).exists() and not config.extra_sources:
+        raise ConfigError(f"no traffic log at {config.log_path} and no extra sources to learn from")
+    examples: list[Example] = []
+    sources: list[str] = []
+    if Path(config.log_path).exists():
+        examples += examples_from_log(config.log_path, categories=config.categories, include_local=config.include_local_accepted)
+        sources.append(f"log:{config.log_path}")
+    for path in config.extra_sources:
+        reader = examples_from_jsonl if path.suffix == ".jsonl" else examples_from_csv
+        examples += reader(path)
+        sources.append(f"file:{path}")
+    return examples, sources
+
+
+def _capped(train: list[Example], limit: int, seed: int) -> list[Example]:
+    """At most ``limit`` examples, chosen reproducibly from the snapshot."""
+    if len(train) <= limit:
+        return list(train)
+    chosen = list(train)
+    random.Random(seed).shuffle(chosen)
+    return chosen[:limit]
+
+
+def _eval_fingerprint(snapshot: DatasetSnapshot) -> str:
+    keys = "\n".join(e.prompt_key for e in snapshot.eval)
+    return hashlib.sha256(keys.encode()).hexdigest()[:16]
+
+
+def _metrics_for(
+    registry: ModelRegistry, version: ModelVersion, snapshot: DatasetSnapshot, config: RetrainConfig, progress: bool
+) -> dict[str, float]:
+    """The version's metrics on the current frozen set, evaluated (and stored) if missing."""
+    fingerprint = _eval_fingerprint(snapshot)
+    if version.train.get("eval_set") == fingerprint and version.metrics:
+        return dict(version.metrics)
+    adapter = registry.adapter_path(version.version)
+    report = evaluate_model(
+        snapshot.eval, model_path=config.base_model, adapter_path=adapter, config=config.evaluation,
+        progress=progress, label=f"evaluating {version.version}",
+    )  # fmt: skip
+    registry.update_metrics(version.version, report.metrics, eval_set=fingerprint)
+    return report.metrics
+
+
+def retrain(
+    config: RetrainConfig | None = None, *, progress: bool = True, dry_run: bool = False, log: Callable[[str], None] = print
+) -> RetrainResult:
+    """Run one retrain cycle; see the module docstring for what it guarantees."""
+    from finetune.export import export_adapter
+    from finetune.training import load_base_model, measure_logits_speedup, train_lora
+
+    config = config or RetrainConfig.from_router_config()
+    registry = ModelRegistry(config.registry_path)
+    examples, sources = _load_sources(config)
+    snapshot = build_snapshot(examples, config.registry_path, filters=config.filters, seed=config.training.seed, sources=sources)
+    log(f"dataset {snapshot.id}: {len(snapshot.train)} training examples, {len(snapshot.eval)} frozen evaluation examples")
+
+    serving = registry.serving()
+    if serving is None and not dry_run:  # first run: the base model is what serves
+        serving = registry.ensure_base(base_model=str(config.base_model or "packaged"))
+        registry.promote(serving.version, reason="initial base model")
+    serving_train = serving.train if serving is not None else {}
+    serving_name = serving.version if serving is not None else BASE_VERSION
+    trained = {v.dataset_id for v in registry.versions() if v.dataset_id}
+    if snapshot.id in trained:
+        return RetrainResult("skipped", f"already trained on dataset {snapshot.id}; nothing new", snapshot.id, serving_version=serving_name)
+    seen = set(serving_train.get("train_sources", []))
+    new = [e for e in snapshot.train if e.source not in seen]
+    if len(new) < config.min_new_examples:
+        return RetrainResult(
+            "skipped", f"only {len(new)} new training examples (need {config.min_new_examples}); nothing changed",
+            snapshot.id, serving_version=serving_name,
+        )  # fmt: skip
+    train_set = _capped(snapshot.train, config.max_train_examples, config.training.seed)
+    if dry_run or serving is None:
+        return RetrainResult("skipped", f"dry run: would train on {len(train_set)} examples from dataset {snapshot.id}", snapshot.id, serving_version=serving_name)
+
+    serving_metrics = _metrics_for(registry, serving, snapshot, config, progress)
+    run_dir = Path(config.registry_path) / "runs" / f"{snapshot.id}-{config.training.fingerprint()}"
+    log(f"training on {len(train_set)} examples in {run_dir} (resumes if interrupted)")
+    base = load_base_model(config.base_model, device=config.training.device)
+    speedup: dict[str, float] = {}
+    if config.measure_logits_speedup:
+        speedup = measure_logits_speedup(train_set, config.training, base=base)
+        log(f"response-only logits: {speedup['speedup']:.2f}x faster per step than full-sequence logits")
+    started = time.perf_counter()
+    result = train_lora(train_set, run_dir, config.training, base=base, progress=progress)
+    del base
+    adapter = export_adapter(result.adapter_dir, run_dir / "adapter.gguf")
+    train_info = {
+        **result.as_dict(),
+        "wall_seconds": time.perf_counter() - started,
+        "train_sources": sorted(e.source for e in train_set),
+        "logits": speedup,
+    }
+    train_info.pop("history", None)
+    candidate_report = evaluate_model(
+        snapshot.eval, model_path=config.base_model, adapter_path=adapter, config=config.evaluation,
+        progress=progress, label="evaluating candidate",
+    )  # fmt: skip
+    (run_dir / "evaluation.json").write_text(json.dumps(candidate_report.as_dict(), indent=1))
+    decision = decide(candidate_report.metrics, serving_metrics, config.gate)
+    version = registry.add(
+        adapter, metrics=candidate_report.metrics, dataset_id=snapshot.id,
+        train={**train_info, "eval_set": _eval_fingerprint(snapshot), "gate": decision.reasons},
+        base_model=str(config.base_model or "packaged"),
+    )  # fmt: skip
+    outcome = RetrainResult(
+        "rejected", "", snapshot.id, version.version, serving.version,
+        candidate_report.metrics, serving_metrics, decision, train_info,
+    )  # fmt: skip
+    if decision.promote:
+        registry.promote(version.version, reason="; ".join(decision.reasons))
+        outcome.status = "promoted"
+        outcome.message = f"{version.version} promoted over {serving.version}: " + "; ".join(decision.reasons)
+    else:
+        outcome.message = f"{version.version} kept but not promoted; {serving.version} still serves: " + "; ".join(decision.reasons)
+    return outcome

@@ -1,0 +1,20 @@
+"""finetune's public API: every name in __all__ resolves, and importing the package loads no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import finetune
+
+
+def test_all_is_sorted_and_resolves() -> None:
+    assert sorted(finetune.__all__) == finetune.__all__
+    for name in finetune.__all__:
+        assert getattr(finetune, name) is not None
+
+
+def test_import_finetune_is_light() -> None:
+    code = "import sys, finetune; print(sorted(m for m in ('torch', 'transformers', 'peft', 'llama_cpp') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -18,19 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from router.errors import ArtifactError, ArtifactIntegrityError
+from router.files import sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "hybrid-router/embedding-classifier"
 FORMAT_VERSION = 1
 _DIGEST_KEY = "manifest_sha256"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _manifest_digest(manifest: dict[str, Any]) -> str:

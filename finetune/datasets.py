@@ -33,8 +33,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from router._guard import DegenerationGuard
-from router.config import DEFAULT_PII_PATTERNS
+from router.config import DEFAULT_PII_PATTERNS, validate_patterns
 from router.errors import ArtifactError, ArtifactIntegrityError, ConfigError
+from router.files import fsync_dir, sha256_file, write_text_atomic
 from router.policy import luhn_valid
 from router.traffic_log import LogRecord, TrafficLog
 
@@ -181,12 +182,7 @@ class DatasetFilters(BaseModel):
     @field_validator("pii_patterns")
     @classmethod
     def _compile(cls, patterns: dict[str, str]) -> dict[str, str]:
-        for name, pattern in patterns.items():
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ValueError(f"pii pattern {name!r} is not a valid regex: {err}") from err
-        return patterns
+        return validate_patterns(patterns)
 
 
 class _Scrubber:
@@ -513,39 +509,12 @@ def _is_eval(example: Example, filters: DatasetFilters) -> bool:
 # ---------------------------------------------------------------------------- files
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, text: str) -> None:
+    """Write and fsync a file inside a staging directory (the directory rename is the atomic step)."""
     with path.open("w", encoding="utf-8", newline="\n") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-    try:
-        _write_file(tmp, text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _jsonl(examples: Iterable[Example]) -> str:
@@ -620,7 +589,7 @@ class FrozenEvalSet:
         manifest = _read_json(meta)
         if not data.is_file():
             raise ArtifactIntegrityError(f"{meta} exists but {data} is missing")
-        if _sha256_file(data) != manifest.get("sha256"):
+        if sha256_file(data) != manifest.get("sha256"):
             raise ArtifactIntegrityError(f"{data} does not match the checksum in {meta}; the frozen eval set was altered")
         examples = _read_jsonl(data)
         if len(examples) != manifest.get("count"):
@@ -646,15 +615,15 @@ class FrozenEvalSet:
         data, meta = cls._paths(root)
         if not chosen:  # freezing an empty set would leave training without an evaluation set for good
             return cls(data, [], {"sha256": hashlib.sha256(b"").hexdigest(), "created_at": None, "count": 0})
-        _atomic_write(data, _jsonl(chosen))
+        write_text_atomic(data, _jsonl(chosen))
         manifest = {
-            "sha256": _sha256_file(data),
+            "sha256": sha256_file(data),
             "created_at": _now(),
             "count": len(chosen),
             "eval_percent": filters.eval_percent,
             "split_salt": filters.split_salt,
         }
-        _atomic_write(meta, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(meta, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         logger.info("froze %d evaluation examples at %s", len(chosen), data)
         return cls(data, chosen, manifest)
 
@@ -708,7 +677,7 @@ class DatasetSnapshot:
             file = path / name
             if not file.is_file():
                 raise ArtifactIntegrityError(f"{path} is missing {name}")
-            if _sha256_file(file) != expected:
+            if sha256_file(file) != expected:
                 raise ArtifactIntegrityError(f"checksum mismatch for {file}; the snapshot was altered")
         return cls(path, manifest)
 
@@ -781,12 +750,12 @@ def build_snapshot(
     try:
         _write_file(staging / _TRAIN_FILE, train_text)
         _write_file(staging / _EVAL_FILE, eval_text)
-        manifest["files"] = {name: _sha256_file(staging / name) for name in (_TRAIN_FILE, _EVAL_FILE)}
+        manifest["files"] = {name: sha256_file(staging / name) for name in (_TRAIN_FILE, _EVAL_FILE)}
         manifest[_DIGEST_KEY] = _manifest_digest(manifest)
         _write_file(staging / _MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for name in (_TRAIN_FILE, _EVAL_FILE, _MANIFEST):
             os.chmod(staging / name, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-        _fsync_dir(staging)
+        fsync_dir(staging)
         try:
             os.rename(staging, path)
         except OSError:
@@ -797,6 +766,6 @@ def build_snapshot(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     logger.info("dataset snapshot %s: %d train, %d eval examples", snapshot_id, len(train), len(frozen.examples))
     return DatasetSnapshot(path, manifest)

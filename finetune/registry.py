@@ -31,6 +31,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.errors import ArtifactError, ArtifactIntegrityError, RouterError
+from router.files import fsync_dir, write_text_atomic
+from router.files import sha256_file as file_sha256
 
 __all__ = ["BASE_VERSION", "ModelRegistry", "ModelVersion", "NoRollbackTargetError", "file_sha256"]
 
@@ -65,39 +67,8 @@ class ModelVersion(BaseModel):
     notes: str = Field("", description="Anything a human should know about this version.")
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: readers see the old file or the new one, never a mix."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _sort_key(version: str) -> tuple[int, int, str]:
@@ -182,7 +153,7 @@ class ModelRegistry:
                 candidates = [version] if version is not None else self._next_numbered()
                 for name in candidates:
                     record = ModelVersion(version=name, **record_fields)
-                    _write_atomic(tmp / "version.json", record.model_dump_json(indent=2) + "\n")
+                    write_text_atomic(tmp / "version.json", record.model_dump_json(indent=2) + "\n")
                     try:
                         os.rename(tmp, self.versions_dir / name)  # fails if the version exists
                     except OSError as err:
@@ -191,7 +162,7 @@ class ModelRegistry:
                         if version is not None:
                             raise ArtifactError(f"version {name!r} already exists in {self.root}") from err
                         continue
-                    _fsync_dir(self.versions_dir)
+                    fsync_dir(self.versions_dir)
                     return record
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -246,7 +217,7 @@ class ModelRegistry:
                     update["metrics"] = new
                 update["train"] = {**record.train, "eval_set": eval_set}
             updated = record.model_copy(update=update)
-            _write_atomic(self.versions_dir / version / "version.json", updated.model_dump_json(indent=2) + "\n")
+            write_text_atomic(self.versions_dir / version / "version.json", updated.model_dump_json(indent=2) + "\n")
         return updated
 
     # -- reading versions -----------------------------------------------------------------------
@@ -377,7 +348,7 @@ class ModelRegistry:
             "previous": previous,
         }
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.serving_path, json.dumps(state, indent=2) + "\n")
+        write_text_atomic(self.serving_path, json.dumps(state, indent=2) + "\n")
         entry = {"action": action, "version": record.version, "previous": previous, "at": at, "reason": reason}
         if replaced is not None:
             entry["replaced"] = replaced

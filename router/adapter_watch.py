@@ -8,7 +8,6 @@ refused so the model already serving keeps serving.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,6 +15,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from router.files import sha256_file
 
 __all__ = ["AdapterWatch", "ServingAdapter"]
 
@@ -43,14 +44,6 @@ def _signature(path: Path | None) -> _Signature:
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class AdapterWatch:
@@ -104,7 +97,7 @@ class AdapterWatch:
         if state is None or state.adapter_path is None:
             return state
         try:
-            actual = _sha256(state.adapter_path)
+            actual = sha256_file(state.adapter_path)
         except OSError as err:
             logger.warning("registry %s: adapter of version %s unreadable (%s); keeping the current model", self.root, state.version, err)
             return None

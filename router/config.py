@@ -28,6 +28,7 @@ __all__ = [
     "RouterConfig",
     "RoutingConfig",
     "load_config",
+    "validate_patterns",
 ]
 
 # Patterns for data that must not leave the machine. Conservative on purpose: a false positive
@@ -139,14 +140,7 @@ class RoutingConfig(_Section):
     @field_validator("pii_patterns")
     @classmethod
     def _patterns_compile(cls, patterns: dict[str, str]) -> dict[str, str]:
-        import re
-
-        for name, pattern in patterns.items():
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ValueError(f"pii pattern {name!r} is not a valid regex: {err}") from err
-        return patterns
+        return validate_patterns(patterns)
 
 
 class LogConfig(_Section):
@@ -158,6 +152,18 @@ class LogConfig(_Section):
     )
     store_messages: bool = Field(True, description="Store message and answer text (needed for retraining).")
     redact_pii: bool = Field(False, description="Replace PII pattern matches with [NAME] before storing.")
+
+
+def validate_patterns(patterns: dict[str, str]) -> dict[str, str]:
+    """Named PII regexes, each checked to compile (a bad pattern fails at load, not mid-request)."""
+    import re
+
+    for name, pattern in patterns.items():
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"pii pattern {name!r} is not a valid regex: {err}") from err
+    return patterns
 
 
 def _data_dir() -> Path:

@@ -8,7 +8,6 @@ renamed into place, so readers never see a half-written artifact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,17 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from router.errors import ArtifactError, ArtifactIntegrityError
-from router.files import sha256_file
+from router.files import MANIFEST_DIGEST_KEY, manifest_digest, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "hybrid-router/embedding-classifier"
 FORMAT_VERSION = 1
-_DIGEST_KEY = "manifest_sha256"
-
-
-def _manifest_digest(manifest: dict[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != _DIGEST_KEY}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def write_artifact(path: str | Path, populate: Callable[[Path], dict[str, Any]]) -> Path:
@@ -45,7 +38,7 @@ def write_artifact(path: str | Path, populate: Callable[[Path], dict[str, Any]])
             p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
         }
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **fields, "files": files}
-        manifest[_DIGEST_KEY] = _manifest_digest(manifest)
+        manifest[MANIFEST_DIGEST_KEY] = manifest_digest(manifest)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         _swap_into_place(staging, path)
     except BaseException:
@@ -85,7 +78,7 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
         raise ArtifactIntegrityError(
             f"{path} has format version {manifest.get('format_version')!r}; this library reads {FORMAT_VERSION}"
         )
-    if manifest.get(_DIGEST_KEY) != _manifest_digest(manifest):
+    if manifest.get(MANIFEST_DIGEST_KEY) != manifest_digest(manifest):
         raise ArtifactIntegrityError(f"{manifest_file} was modified after it was written (digest mismatch)")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:

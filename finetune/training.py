@@ -235,7 +235,10 @@ def _save_checkpoint(torch: Any, directory: Path, step: int, model: Any, optimiz
         },
         tmp / "state.pt",
     )
-    os.replace(tmp, final) if not final.exists() else shutil.rmtree(tmp)
+    if final.exists():  # a resumed run reached the same step again
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, final)
     for old in sorted(directory.glob("checkpoint-*"))[:-2]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -270,9 +273,6 @@ def train_lora(
     """Fine-tune a LoRA adapter on ``examples``; the best adapter (by validation loss) ends in
     ``output_dir/adapter`` (peft format, see :func:`finetune.export.export_adapter` for GGUF)."""
     torch = _torch()
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from tqdm.auto import tqdm
-
     config = config or TrainConfig()
     if not examples:
         raise ValueError("no training examples")
@@ -285,24 +285,32 @@ def train_lora(
 
     base = base or load_base_model(device=config.device)
     device = next(base.model.parameters()).device
-    model = get_peft_model(
-        base.model,
-        LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=list(config.target_modules),
-            task_type="CAUSAL_LM",
-        ),
-    )
+    model = _with_lora(base, config)
     try:
-        return _train(torch, model, base, examples, output_dir, checkpoints, config, device, progress, on_step, tqdm, set_peft_model_state_dict)
+        return _train(torch, model, base, examples, output_dir, checkpoints, config, device, progress, on_step)
     finally:
         # Leave the shared base model as it was, so it can be wrapped again (tests, evaluation).
         model.unload()
 
 
-def _train(torch, model, base, examples, output_dir, checkpoints, config, device, progress, on_step, tqdm, set_state):  # noqa: ANN001, PLR0913, PLR0915
+def _with_lora(base: BaseModelBundle, config: TrainConfig) -> Any:
+    """Wrap the shared base model with fresh LoRA layers (undo with ``.unload()``)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base.model, lora)
+
+
+def _train(torch, model, base, examples, output_dir, checkpoints, config, device, progress, on_step):  # noqa: ANN001, PLR0913, PLR0915
+    from peft import set_peft_model_state_dict
+    from tqdm.auto import tqdm
+
     pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
     eot_id = end_of_turn_id(base.tokenizer)
     encoded = [encode_example(base.tokenizer, example, config) for example in examples]
@@ -333,7 +341,7 @@ def _train(torch, model, base, examples, output_dir, checkpoints, config, device
     if latest is not None:
         saved = torch.load(latest / "state.pt", weights_only=False)
         if saved.get("identity") == identity:
-            set_state(model, saved["adapter"])
+            set_peft_model_state_dict(model, saved["adapter"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             random.setstate(saved["rng"]["python"])
@@ -418,14 +426,9 @@ def measure_logits_speedup(
     """Seconds per training step (forward + backward) with full-sequence vs response-only logits,
     on the same batches, side by side; returns both and their ratio."""
     torch = _torch()
-    from peft import LoraConfig, get_peft_model
-
     config = config or TrainConfig()
     _set_threads(torch, config.threads)
-    model = get_peft_model(
-        base.model,
-        LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=list(config.target_modules), task_type="CAUSAL_LM"),
-    )
+    model = _with_lora(base, config)
     try:
         device = next(base.model.parameters()).device
         pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0

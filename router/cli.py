@@ -47,13 +47,9 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-# Where `router retrain` keeps its registry when the configuration names none.
-DEFAULT_REGISTRY = Path(".router/registry")
-
-
 def _registry(args: argparse.Namespace) -> Any:
     from finetune.registry import ModelRegistry
-    from router.config import load_config
+    from router.config import DEFAULT_REGISTRY, load_config
 
     path = args.registry or load_config(args.config).local.registry_path or DEFAULT_REGISTRY
     return ModelRegistry(path)

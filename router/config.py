@@ -22,6 +22,7 @@ __all__ = [
     "ClassifierConfig",
     "CloudConfig",
     "DEFAULT_PII_PATTERNS",
+    "DEFAULT_REGISTRY",
     "LocalConfig",
     "LogConfig",
     "ModelRoute",
@@ -30,6 +31,9 @@ __all__ = [
     "load_config",
     "validate_patterns",
 ]
+
+# Where `router retrain` keeps versions (and `router models` looks) when local.registry_path is unset.
+DEFAULT_REGISTRY = Path(".router/registry")
 
 # Patterns for data that must not leave the machine. Conservative on purpose: a false positive
 # costs a local answer, a false negative leaks data.

@@ -8,11 +8,17 @@ entry is fsynced too. Checksums are streamed so large model files never sit in m
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["fsync_dir", "sha256_file", "write_text_atomic"]
+__all__ = ["MANIFEST_DIGEST_KEY", "fsync_dir", "manifest_digest", "sha256_file", "write_text_atomic"]
+
+# A manifest carries the digest of its own other fields, so an edited manifest is detected too.
+MANIFEST_DIGEST_KEY = "manifest_sha256"
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -22,6 +28,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of a manifest's canonical JSON, leaving out its own ``manifest_sha256`` field."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -21,7 +21,8 @@ from router.files import MANIFEST_DIGEST_KEY, manifest_digest, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "hybrid-router/embedding-classifier"
-FORMAT_VERSION = 1
+# 2: the encoder graph also computes pooling and the head products (classifiers/_onnx_export.py).
+FORMAT_VERSION = 2
 
 
 def write_artifact(path: str | Path, populate: Callable[[Path], dict[str, Any]]) -> Path:

@@ -5,18 +5,22 @@ the in-scope training embeddings: a query unlike every training example is likel
 even when the softmax is confident, so the confidence mixes the max probability with the max
 cosine to a training example. On a Banking77 validation split (protocol B) that mix separated
 out-of-scope queries better (AUROC 0.924) than max probability alone (0.912) or a mix with
-class centroids (0.899); the extra matrix-vector product costs about 0.4 ms per query.
+class centroids (0.899); the extra matrix-vector product costs about 0.1-0.3 ms per query. On the request path both
+products run inside the encoder's ONNX graph (:attr:`LinearHead.graph_inputs`), never in numpy.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from router.errors import ArtifactIntegrityError, MissingDependencyError
+
+from .encoders import HEAD_INPUTS, HeadInputs
 
 _ARRAYS = ("coef", "intercept", "memory")
 
@@ -29,17 +33,16 @@ class LinearHead:
     intercept: np.ndarray
     memory: np.ndarray
 
-    def proba(self, embeddings: np.ndarray) -> np.ndarray:
-        """Class probabilities, one row per embedding."""
-        logits = embeddings @ self.coef.T + self.intercept
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        return logits / logits.sum(axis=1, keepdims=True)
+    @cached_property
+    def graph_inputs(self) -> HeadInputs:
+        """The arrays the serving graph multiplies by, transposed once (the memory is held twice)."""
+        arrays = (self.coef.T, self.intercept, self.memory.T)
+        return {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in zip(HEAD_INPUTS, arrays, strict=True)}
 
-    def confidence(self, embeddings: np.ndarray, proba: np.ndarray, proba_weight: float) -> np.ndarray:
+    @staticmethod
+    def confidence(proba: np.ndarray, max_cosine: np.ndarray, proba_weight: float) -> np.ndarray:
         """In-scope confidence in [0, 1]: ``w * max probability + (1 - w) * max training cosine``."""
-        cosine = (embeddings @ self.memory.T).max(axis=1)
-        mixed = proba_weight * proba.max(axis=1) + (1.0 - proba_weight) * cosine
+        mixed = proba_weight * proba.max(axis=1) + (1.0 - proba_weight) * max_cosine
         return np.clip(mixed, 0.0, 1.0)
 
     def save(self, path: Path) -> None:
@@ -58,6 +61,13 @@ class LinearHead:
         if not (len(coef) == len(intercept) == n_classes and memory.ndim == 2 and memory.shape[1] == coef.shape[1]):
             raise ArtifactIntegrityError(f"head weights in {path} do not match the {n_classes} manifest classes")
         return cls(**arrays)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (a new array)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def fit_head(

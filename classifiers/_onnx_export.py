@@ -2,7 +2,14 @@
 
 Runs at fit time only (needs torch and onnx). torch 2.13 defaults to the dynamo exporter, which
 needs onnxscript; the TorchScript exporter (``dynamo=False``) still works and is what we use.
-The graph outputs token states; pooling stays in numpy so serving and fitting share one recipe.
+
+The graph is the whole request path, not just the encoder: mean pooling, L2 normalisation, the
+head's logits and the max cosine to the training memory all run inside the one single-threaded
+ORT call. The head's arrays are graph *inputs* (fed at run time), so the encoder file's identity
+does not depend on the head. Doing the memory product in numpy instead sent it to OpenBLAS,
+which runs a vector-matrix product of this size on every core: with the local LLM generating on
+the other core that stalled on thread hand-offs, and classification p99 under generation was
+26 ms instead of about 10 (see evals/README.md).
 Imported only from fitting code, so torch is imported at the top.
 """
 
@@ -15,6 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional alias
+
+from .encoders import HEAD_INPUTS, OUTPUTS
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -23,23 +33,39 @@ _INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 _SAMPLE = ["a padded example sentence for tracing the mask path", "short"]
 
 
-class _HiddenStates(torch.nn.Module):
-    """Positional-argument wrapper: the exporter traces ``forward(ids, mask, types)``."""
+class _ServingGraph(torch.nn.Module):
+    """Token ids and head arrays in; sentence embedding, head logits and max memory cosine out.
+
+    ``head_coef_t`` is (dim, classes), ``memory_t`` is (dim, rows): transposed so that the
+    products are plain MatMuls with no per-call Transpose of the memory.
+    """
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         super().__init__()
         self.transformer = transformer
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-    ) -> torch.Tensor:
-        return self.transformer(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        head_coef_t: torch.Tensor,
+        head_intercept: torch.Tensor,
+        memory_t: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hidden = self.transformer(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        embedding = F.normalize(pooled, dim=1)
+        logits = embedding @ head_coef_t + head_intercept
+        max_cosine = (embedding @ memory_t).amax(dim=1)
+        return embedding, logits, max_cosine
 
 
 def export_transformer(model: SentenceTransformer, *, optimize: bool = True, quantize: bool = False) -> bytes:
-    """ONNX bytes of ``model``'s transformer: token ids in, last hidden state out."""
+    """ONNX bytes of ``model``'s transformer plus pooling and the head products (see module doc)."""
     transformer = model[0].auto_model
     config = transformer.config
     previous_attention = config._attn_implementation
@@ -50,8 +76,12 @@ def export_transformer(model: SentenceTransformer, *, optimize: bool = True, qua
     try:
         # Trace with padding so the attention-mask path is part of the graph.
         sample = model.tokenizer(_SAMPLE, padding=True, return_tensors="pt")
-        args = tuple(sample[name] for name in _INPUTS)
-        axes = {name: {0: "batch", 1: "tokens"} for name in [*_INPUTS, "last_hidden_state"]}
+        dim = config.hidden_size
+        head = (torch.zeros(dim, 3), torch.zeros(3), torch.zeros(dim, 5))
+        args = (*(sample[name] for name in _INPUTS), *head)
+        axes = {name: {0: "batch", 1: "tokens"} for name in _INPUTS}
+        axes |= {"head_coef_t": {1: "classes"}, "head_intercept": {0: "classes"}, "memory_t": {1: "rows"}}
+        axes |= {"embedding": {0: "batch"}, "logits": {0: "batch", 1: "classes"}, "max_cosine": {0: "batch"}}
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             # The TorchScript exporter is deprecated but is the one that works without onnxscript;
             # its tracer warnings concern Python-side shape checks that do not affect BERT.
@@ -62,11 +92,11 @@ def export_transformer(model: SentenceTransformer, *, optimize: bool = True, qua
             raw = Path(tmp) / "raw.onnx"
             with torch.no_grad():
                 torch.onnx.export(
-                    _HiddenStates(transformer),
+                    _ServingGraph(transformer),
                     args,
                     str(raw),
-                    input_names=_INPUTS,
-                    output_names=["last_hidden_state"],
+                    input_names=[*_INPUTS, *HEAD_INPUTS],
+                    output_names=list(OUTPUTS),
                     dynamic_axes=axes,
                     opset_version=17,
                     dynamo=False,
@@ -114,8 +144,9 @@ def _quantize(source: Path, target: Path) -> Path:
             str(target),
             weight_type=QuantType.QInt8,
             per_channel=True,
-            # Fused ops carry no inferred output types; their tensors are float.
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            # Fused ops carry no inferred output types; their tensors are float. The head products
+            # multiply by fed arrays, not weights: they stay float.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
         )
     finally:
         root.removeFilter(hint_filter)

@@ -27,7 +27,7 @@ from router.errors import ArtifactIntegrityError, ConfigError, NotFittedError
 
 from ._artifact import read_artifact, write_artifact
 from ._calibration import PROBA_WEIGHTS, best_accuracy_threshold, share_threshold
-from ._head import LinearHead, fit_head
+from ._head import LinearHead, fit_head, softmax
 from ._params import ParamsMixin
 from .encoders import OnnxEncoder, SentenceTransformerEncoder
 
@@ -207,10 +207,9 @@ class EmbeddingClassifier(ParamsMixin):
         else:
             raise ConfigError(f"unknown calibration objective {objective!r}; use 'accuracy' or 'local_share'")
 
-        embeddings = self._embed(texts)
-        proba = self.head_.proba(embeddings)
+        proba, max_cosine = self._scores(texts)
         if objective == "local_share":
-            confidence = self.head_.confidence(embeddings, proba, self.proba_weight_)
+            confidence = self.head_.confidence(proba, max_cosine, self.proba_weight_)
             self.threshold_ = share_threshold(confidence, float(target_local_share))  # type: ignore[arg-type]
             return self
 
@@ -220,7 +219,7 @@ class EmbeddingClassifier(ParamsMixin):
         weights = PROBA_WEIGHTS if self.proba_weight is None and out_of_scope.any() else (self.proba_weight_,)
         best = max(
             (
-                (*best_accuracy_threshold(self.head_.confidence(embeddings, proba, w), label_correct, out_of_scope), w)
+                (*best_accuracy_threshold(self.head_.confidence(proba, max_cosine, w), label_correct, out_of_scope), w)
                 for w in weights
             ),
             key=lambda t: t[1],
@@ -233,14 +232,14 @@ class EmbeddingClassifier(ParamsMixin):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, columns in ``classes_`` order."""
         self._check_fitted()
-        return self.head_.proba(self._embed(_check_texts(texts)))
+        return self._scores(_check_texts(texts))[0]
 
     def predict(self, texts: Sequence[str]) -> list[str | None]:
         """Category per text, ``None`` where the query should go to the edge tier."""
         return [p.category for p in self._predictions(_check_texts(texts))]
 
     def classify(self, text: str) -> Prediction:
-        """The request-path call: one query, one single-threaded ONNX run, numpy for the rest."""
+        """The request-path call: one query, one single-threaded ONNX run, a softmax in numpy."""
         self._check_fitted()
         if not isinstance(text, str):
             raise ConfigError(f"classify expects a str, got {type(text).__name__}")
@@ -254,9 +253,8 @@ class EmbeddingClassifier(ParamsMixin):
 
     def _predictions(self, texts: list[str]) -> list[Prediction]:
         self._check_fitted()
-        embeddings = self._embed(texts)
-        proba = self.head_.proba(embeddings)
-        confidence = self.head_.confidence(embeddings, proba, self.proba_weight_)
+        proba, max_cosine = self._scores(texts)
+        confidence = self.head_.confidence(proba, max_cosine, self.proba_weight_)
         best = proba.argmax(axis=1)
         return [
             Prediction(
@@ -267,10 +265,21 @@ class EmbeddingClassifier(ParamsMixin):
             for b, c in zip(best, confidence, strict=True)
         ]
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _scores(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities and max training-example cosine per text, all from the ONNX graph.
+
+        Every path (classify, predict, calibrate) runs the same graph one text at a time, so a
+        query gets the same confidence whichever method scores it.
+        """
+        head = self.head_.graph_inputs
         if len(texts) == 1:
-            return self.encoder_.embed(texts[0])[None, :]
-        return self.encoder_.encode(texts, progress=self.progress and len(texts) > 1000)
+            runs = [self.encoder_.run(texts[0], head)]
+        else:
+            progress = self.progress and len(texts) > 1000
+            runs = self.encoder_.run_many(texts, head, n_jobs=self.n_jobs or 1, progress=progress)
+        logits = np.stack([logit for _, logit, _ in runs])
+        max_cosine = np.array([cosine for _, _, cosine in runs], dtype=np.float32)
+        return softmax(logits), max_cosine
 
     # ------------------------------------------------------------------ persistence
 

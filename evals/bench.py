@@ -4,10 +4,11 @@ Measures, side by side in one run on this machine:
 
 * ``import router`` time (and ``from router import Client``), in fresh interpreters;
 * classification latency per single query, quiet and while the local model is generating
-  in another thread of the same process (the router's real situation);
+  in another thread of the same process (the router's real situation), for the default fp32
+  encoder and, side by side, the opt-in int8 one (``quantize=True``);
 * local-tier overhead: ``Client(model="local")`` against calling llama-cpp-python directly
   on the same prompt and settings, interleaved;
-* process RSS with the classifier and the local model loaded.
+* process RSS with the classifier and the local model loaded (plus the side-by-side int8 classifier, so an upper bound).
 
 Writes ``evals/results/bench.json``.
 """
@@ -49,11 +50,11 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def _classifier(path: Path) -> None:
+def _classifier(path: Path, *, quantize: bool = False) -> None:
     from evals.demo import load_bitext, split, train_classifier
 
     train, calibration, _ = split(load_bitext())
-    train_classifier(train, calibration, path)
+    train_classifier(train, calibration, path, quantize=quantize)
 
 
 def _queries(n: int) -> list[str]:
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--overhead-runs", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--classifier", type=Path, default=None, help="an existing classifier artifact")
+    parser.add_argument("--classifier-int8", type=Path, default=None, help="an existing int8 classifier artifact")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -91,13 +93,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import_router_s = _median_import_seconds("import router", 5)
         import_client_s = _median_import_seconds("from router import Client", 5)
         print(f"  import router: {import_router_s * 1000:.1f} ms; from router import Client: {import_client_s * 1000:.0f} ms")
-        classifier_path = args.classifier
+        classifier_path, int8_path = args.classifier, args.classifier_int8
         if classifier_path is None:
             print("training a benchmark classifier on Bitext (frozen encoder)")
             classifier_path = work / "classifier"
             _classifier(classifier_path)
+        if int8_path is None:
+            print("training the same classifier with the int8 encoder")
+            int8_path = work / "classifier-int8"
+            _classifier(int8_path, quantize=True)
         env = {**os.environ, "_ROUTER_BENCH_CHILD": "1"}
-        cmd = [sys.executable, "-m", "evals.bench", "--classifier", str(classifier_path),
+        cmd = [sys.executable, "-m", "evals.bench", "--classifier", str(classifier_path), "--classifier-int8", str(int8_path),
                "--queries", str(args.queries), "--overhead-runs", str(args.overhead_runs), "--max-tokens", str(args.max_tokens)]  # fmt: skip
         child = subprocess.run(cmd, env=env, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
         if child.returncode != 0:
@@ -123,13 +129,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     client = Client(config)
     engine = client._engine
     classifier = engine.classifier
+    from classifiers import EmbeddingClassifier
+
+    int8 = EmbeddingClassifier.load(args.classifier_int8)
     llm = engine.local.llama
     queries = _queries(args.queries)
     _classify_latencies(classifier, queries[:50])  # warm caches
+    _classify_latencies(int8, queries[:50])
 
-    print("classification latency, single query")
+    print("classification latency, single query (default fp32 encoder; int8 encoder side by side)")
     quiet = _classify_latencies(classifier, queries)
-    print(f"  quiet:                 p50 {_percentile(quiet, 50):.2f} ms, p99 {_percentile(quiet, 99):.2f} ms")
+    quiet_int8 = _classify_latencies(int8, queries)
+    print(f"  quiet:                 p50 {_percentile(quiet, 50):.2f} ms, p99 {_percentile(quiet, 99):.2f} ms"
+          f"   int8: p50 {_percentile(quiet_int8, 50):.2f} ms, p99 {_percentile(quiet_int8, 99):.2f} ms")  # fmt: skip
 
     stop = threading.Event()
     generated = [0]
@@ -148,9 +160,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     worker.start()
     time.sleep(1.0)
     busy = _classify_latencies(classifier, queries, pause_s=0.01)
+    busy_int8 = _classify_latencies(int8, queries, pause_s=0.01)
     stop.set()
     worker.join()
     print(f"  under generation:      p50 {_percentile(busy, 50):.2f} ms, p99 {_percentile(busy, 99):.2f} ms"
+          f"   int8: p50 {_percentile(busy_int8, 50):.2f} ms, p99 {_percentile(busy_int8, 99):.2f} ms"
           f"  ({generated[0]} tokens generated meanwhile)")  # fmt: skip
 
     print(f"local-tier overhead vs llama-cpp-python directly ({args.overhead_runs} interleaved runs, {args.max_tokens} tokens)")
@@ -173,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f" ratio {ratio:.3f} (completion tokens direct/routed: {sorted(tokens)})")  # fmt: skip
 
     rss = _rss_mb()
-    print(f"process RSS with classifier + local model loaded (and litellm imported): {rss:.0f} MB")
+    print(f"process RSS with classifier + local model loaded (and litellm imported, plus the int8 classifier): {rss:.0f} MB")
     loaded = sorted(m for m in ("torch", "transformers", "sentence_transformers", "sklearn") if m in sys.modules)
     print(f"  training libraries in the serving process: {loaded or 'none'}")
     client.close()
@@ -183,6 +197,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "classify_p99_ms": round(_percentile(quiet, 99), 3),
         "classify_p50_ms_under_generation": round(_percentile(busy, 50), 3),
         "classify_p99_ms_under_generation": round(_percentile(busy, 99), 3),
+        "int8_classify_p50_ms": round(_percentile(quiet_int8, 50), 3),
+        "int8_classify_p99_ms": round(_percentile(quiet_int8, 99), 3),
+        "int8_classify_p50_ms_under_generation": round(_percentile(busy_int8, 50), 3),
+        "int8_classify_p99_ms_under_generation": round(_percentile(busy_int8, 99), 3),
         "local_overhead_ratio": round(ratio, 4),
         "local_direct_median_s": round(statistics.median(direct_s), 4),
         "local_routed_median_s": round(statistics.median(routed_s), 4),

@@ -54,10 +54,12 @@ def split(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[s
     return train, calibration, replay
 
 
-def train_classifier(train: list[dict[str, str]], calibration: list[dict[str, str]], path: Path) -> Any:
+def train_classifier(
+    train: list[dict[str, str]], calibration: list[dict[str, str]], path: Path, *, quantize: bool = False
+) -> Any:
     from classifiers import EmbeddingClassifier
 
-    clf = EmbeddingClassifier(fine_tune_epochs=0)
+    clf = EmbeddingClassifier(fine_tune_epochs=0, quantize=quantize)
     clf.fit([r["instruction"] for r in train], [r["category"] for r in train])
     labels = [None if r["category"] in OUT_OF_SCOPE else r["category"] for r in calibration]
     clf.calibrate([r["instruction"] for r in calibration], labels)

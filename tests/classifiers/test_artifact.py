@@ -29,7 +29,7 @@ def test_round_trip_gives_identical_predictions(fine_tuned, artifact: Path, bite
 
 def test_manifest_records_identity_and_checksums(fine_tuned, artifact: Path) -> None:
     manifest = json.loads((artifact / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["classes"] == list(fine_tuned.classes_)
     assert manifest["encoder"]["sha256"] == sha256_file(artifact / "encoder" / "model.onnx")
     assert manifest["encoder"]["fine_tuned"] is True and manifest["encoder"]["quantized"] is True

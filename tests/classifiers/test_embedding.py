@@ -20,6 +20,24 @@ def test_classes_are_sorted_and_order_proba_columns(frozen, bitext) -> None:
     assert list(frozen.classes_[proba.argmax(axis=1)]) == [frozen.classify(t).label for t in texts]
 
 
+def test_head_inside_the_onnx_graph_matches_the_head_in_numpy(frozen, bitext) -> None:
+    """classify runs pooling, logits and memory cosine in ORT; recompute them from the arrays."""
+    texts = bitext.holdout.texts[:20]
+    embeddings = frozen.encoder_.encode(texts)
+    head = frozen.head_
+    logits = embeddings @ head.coef.T + head.intercept
+    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+    proba /= proba.sum(axis=1, keepdims=True)
+    cosine = (embeddings @ head.memory.T).max(axis=1)
+    weight = frozen.proba_weight_
+    expected = np.clip(weight * proba.max(axis=1) + (1 - weight) * cosine, 0.0, 1.0)
+    predictions = [frozen.classify(t) for t in texts]
+    np.testing.assert_allclose([p.confidence for p in predictions], expected, atol=1e-5)
+    assert [p.label for p in predictions] == list(frozen.classes_[proba.argmax(axis=1)])
+    np.testing.assert_allclose(frozen.predict_proba(texts), proba, atol=1e-5)
+    assert len(set(np.round(cosine, 4))) > 10
+
+
 def test_predict_is_accurate_on_in_scope_holdout(frozen, bitext) -> None:
     pairs = [(t, c) for t, c in zip(bitext.holdout.texts, bitext.holdout.labels, strict=True) if c is not None]
     predicted = frozen.predict([t for t, _ in pairs])

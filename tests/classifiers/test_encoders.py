@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from classifiers import OnnxEncoder, SentenceTransformerEncoder
+from router.errors import ArtifactError
 
 pytestmark = pytest.mark.slow
 
@@ -71,3 +72,16 @@ def test_fine_tuning_changes_and_separates_embeddings(fine_tuned, bitext) -> Non
     assert _cosines(fine_tuned.encoder_.encode(texts[:40]), frozen_int8.encode(texts[:40])).mean() < 0.99
     assert _class_margin(fine_tuned.encoder_, texts, labels) > _class_margin(frozen_int8, texts, labels) + 0.01
     assert len(fine_tuned.fine_tune_losses_) == 1
+
+
+def test_encoder_graph_without_the_head_is_refused(torch_encoder: SentenceTransformerEncoder) -> None:
+    """A graph of the older layout (token states out, no head inputs) fails with a clear error."""
+    from onnx import TensorProto, helper
+
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, None])
+    out = helper.make_tensor_value_info("last_hidden_state", TensorProto.INT64, [1, None])
+    graph = helper.make_graph([helper.make_node("Identity", ["input_ids"], ["last_hidden_state"])], "old", [ids], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    old = OnnxEncoder(model.SerializeToString(), torch_encoder.tokenizer_json())
+    with pytest.raises(ArtifactError, match="fit the classifier again"):
+        old.embed("where is my order")

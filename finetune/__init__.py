@@ -8,8 +8,8 @@ that train or evaluate.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from router._lazy import lazy_exports
+from typing import TYPE_CHECKING
 
 _EXPORTS: dict[str, str] = {
     "retrain": "finetune.retrain",
@@ -49,20 +49,7 @@ _EXPORTS: dict[str, str] = {
     "quantization_report": "finetune.quant_report",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'finetune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports("finetune", _EXPORTS, globals())
 
 
 if TYPE_CHECKING:

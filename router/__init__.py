@@ -7,8 +7,8 @@ first access (PEP 562), so ``import router`` stays fast and imports no model run
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from router._lazy import lazy_exports
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -53,20 +53,7 @@ _EXPORTS: dict[str, str] = {
     "InternalServerError": "router.errors",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'router' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports("router", _EXPORTS, globals(), extra=("__version__",))
 
 
 if TYPE_CHECKING:  # static analysers see the real names

@@ -88,7 +88,7 @@ class EmbeddingClassifier(ParamsMixin):
         Threads for fitting (torch and bulk ONNX encoding); ``None`` means 1, as in scikit-learn.
         Two torch threads are faster only on an idle machine: with the local LLM generating on
         the other core, a fine-tuning step took 7.5 s with 2 threads and 0.8 s with 1. Serving
-        always runs one ONNX thread per query.
+        runs one query per ONNX call on :func:`~classifiers.encoders.serving_threads` threads.
     random_state:
         Seed for fine-tuning and the head.
     progress:
@@ -163,7 +163,7 @@ class EmbeddingClassifier(ParamsMixin):
             self.fine_tune_losses_ = fine_tune(source.model, texts, targets.tolist(), len(classes), config)
         else:
             self.fine_tune_losses_ = []
-        encoder = source.to_onnx(optimize=True, quantize=self.quantize, num_threads=1)
+        encoder = source.to_onnx(optimize=True, quantize=self.quantize)
         # The head learns from exactly the embeddings serving will compute.
         embeddings = encoder.encode(texts, n_jobs=n_jobs, progress=self.progress)
         in_scope = targets >= 0
@@ -239,7 +239,7 @@ class EmbeddingClassifier(ParamsMixin):
         return [p.category for p in self._predictions(_check_texts(texts))]
 
     def classify(self, text: str) -> Prediction:
-        """The request-path call: one query, one single-threaded ONNX run, a softmax in numpy."""
+        """The request-path call: one query, one ONNX run, a softmax in numpy."""
         self._check_fitted()
         if not isinstance(text, str):
             raise ConfigError(f"classify expects a str, got {type(text).__name__}")
@@ -310,8 +310,11 @@ class EmbeddingClassifier(ParamsMixin):
         return write_artifact(path, populate)
 
     @classmethod
-    def load(cls, path: str | Path) -> EmbeddingClassifier:
-        """Load an artifact written by :meth:`save`, verifying format and every checksum."""
+    def load(cls, path: str | Path, *, threads: int | None = None) -> EmbeddingClassifier:
+        """Load an artifact written by :meth:`save`, verifying format and every checksum.
+
+        ``threads``: ONNX threads per query; ``None`` is :func:`~classifiers.encoders.serving_threads`.
+        """
         path = Path(path)
         manifest = read_artifact(path)
         try:
@@ -320,7 +323,9 @@ class EmbeddingClassifier(ParamsMixin):
                 raise ArtifactIntegrityError(f"{path}: encoder weights do not match the recorded encoder identity")
             model = cls(**manifest["params"])
             classes = [str(c) for c in manifest["classes"]]
-            model.encoder_ = OnnxEncoder.from_dir(path / _ENCODER_DIR, max_length=int(encoder_meta["max_length"]))
+            model.encoder_ = OnnxEncoder.from_dir(
+                path / _ENCODER_DIR, max_length=int(encoder_meta["max_length"]), num_threads=threads
+            )
             model.head_ = LinearHead.load(path / _HEAD_FILE, len(classes))
             model.encoder_source_ = str(encoder_meta["source"])
             model.classes_ = np.array(classes, dtype=object)

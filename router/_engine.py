@@ -79,7 +79,7 @@ class Engine:
                 if self._classifier is None:
                     from classifiers import EmbeddingClassifier
 
-                    classifier = EmbeddingClassifier.load(path)
+                    classifier = EmbeddingClassifier.load(path, threads=self.config.classifier.threads)
                     if self.config.classifier.threshold is not None:
                         classifier.threshold_ = self.config.classifier.threshold
                     self._classifier = classifier

@@ -124,6 +124,9 @@ class ClassifierConfig(_Section):
 
     path: Path | None = Field(None, description="Classifier artifact directory; without one every 'auto' query is an edge case.")
     threshold: float | None = Field(None, ge=0, le=1, description="Override the artifact's calibrated edge threshold.")
+    threads: int | None = Field(
+        None, ge=1, description="ONNX threads per classification; default min(2, cores), non-spinning."
+    )
 
 
 class RoutingConfig(_Section):

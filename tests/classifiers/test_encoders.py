@@ -52,6 +52,17 @@ def test_onnx_encoder_round_trips_through_a_directory(torch_encoder: SentenceTra
     np.testing.assert_array_equal(reloaded.encode(TEXTS[:2]), onnx.encode(TEXTS[:2]))
 
 
+def test_two_thread_runs_match_one_thread_runs(torch_encoder: SentenceTransformerEncoder, tmp_path) -> None:
+    torch_encoder.to_onnx(optimize=True, quantize=False).save(tmp_path)
+    one = OnnxEncoder.from_dir(tmp_path, max_length=torch_encoder.max_length, num_threads=1)
+    two = OnnxEncoder.from_dir(tmp_path, max_length=torch_encoder.max_length, num_threads=2)
+    assert (one.num_threads, two.num_threads) == (1, 2)
+    assert two._session.get_session_options().intra_op_num_threads == 2
+    np.testing.assert_allclose(two.encode(TEXTS), one.encode(TEXTS), atol=1e-6)
+    # Bulk encoding over several jobs runs one-thread sessions and gives the same embeddings.
+    np.testing.assert_allclose(two.encode(TEXTS, n_jobs=2), one.encode(TEXTS), atol=1e-6)
+
+
 def _class_margin(encoder: OnnxEncoder, texts: list[str], labels: list[str]) -> float:
     """Mean (cosine to own centroid - best cosine to another centroid): larger = better separated."""
     x = encoder.encode(texts)

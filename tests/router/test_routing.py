@@ -29,6 +29,13 @@ def test_low_confidence_is_an_edge_case_for_the_cloud(make_config) -> None:
     assert (r.router.tier, r.router.reason, r.router.category) == ("cloud", Reason.EDGE_CASE, None)
 
 
+def test_classifier_threads_come_from_config(make_config) -> None:
+    with Client(make_config(classifier={"threads": 1})) as client:
+        r = client.chat.completions.create(model="auto", messages=user(ORDER_QUERY), max_tokens=4)
+        assert client._engine.classifier.encoder_.num_threads == 1
+    assert r.router.category == "ORDER"
+
+
 def test_capability_checks_send_to_cloud_and_say_why(client: Client) -> None:
     r = client.chat.completions.create(
         model="auto", messages=user(ORDER_QUERY), max_tokens=4, response_format={"type": "json_object"}

@@ -4,13 +4,13 @@ Runs at fit time only (needs torch and onnx). torch 2.13 defaults to the dynamo 
 needs onnxscript; the TorchScript exporter (``dynamo=False``) still works and is what we use.
 
 The graph is the whole request path, not just the encoder: mean pooling, L2 normalisation, the
-head's logits and the max cosine to the training memory all run inside the one ORT call, on
-ORT's own (non-spinning) threads. The head's arrays are graph *inputs* (fed at run time), so the
-encoder file's identity does not depend on the head. Doing the memory product in numpy instead sent it to OpenBLAS,
-which runs a vector-matrix product of this size on every core: with the local LLM generating on
-the other core that stalled on thread hand-offs, and classification p99 under generation was
-26 ms instead of about 10 (see evals/README.md).
-Imported only from fitting code, so torch is imported at the top.
+head's logits and the max cosine to the training memory all run inside the one ORT call, on ORT's
+own (non-spinning) threads. The head's arrays are graph *inputs* (fed at run time), so the encoder
+file's identity does not depend on the head. Doing the memory product in numpy instead sent it to
+OpenBLAS, which runs a vector-matrix product of this size on every core: with the local LLM
+generating on the other core that stalled on thread hand-offs, and classification p99 under
+generation was 26 ms instead of about 10 (see evals/README.md). Imported only from fitting code, so
+torch is imported at the top.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Sentence encoders: sentence-transformers + torch for fitting, ONNX Runtime for serving.
 
-Fitting needs gradients and runs once, so it uses torch (imported inside functions). Serving
-runs on every request on cores shared with the local LLM, so it uses an ONNX Runtime session
-with at most two non-spinning threads (:func:`serving_threads`) and the Rust tokenizer: no torch
-in the router process (see NOTES.md, "CPU threads"). Both produce mean-pooled, L2-normalised embeddings that agree to cosine >= 0.999
-(int8 quantization, when chosen, trades a little of that agreement for latency). The serving
-graph also computes the head's products (see ``_onnx_export``), so one query is one ORT call.
+Fitting needs gradients and runs once, so it uses torch (imported inside functions). Serving runs on
+every request on cores shared with the local LLM, so it uses an ONNX Runtime session with at most
+two non-spinning threads (:func:`serving_threads`) and the Rust tokenizer: no torch in the router
+process (see NOTES.md, "CPU threads"). Both produce mean-pooled, L2-normalised embeddings that agree
+to cosine >= 0.999 (int8 quantization, when chosen, trades a little of that agreement for latency).
+The serving graph also computes the head's products (see ``_onnx_export``), so one query is one ORT
+call.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class OnnxEncoder:
         mask = np.asarray([encoding.attention_mask], dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         feed = {k: v for k, v in feed.items() if k in self._input_names}
-        session = self._session if threads is None else self._session_with(threads)
+        session = self._session_with(threads or self.num_threads)
         embedding, logits, max_cosine = session.run(None, feed | (head or self._no_head))
         return embedding[0], logits[0], float(max_cosine[0])
 

@@ -75,8 +75,8 @@ class EmbeddingClassifier(ParamsMixin):
     fine_tune_lr, fine_tune_batch_size, logit_scale, label_smoothing, warmup_ratio:
         Fine-tuning optimiser settings (AdamW, linear warm-up then linear decay).
     quantize:
-        Serve an int8 (dynamic, per-channel) ONNX encoder instead of fp32: about 2.9 ms instead of
-        4.1 ms per query, but on Banking77 it lost OOS recall (76 % vs 81 %) and 0.1 points of
+        Serve an int8 (dynamic, per-channel) ONNX encoder instead of fp32: about 3 ms instead of
+        4.2–4.5 ms per query, but on Banking77 it lost OOS recall (76 % vs 81 %) and 0.1 points of
         closed-set accuracy (evals/README.md), hence off by default. The head is fitted on the
         served embeddings.
     threshold:

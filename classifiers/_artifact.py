@@ -22,7 +22,8 @@ from router.files import MANIFEST_DIGEST_KEY, manifest_digest, sha256_file
 MANIFEST = "manifest.json"
 FORMAT = "hybrid-router/embedding-classifier"
 # 2: the encoder graph also computes pooling and the head products (classifiers/_onnx_export.py).
-FORMAT_VERSION = 2
+# 3: out-of-scope exemplars (a fourth graph input and output, two head arrays, exemplar_weight).
+FORMAT_VERSION = 3
 
 
 def write_artifact(path: str | Path, populate: Callable[[Path], dict[str, Any]]) -> Path:

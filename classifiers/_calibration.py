@@ -11,6 +11,29 @@ import numpy as np
 
 # Mixes of max probability and max training-example cosine tried when out-of-scope examples are given.
 PROBA_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Weights of the max cosine to a known out-of-scope example, tried alongside.
+EXEMPLAR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def leave_one_out_exemplar_cosine(
+    embeddings: np.ndarray, fit_exemplars: np.ndarray, new_exemplar_rows: np.ndarray
+) -> np.ndarray:
+    """Max cosine of each calibration embedding to the exemplars, never counting itself.
+
+    The exemplars are ``fit_exemplars`` plus the calibration rows ``new_exemplar_rows`` (a
+    boolean mask). Without the leave-one-out, a calibration row that becomes an exemplar would
+    score a cosine of 1 against itself, and the threshold would be chosen on scores no unseen
+    query can get. With no exemplars at all the cosine is 0, as the serving graph's placeholder.
+    """
+    rows = np.flatnonzero(new_exemplar_rows)
+    exemplars = np.vstack([fit_exemplars, embeddings[rows]])
+    if len(exemplars) == 0:
+        return np.zeros(len(embeddings), dtype=np.float32)
+    cosine = embeddings @ exemplars.T
+    cosine[rows, len(fit_exemplars) + np.arange(len(rows))] = -np.inf
+    best = cosine.max(axis=1)
+    best[np.isneginf(best)] = 0.0  # a lone exemplar: for itself there are no others
+    return best
 
 
 def best_accuracy_threshold(

@@ -4,13 +4,13 @@ Runs at fit time only (needs torch and onnx). torch 2.13 defaults to the dynamo 
 needs onnxscript; the TorchScript exporter (``dynamo=False``) still works and is what we use.
 
 The graph is the whole request path, not just the encoder: mean pooling, L2 normalisation, the
-head's logits and the max cosine to the training memory all run inside the one ORT call, on ORT's
-own (non-spinning) threads. The head's arrays are graph *inputs* (fed at run time), so the encoder
-file's identity does not depend on the head. Doing the memory product in numpy instead sent it to
-OpenBLAS, which runs a vector-matrix product of this size on every core: with the local LLM
-generating on the other core that stalled on thread hand-offs, and classification p99 under
-generation was 26 ms instead of about 10 (see evals/README.md). Imported only from fitting code, so
-torch is imported at the top.
+head's logits and the max cosines to the training memory and to the known out-of-scope exemplars
+all run inside the one ORT call, on ORT's own (non-spinning) threads. The head's arrays are graph
+*inputs* (fed at run time), so the encoder file's identity does not depend on the head. Doing the
+memory product in numpy instead sent it to OpenBLAS, which runs a vector-matrix product of this
+size on every core: with the local LLM generating on the other core that stalled on thread
+hand-offs, and classification p99 under generation was 26 ms instead of about 10 (see
+evals/README.md). Imported only from fitting code, so torch is imported at the top.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ _SAMPLE = ["a padded example sentence for tracing the mask path", "short"]
 
 
 class _ServingGraph(torch.nn.Module):
-    """Token ids and head arrays in; sentence embedding, head logits and max memory cosine out.
+    """Token ids and head arrays in; sentence embedding, head logits and the two max cosines out.
 
-    ``head_coef_t`` is (dim, classes), ``memory_t`` is (dim, rows): transposed so that the
-    products are plain MatMuls with no per-call Transpose of the memory.
+    ``head_coef_t`` is (dim, classes), ``memory_t`` is (dim, rows), ``exemplars_t`` is (dim,
+    exemplars): transposed so that the products are plain MatMuls with no per-call Transpose.
     """
 
     def __init__(self, transformer: torch.nn.Module) -> None:
@@ -52,7 +52,8 @@ class _ServingGraph(torch.nn.Module):
         head_coef_t: torch.Tensor,
         head_intercept: torch.Tensor,
         memory_t: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        exemplars_t: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         hidden = self.transformer(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).last_hidden_state
@@ -61,7 +62,8 @@ class _ServingGraph(torch.nn.Module):
         embedding = F.normalize(pooled, dim=1)
         logits = embedding @ head_coef_t + head_intercept
         max_cosine = (embedding @ memory_t).amax(dim=1)
-        return embedding, logits, max_cosine
+        max_exemplar_cosine = (embedding @ exemplars_t).amax(dim=1)
+        return embedding, logits, max_cosine, max_exemplar_cosine
 
 
 def export_transformer(model: SentenceTransformer, *, optimize: bool = True, quantize: bool = False) -> bytes:
@@ -77,11 +79,13 @@ def export_transformer(model: SentenceTransformer, *, optimize: bool = True, qua
         # Trace with padding so the attention-mask path is part of the graph.
         sample = model.tokenizer(_SAMPLE, padding=True, return_tensors="pt")
         dim = config.hidden_size
-        head = (torch.zeros(dim, 3), torch.zeros(3), torch.zeros(dim, 5))
+        head = (torch.zeros(dim, 3), torch.zeros(3), torch.zeros(dim, 5), torch.zeros(dim, 2))
         args = (*(sample[name] for name in _INPUTS), *head)
         axes = {name: {0: "batch", 1: "tokens"} for name in _INPUTS}
         axes |= {"head_coef_t": {1: "classes"}, "head_intercept": {0: "classes"}, "memory_t": {1: "rows"}}
-        axes |= {"embedding": {0: "batch"}, "logits": {0: "batch", 1: "classes"}, "max_cosine": {0: "batch"}}
+        axes |= {"exemplars_t": {1: "exemplars"}}
+        axes |= {"embedding": {0: "batch"}, "logits": {0: "batch", 1: "classes"}}
+        axes |= {"max_cosine": {0: "batch"}, "max_exemplar_cosine": {0: "batch"}}
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             # The TorchScript exporter is deprecated but is the one that works without onnxscript;
             # its tracer warnings concern Python-side shape checks that do not affect BERT.

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -30,16 +30,35 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
 
-__all__ = ["HeadInputs", "OnnxEncoder", "SentenceTransformerEncoder", "default_encoder_path", "serving_threads"]
+__all__ = [
+    "GraphRun",
+    "HeadInputs",
+    "OnnxEncoder",
+    "SentenceTransformerEncoder",
+    "default_encoder_path",
+    "serving_threads",
+]
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 # The serving graph's head inputs and its outputs, in order (see _onnx_export).
-HEAD_INPUTS = ("head_coef_t", "head_intercept", "memory_t")
-OUTPUTS = ("embedding", "logits", "max_cosine")
+HEAD_INPUTS = ("head_coef_t", "head_intercept", "memory_t", "exemplars_t")
+OUTPUTS = ("embedding", "logits", "max_cosine", "max_exemplar_cosine")
 
 HeadInputs = dict[str, np.ndarray]
-"""Feeds for :data:`HEAD_INPUTS`: contiguous float32 ``(dim, classes)``, ``(classes,)``, ``(dim, rows)``."""
+"""Feeds for :data:`HEAD_INPUTS`: contiguous float32 ``(dim, classes)``, ``(classes,)``, ``(dim, rows)``,
+``(dim, exemplars)``."""
+
+
+class GraphRun(NamedTuple):
+    """One query through the serving graph."""
+
+    embedding: np.ndarray
+    logits: np.ndarray
+    max_cosine: float
+    """Max cosine to an in-scope training example."""
+    max_exemplar_cosine: float
+    """Max cosine to a known out-of-scope example (0.0 when there are none)."""
 
 
 def default_encoder_path() -> Path:
@@ -149,7 +168,7 @@ class OnnxEncoder:
         outputs = tuple(o.name for o in self._session.get_outputs())
         if not set(HEAD_INPUTS) <= names or outputs != OUTPUTS:
             raise ArtifactError(
-                "this ONNX encoder predates the serving graph with the head inside it "
+                "this ONNX encoder predates this library's serving graph "
                 f"(outputs {list(outputs)}); fit the classifier again with this library version"
             )
         return names
@@ -165,13 +184,12 @@ class OnnxEncoder:
     def _no_head(self) -> HeadInputs:
         """Placeholder head feeds for plain embedding (before a head exists)."""
         dim = self.dimension
-        placeholders = (np.zeros((dim, 1), np.float32), np.zeros(1, np.float32), np.zeros((dim, 1), np.float32))
+        column = np.zeros((dim, 1), np.float32)
+        placeholders = (column, np.zeros(1, np.float32), column, column)
         return dict(zip(HEAD_INPUTS, placeholders, strict=True))
 
-    def run(
-        self, text: str, head: HeadInputs | None = None, *, threads: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray, float]:
-        """The request-path call: one ORT run giving embedding, head logits and max memory cosine.
+    def run(self, text: str, head: HeadInputs | None = None, *, threads: int | None = None) -> GraphRun:
+        """The request-path call: one ORT run giving embedding, head logits and both max cosines.
 
         Without ``head`` the logits and cosine are meaningless placeholders. ``threads`` overrides
         ``num_threads`` for this run (bulk encoding runs several one-thread runs at once).
@@ -182,16 +200,16 @@ class OnnxEncoder:
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         feed = {k: v for k, v in feed.items() if k in self._input_names}
         session = self._session_with(threads or self.num_threads)
-        embedding, logits, max_cosine = session.run(None, feed | (head or self._no_head))
-        return embedding[0], logits[0], float(max_cosine[0])
+        embedding, logits, max_cosine, max_exemplar_cosine = session.run(None, feed | (head or self._no_head))
+        return GraphRun(embedding[0], logits[0], float(max_cosine[0]), float(max_exemplar_cosine[0]))
 
     def embed(self, text: str) -> np.ndarray:
         """Embed one text (one ORT run on the session's thread budget)."""
-        return self.run(text)[0]
+        return self.run(text).embedding
 
     def run_many(
         self, texts: Sequence[str], head: HeadInputs | None = None, *, n_jobs: int = 1, progress: bool = False
-    ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    ) -> list[GraphRun]:
         """:meth:`run` over many texts, ``n_jobs`` at a time (ORT releases the GIL), in order.
 
         With ``n_jobs > 1`` each run uses one thread, so the jobs do not compete for cores.
@@ -210,7 +228,7 @@ class OnnxEncoder:
 
     def encode(self, texts: Sequence[str], *, n_jobs: int = 1, progress: bool = False) -> np.ndarray:
         """Embed many texts, one text per run (an embedding depends only on its own text)."""
-        rows = [embedding for embedding, _, _ in self.run_many(texts, n_jobs=n_jobs, progress=progress)]
+        rows = [run.embedding for run in self.run_many(texts, n_jobs=n_jobs, progress=progress)]
         if not rows:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.stack(rows).astype(np.float32, copy=False)

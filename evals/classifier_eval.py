@@ -7,6 +7,12 @@ fitted; every 10th train row (row index % 10 == 0, file order) is held out for `
 counts wrong) and out-of-scope recall (predicted None). Frozen-encoder figures are reported
 alongside as the baseline. ``--validation`` replays both protocols inside train.csv (rows with
 index % 10 == 5 play test.csv) to choose settings without touching test.csv.
+
+Opt-in out-of-scope exemplars (``exemplar_weight=None``) make ``calibrate`` keep the calibration
+set's out-of-scope rows, and protocol B's test queries come from the same 18 intents. Two
+recalibrations of protocol B's fitted model show what that is worth: with exemplars, and with the
+calibration rows of only 9 of the 18 intents, so that recall can be read separately on intents
+it has and has not seen an example of.
 """
 
 from __future__ import annotations
@@ -61,11 +67,21 @@ def protocol_a(train: Rows, test: Rows, params: dict[str, Any]) -> dict[str, Any
 def protocol_b(train: Rows, test: Rows, params: dict[str, Any]) -> dict[str, Any]:
     oos = out_of_scope_intents(train)
     fit_rows = [(t, c) for i, (t, c) in enumerate(train) if i % 10 != 0 and c not in oos]
-    calib = [(t, None if c in oos else c) for i, (t, c) in enumerate(train) if i % 10 == 0]
+    calibration = [(t, c) for i, (t, c) in enumerate(train) if i % 10 == 0]  # true intents
     start = time.perf_counter()
     model = EmbeddingClassifier(**params).fit([t for t, _ in fit_rows], [c for _, c in fit_rows])
-    model.calibrate([t for t, _ in calib], [c for _, c in calib])
+    calibrate(model, calibration, oos)
     fit_minutes = (time.perf_counter() - start) / 60
+    scores = score_protocol_b(model, test, oos)
+    return {**scores, "fit_minutes": fit_minutes, "model": model, "calibration": calibration}
+
+
+def calibrate(model: EmbeddingClassifier, rows: Rows, oos: set[str]) -> None:
+    """Calibrate on ``rows`` with the out-of-scope intents labelled None."""
+    model.calibrate([t for t, _ in rows], [None if c in oos else c for _, c in rows])
+
+
+def score_protocol_b(model: EmbeddingClassifier, test: Rows, oos: set[str]) -> dict[str, Any]:
     predictions = [model.classify(t) for t, _ in test]
     predicted = [p.category for p in predictions]
     in_scope = [(p, c) for p, (_, c) in zip(predictions, test, strict=True) if c not in oos]
@@ -79,7 +95,36 @@ def protocol_b(train: Rows, test: Rows, params: dict[str, Any]) -> dict[str, Any
         "local_share": sum(p is not None for p in predicted) / len(predicted),
         "threshold": model.threshold_,
         "proba_weight": model.proba_weight_,
-        "fit_minutes": fit_minutes,
+        "exemplar_weight": model.exemplar_weight_,
+        "exemplars": len(model.head_.exemplars),
+    }
+
+
+def exemplar_ablations(model: EmbeddingClassifier, calibration: Rows, test: Rows, oos: set[str]) -> dict[str, float]:
+    """Recalibrate copies of protocol B's model with exemplars: of all 18 intents; of 9 of them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = model.save(Path(tmp) / "b")
+        full = EmbeddingClassifier.load(saved).set_params(exemplar_weight=None)
+        half = EmbeddingClassifier.load(saved).set_params(exemplar_weight=None)
+    calibrate(full, calibration, oos)
+    with_exemplars = score_protocol_b(full, test, oos)
+    # Drop the calibration rows of every other out-of-scope intent; those intents stay out of scope.
+    unseen = set(sorted(oos)[1::2])
+    calibrate(half, [(t, c) for t, c in calibration if c not in unseen], oos)
+    seen_half = score_protocol_b(half, [(t, c) for t, c in test if c not in unseen], oos - unseen)
+    unseen_rows = [(t, c) for t, c in test if c not in oos - unseen]
+    unseen_half = score_protocol_b(half, unseen_rows, unseen)
+    return {
+        "exemplars_in_scope_accuracy": with_exemplars["in_scope_accuracy"],
+        "exemplars_oos_recall": with_exemplars["oos_recall"],
+        "exemplars_in_scope_sent_to_edge": with_exemplars["in_scope_sent_to_edge"],
+        "exemplars_proba_weight": with_exemplars["proba_weight"],
+        "exemplars_exemplar_weight": with_exemplars["exemplar_weight"],
+        "half_exemplars_in_scope_accuracy": seen_half["in_scope_accuracy"],
+        "half_exemplars_seen_intent_oos_recall": seen_half["oos_recall"],
+        "half_exemplars_unseen_intent_oos_recall": unseen_half["oos_recall"],
+        # The same 9 intents' recall with the model as calibrated by default (no exemplars).
+        "no_exemplars_unseen_intent_oos_recall": score_protocol_b(model, unseen_rows, unseen)["oos_recall"],
     }
 
 
@@ -128,7 +173,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"[{name}] protocol B in-scope {b['in_scope_accuracy']:.4f}, OOS recall {b['oos_recall']:.4f}"
             f" (closed-set ceiling {b['in_scope_closed_set_accuracy']:.4f},"
-            f" in-scope sent to the edge {b['in_scope_sent_to_edge']:.4f})",
+            f" in-scope sent to the edge {b['in_scope_sent_to_edge']:.4f}; {b['exemplars']} exemplars)",
+            flush=True,
+        )
+        ablations = exemplar_ablations(b["model"], b["calibration"], test, out_of_scope_intents(train))
+        print(
+            f"[{name}] protocol B with exemplars: in-scope {ablations['exemplars_in_scope_accuracy']:.4f},"
+            f" OOS recall {ablations['exemplars_oos_recall']:.4f}; exemplars of 9 of the 18 intents:"
+            f" in-scope {ablations['half_exemplars_in_scope_accuracy']:.4f}, recall on those 9"
+            f" {ablations['half_exemplars_seen_intent_oos_recall']:.4f}, on the other 9"
+            f" {ablations['half_exemplars_unseen_intent_oos_recall']:.4f}"
+            f" (without exemplars {ablations['no_exemplars_unseen_intent_oos_recall']:.4f})",
             flush=True,
         )
         prefix = "banking77" if name == "final" else "baseline_banking77"
@@ -141,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{prefix}_heldout_local_share": b["local_share"],
             f"{prefix}_heldout_threshold": b["threshold"],
             f"{prefix}_heldout_proba_weight": b["proba_weight"],
+            f"{prefix}_heldout_exemplar_weight": b["exemplar_weight"],
+            **{f"{prefix}_heldout_{key}": value for key, value in ablations.items()},
             f"{prefix}_fit_minutes": a["fit_minutes"],
             f"{prefix}_heldout_fit_and_calibrate_minutes": b["fit_minutes"],
         })

@@ -26,6 +26,7 @@ class Split:
 class Slices:
     train: Split  # 6 intents x 34 rows
     holdout: Split  # 6 intents x 12 rows + 2 out-of-scope intents x 12 rows (labelled None)
+    unseen_out_of_scope: list[str]  # 2 out-of-scope intents x 24 more rows, in no split above
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +39,7 @@ def bitext() -> Slices:
             by_intent.setdefault(row["intent"], []).append(row["instruction"])
     train = Split([], [])
     holdout = Split([], [])
+    unseen_out_of_scope: list[str] = []
     for intent in IN_SCOPE:
         texts = by_intent[intent]
         train.texts.extend(texts[:34])
@@ -47,7 +49,8 @@ def bitext() -> Slices:
     for intent in OUT_OF_SCOPE:
         holdout.texts.extend(by_intent[intent][:12])
         holdout.labels.extend([None] * 12)
-    return Slices(train, holdout)
+        unseen_out_of_scope.extend(by_intent[intent][12:36])
+    return Slices(train, holdout, unseen_out_of_scope)
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ def test_round_trip_gives_identical_predictions(fine_tuned, artifact: Path, bite
 
 def test_manifest_records_identity_and_checksums(fine_tuned, artifact: Path) -> None:
     manifest = json.loads((artifact / "manifest.json").read_text())
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     assert manifest["classes"] == list(fine_tuned.classes_)
     assert manifest["encoder"]["sha256"] == sha256_file(artifact / "encoder" / "model.onnx")
     assert manifest["encoder"]["fine_tuned"] is True and manifest["encoder"]["quantized"] is True
@@ -37,7 +37,7 @@ def test_manifest_records_identity_and_checksums(fine_tuned, artifact: Path) -> 
     assert set(manifest["files"]) == {"encoder/model.onnx", "encoder/tokenizer.json", "head.npz"}
     for name, digest in manifest["files"].items():
         assert sha256_file(artifact / name) == digest
-    assert {"library_version", "created_at", "threshold", "params"} <= set(manifest)
+    assert {"library_version", "created_at", "threshold", "proba_weight", "exemplar_weight", "params"} <= set(manifest)
     assert not list(artifact.parent.glob(".*tmp-*")), "staging directory left behind"
 
 

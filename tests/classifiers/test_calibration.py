@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from classifiers._calibration import best_accuracy_threshold, share_threshold
+from classifiers._calibration import best_accuracy_threshold, leave_one_out_exemplar_cosine, share_threshold
 
 
 def test_accuracy_threshold_separates_out_of_scope_scores() -> None:
@@ -38,3 +38,31 @@ def test_share_threshold_keeps_the_target_share_local(share: float) -> None:
     confidence = np.random.default_rng(0).random(200)
     threshold = share_threshold(confidence, share)
     assert np.mean(confidence >= threshold) == pytest.approx(share, abs=0.005)
+
+
+def _unit_rows(*angles: float) -> np.ndarray:
+    return np.array([[np.cos(a), np.sin(a)] for a in angles], dtype=np.float32)
+
+
+def test_exemplar_cosine_never_counts_a_row_against_itself() -> None:
+    embeddings = _unit_rows(0.0, 0.1, 1.5, 3.0)
+    new_exemplars = np.array([True, True, False, False])
+    cosine = leave_one_out_exemplar_cosine(embeddings, np.zeros((0, 2), np.float32), new_exemplars)
+    # Rows 0 and 1 see only each other; rows 2 and 3 see the nearer of the two.
+    np.testing.assert_allclose(cosine, [np.cos(0.1), np.cos(0.1), np.cos(1.4), np.cos(2.9)], rtol=1e-6)
+
+
+def test_exemplar_cosine_includes_fit_exemplars() -> None:
+    embeddings = _unit_rows(0.0, 2.0)
+    fit_exemplars = _unit_rows(0.05)
+    cosine = leave_one_out_exemplar_cosine(embeddings, fit_exemplars, np.array([True, False]))
+    # Row 0 cannot use itself but still sees the fit exemplar, which is also row 1's nearest.
+    np.testing.assert_allclose(cosine, [np.cos(0.05), np.cos(1.95)], rtol=1e-6)
+
+
+def test_exemplar_cosine_is_zero_without_other_exemplars() -> None:
+    embeddings = _unit_rows(0.0, 1.0)
+    none = np.zeros((0, 2), np.float32)
+    np.testing.assert_array_equal(leave_one_out_exemplar_cosine(embeddings, none, np.array([False, False])), [0, 0])
+    lone = leave_one_out_exemplar_cosine(embeddings, none, np.array([True, False]))
+    np.testing.assert_allclose(lone, [0.0, np.cos(1.0)], rtol=1e-6)

@@ -20,22 +20,32 @@ def test_classes_are_sorted_and_order_proba_columns(frozen, bitext) -> None:
     assert list(frozen.classes_[proba.argmax(axis=1)]) == [frozen.classify(t).label for t in texts]
 
 
-def test_head_inside_the_onnx_graph_matches_the_head_in_numpy(frozen, bitext) -> None:
-    """classify runs pooling, logits and memory cosine in ORT; recompute them from the arrays."""
-    texts = bitext.holdout.texts[:20]
-    embeddings = frozen.encoder_.encode(texts)
-    head = frozen.head_
+@pytest.fixture(scope="module")
+def calibrated(frozen, bitext, tmp_path_factory):
+    """A copy of ``frozen`` with exemplars on, calibrated on the holdout (24 out-of-scope exemplars)."""
+    model = EmbeddingClassifier.load(frozen.save(tmp_path_factory.mktemp("calibrated") / "copy"))
+    return model.set_params(exemplar_weight=None).calibrate(bitext.holdout.texts, bitext.holdout.labels)
+
+
+def test_head_inside_the_onnx_graph_matches_the_head_in_numpy(calibrated, bitext) -> None:
+    """classify runs pooling, logits and both cosines in ORT; recompute them from the arrays."""
+    model = calibrated
+    texts = bitext.holdout.texts[:20] + bitext.unseen_out_of_scope[:10]
+    embeddings = model.encoder_.encode(texts)
+    head = model.head_
+    assert len(head.exemplars) == 24
     logits = embeddings @ head.coef.T + head.intercept
     proba = np.exp(logits - logits.max(axis=1, keepdims=True))
     proba /= proba.sum(axis=1, keepdims=True)
     cosine = (embeddings @ head.memory.T).max(axis=1)
-    weight = frozen.proba_weight_
-    expected = np.clip(weight * proba.max(axis=1) + (1 - weight) * cosine, 0.0, 1.0)
-    predictions = [frozen.classify(t) for t in texts]
+    exemplar_cosine = (embeddings @ head.exemplars.T).max(axis=1)
+    w, e = model.proba_weight_, model.exemplar_weight_
+    expected = np.clip(w * proba.max(axis=1) + (1 - w) * cosine - e * exemplar_cosine, 0.0, 1.0)
+    predictions = [model.classify(t) for t in texts]
     np.testing.assert_allclose([p.confidence for p in predictions], expected, atol=1e-5)
-    assert [p.label for p in predictions] == list(frozen.classes_[proba.argmax(axis=1)])
-    np.testing.assert_allclose(frozen.predict_proba(texts), proba, atol=1e-5)
-    assert len(set(np.round(cosine, 4))) > 10
+    assert [p.label for p in predictions] == list(model.classes_[proba.argmax(axis=1)])
+    np.testing.assert_allclose(model.predict_proba(texts), proba, atol=1e-5)
+    assert len(set(np.round(cosine, 4))) > 10 and len(set(np.round(exemplar_cosine, 4))) > 10
 
 
 def test_predict_is_accurate_on_in_scope_holdout(frozen, bitext) -> None:
@@ -78,11 +88,56 @@ def test_calibrate_accuracy_objective_sends_out_of_scope_to_the_edge(frozen, bit
     model.calibrate(texts, labels)
     assert 0.0 < model.threshold_ <= 1.0
     assert model.proba_weight_ in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert model.exemplar_weight_ == 0.0 and len(model.head_.exemplars) == 0  # exemplars are opt-in
     after = _routed_accuracy(model, texts, labels)
     assert after == pytest.approx(model.calibration_accuracy_)
     assert after > before
     out_of_scope = [p for p, c in zip(model.predict(texts), labels, strict=True) if c is None]
     assert sum(p is None for p in out_of_scope) >= len(out_of_scope) / 2
+
+
+def test_calibration_exemplars_catch_more_of_the_same_out_of_scope_intents(
+    frozen, calibrated, bitext, tmp_path
+) -> None:
+    """Unseen queries of the calibration's out-of-scope intents go to the edge more often with exemplars."""
+    assert calibrated.exemplar_weight_ in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    # Calibration scored each exemplar against the others only; afterwards each also matches itself.
+    assert calibrated.score(bitext.holdout.texts, bitext.holdout.labels) >= calibrated.calibration_accuracy_ - 1e-9
+    without = EmbeddingClassifier.load(frozen.save(tmp_path / "copy")).set_params(exemplar_weight=0.0)
+    without.calibrate(bitext.holdout.texts, bitext.holdout.labels)
+    assert without.exemplar_weight_ == 0.0 and len(without.head_.exemplars) == 0
+    unseen = bitext.unseen_out_of_scope
+    recall_with = np.mean([p is None for p in calibrated.predict(unseen)])
+    recall_without = np.mean([p is None for p in without.predict(unseen)])
+    assert recall_with > recall_without, (recall_with, recall_without)
+    in_scope = [(t, c) for t, c in zip(bitext.holdout.texts, bitext.holdout.labels, strict=True) if c is not None]
+    kept = np.mean([p is not None for p in calibrated.predict([t for t, _ in in_scope])])
+    assert kept >= 0.9
+
+
+def test_recalibration_replaces_the_calibration_exemplars(calibrated, bitext, tmp_path) -> None:
+    model = EmbeddingClassifier.load(calibrated.save(tmp_path / "copy"))
+    np.testing.assert_array_equal(model.head_.exemplars, calibrated.head_.exemplars)
+    assert model.exemplar_weight_ == calibrated.exemplar_weight_
+    assert model.predict(bitext.unseen_out_of_scope) == calibrated.predict(bitext.unseen_out_of_scope)
+    model.calibrate(bitext.holdout.texts[:-12], bitext.holdout.labels[:-12])
+    assert len(model.head_.exemplars) == 12
+    model.calibrate(bitext.holdout.texts[:72], bitext.holdout.labels[:72])  # in scope only
+    assert len(model.head_.exemplars) == 0 and model.threshold_ == 0.0
+
+
+def test_fit_keeps_out_of_scope_examples_as_exemplars_only_when_asked(bitext) -> None:
+    texts = bitext.train.texts[::4] + bitext.holdout.texts[-24:]
+    labels = bitext.train.labels[::4] + [None] * 24
+    model = EmbeddingClassifier(fine_tune_epochs=0, exemplar_weight=None, progress=False).fit(texts, labels)
+    assert model.head_.fit_exemplars.shape == (24, model.head_.dim)
+    np.testing.assert_allclose(model.head_.fit_exemplars, model.encoder_.encode(texts[-24:]), atol=1e-6)
+    assert model.exemplar_weight_ == 1.0
+    # Fit exemplars survive calibration, which adds its own next to them.
+    model.calibrate(bitext.holdout.texts[:72] + bitext.unseen_out_of_scope[:6], bitext.holdout.labels[:72] + [None] * 6)
+    assert len(model.head_.fit_exemplars) == 24 and len(model.head_.exemplars) == 30
+    unweighted = EmbeddingClassifier(fine_tune_epochs=0, progress=False).fit(texts, labels)
+    assert len(unweighted.head_.exemplars) == 0 and unweighted.exemplar_weight_ == 0.0
 
 
 def test_calibrate_local_share_objective(frozen, bitext, tmp_path) -> None:
@@ -147,6 +202,7 @@ def test_unfitted_model_raises_not_fitted() -> None:
         (["a", "b"], ["x", "x"], {}),
         ("a single string", ["x"] * 15, {}),
         (["a", "b"], ["x", "y"], {"C": -1.0}),
+        (["a", "b"], ["x", "y"], {"exemplar_weight": -0.5}),
     ],
 )
 def test_fit_rejects_bad_input(texts, labels, params) -> None:

@@ -62,8 +62,9 @@ def update_classifier(
     calibration_labels: Sequence[str | None],
     out_dir: str | Path,
     params: Mapping[str, Any] | None = None,
-    objective: Literal["accuracy", "local_share"] = "accuracy",
+    objective: Literal["accuracy", "local_share", "edge_recall"] = "accuracy",
     target_local_share: float | None = None,
+    target_edge_recall: float | None = None,
 ) -> Path:
     """Fit a new classifier on ``texts``/``labels``, calibrate it, save it as the next version.
 
@@ -84,7 +85,13 @@ def update_classifier(
     model = EmbeddingClassifier()
     model.set_params(**_start_params(current_path, params))
     model.fit(texts, labels)
-    model.calibrate(calibration_texts, calibration_labels, objective=objective, target_local_share=target_local_share)
+    model.calibrate(
+        calibration_texts,
+        calibration_labels,
+        objective=objective,
+        target_local_share=target_local_share,
+        target_edge_recall=target_edge_recall,
+    )
 
     path = next_version_dir(out_dir)
     if path.exists():  # a concurrent update took the name between listing and saving

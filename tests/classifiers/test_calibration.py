@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from classifiers._calibration import best_accuracy_threshold, leave_one_out_exemplar_cosine, share_threshold
+from classifiers._calibration import (
+    best_accuracy_threshold,
+    edge_recall_threshold,
+    leave_one_out_exemplar_cosine,
+    share_threshold,
+)
 
 
 def test_accuracy_threshold_separates_out_of_scope_scores() -> None:
@@ -31,6 +36,46 @@ def test_ties_never_split() -> None:
     threshold, _ = best_accuracy_threshold(confidence, ~out_of_scope, out_of_scope)
     local = confidence >= threshold
     assert local.all() or not local.any()
+
+
+def test_edge_recall_threshold_is_the_lowest_that_reaches_the_target() -> None:
+    confidence = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    out_of_scope = np.array([True, False, True, True, False, True, False, False])
+    label_correct = ~out_of_scope
+    # 3 of 4 out-of-scope scores (0.1, 0.3, 0.4) lie below 0.45; reaching 4 of 4 costs the 0.5 in-scope one.
+    threshold, in_scope_accuracy = edge_recall_threshold(confidence, label_correct, out_of_scope, 0.75)
+    assert 0.4 < threshold <= 0.5
+    assert in_scope_accuracy == pytest.approx(3 / 4)  # the in-scope 0.2 goes to the edge
+    threshold, in_scope_accuracy = edge_recall_threshold(confidence, label_correct, out_of_scope, 1.0)
+    assert 0.6 < threshold <= 0.7
+    assert in_scope_accuracy == pytest.approx(2 / 4)
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8, 0.95])
+def test_edge_recall_threshold_meets_the_target_and_no_lower_split_does(target: float) -> None:
+    rng = np.random.default_rng(1)
+    out_of_scope = rng.random(300) < 0.25
+    confidence = np.where(out_of_scope, rng.normal(0.4, 0.15, 300), rng.normal(0.7, 0.15, 300))
+    label_correct = rng.random(300) < 0.9
+    threshold, in_scope_accuracy = edge_recall_threshold(confidence, label_correct, out_of_scope, target)
+    recall = np.mean(confidence[out_of_scope] < threshold)
+    assert recall >= target
+    below = np.sort(confidence)[np.sort(confidence) < threshold]
+    if len(below):  # moving the threshold down past the next score loses the target
+        assert np.mean(confidence[out_of_scope] < below[-1]) < target
+    kept = (confidence >= threshold) & label_correct & ~out_of_scope
+    assert in_scope_accuracy == pytest.approx(kept.sum() / (~out_of_scope).sum())
+
+
+def test_edge_recall_threshold_never_splits_ties() -> None:
+    confidence = np.array([0.5, 0.5, 0.9])
+    out_of_scope = np.array([True, False, False])
+    # The out-of-scope 0.5 cannot go to the edge without its in-scope twin.
+    threshold, in_scope_accuracy = edge_recall_threshold(confidence, ~out_of_scope, out_of_scope, 1.0)
+    assert 0.5 < threshold <= 0.9
+    assert in_scope_accuracy == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="out-of-scope"):
+        edge_recall_threshold(confidence, ~out_of_scope, np.zeros(3, dtype=bool), 0.5)
 
 
 @pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 0.8, 1.0])

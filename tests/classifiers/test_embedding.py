@@ -147,11 +147,43 @@ def test_calibrate_local_share_objective(frozen, bitext, tmp_path) -> None:
     assert np.mean(local) == pytest.approx(0.75, abs=0.02)
 
 
+def _in_scope_accuracy(model: EmbeddingClassifier, texts: list[str], labels: list[str | None]) -> float:
+    pairs = [(p, c) for p, c in zip(model.predict(texts), labels, strict=True) if c is not None]
+    return float(np.mean([p == c for p, c in pairs]))
+
+
+@pytest.mark.parametrize("exemplar_weight", [0.0, None])
+def test_calibrate_edge_recall_objective_meets_its_target(frozen, bitext, tmp_path, exemplar_weight) -> None:
+    texts, labels = bitext.holdout.texts, bitext.holdout.labels
+    in_scope_accuracy = {}
+    for target in (0.5, 0.95):
+        model = EmbeddingClassifier.load(frozen.save(tmp_path / f"copy{target}")).set_params(
+            exemplar_weight=exemplar_weight
+        )
+        model.calibrate(texts, labels, objective="edge_recall", target_edge_recall=target)
+        assert model.calibration_edge_recall_ >= target
+        # Served exemplars also match themselves, so recall on these very texts can only be higher.
+        recall = np.mean([p is None for p, c in zip(model.predict(texts), labels, strict=True) if c is None])
+        assert recall >= target
+        if exemplar_weight == 0.0:
+            assert recall == pytest.approx(model.calibration_edge_recall_)
+            assert model.score(texts, labels) == pytest.approx(model.calibration_accuracy_)
+        in_scope_accuracy[target] = _in_scope_accuracy(model, texts, labels)
+    if exemplar_weight == 0.0:
+        # Each target keeps the most in-scope queries it can, and the looser target can keep more.
+        assert in_scope_accuracy[0.5] >= in_scope_accuracy[0.95]
+        assert in_scope_accuracy[0.5] > 0.9
+
+
 @pytest.mark.parametrize(
     ("kwargs", "labels_fn"),
     [
         ({"objective": "local_share"}, None),
         ({"objective": "accuracy", "target_local_share": 0.5}, None),
+        ({"objective": "edge_recall"}, None),
+        ({"objective": "edge_recall", "target_edge_recall": 1.5}, None),
+        ({"objective": "accuracy", "target_edge_recall": 0.8}, None),
+        ({"objective": "edge_recall", "target_edge_recall": 0.8}, lambda labels: [c or "track_order" for c in labels]),
         ({"objective": "latency"}, None),
         ({}, lambda labels: ["not_a_class"] + labels[1:]),
     ],

@@ -76,6 +76,29 @@ def test_next_update_starts_from_the_current_recipe(first_version: Path) -> None
     assert _start_params(None, None) == {"progress": False}
 
 
+@pytest.mark.slow
+def test_update_can_calibrate_for_out_of_scope_recall(
+    first_version: Path, data: tuple[list[Example], list[Example]], tmp_path: Path
+) -> None:
+    train, held_out = data
+    texts, labels = labelled_texts(train)
+    cal_texts, cal_labels = labelled_texts(held_out, unlabelled_as_out_of_scope=True)
+    path = update_classifier(
+        first_version,
+        texts,
+        labels,
+        calibration_texts=cal_texts,
+        calibration_labels=cal_labels,
+        out_dir=tmp_path,
+        objective="edge_recall",
+        target_edge_recall=0.96,
+    )
+    model = EmbeddingClassifier.load(path)
+    assert model.get_params()["C"] == 10.0  # the recipe of the version it started from
+    out_of_scope = [t for t, c in zip(cal_texts, cal_labels, strict=True) if c is None]
+    assert sum(p is None for p in model.predict(out_of_scope)) >= 0.96 * len(out_of_scope)
+
+
 def test_labelled_texts_skips_or_marks_unlabelled() -> None:
     rows = [
         Example(({"role": "user", "content": "where is my order"},), "It is on its way to you.", "ORDER"),

@@ -7,7 +7,7 @@ Measures, side by side in one run on this machine:
   in another thread of the same process (the router's real situation), for the default fp32
   encoder and, side by side, the opt-in int8 one (``quantize=True``);
 * local-tier overhead: ``Client(model="local")`` against calling llama-cpp-python directly
-  on the same prompt and settings, interleaved;
+  on the same prompt and settings, in adjacent pairs (median of the per-pair ratios);
 * process RSS with the classifier and the local model loaded (plus the side-by-side int8 classifier, so an upper bound).
 
 Writes ``evals/results/bench.json``.
@@ -78,7 +78,7 @@ def _classify_latencies(classifier: Any, queries: list[str], pause_s: float = 0.
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=400)
-    parser.add_argument("--overhead-runs", type=int, default=8)
+    parser.add_argument("--overhead-runs", type=int, default=16, help="direct/routed pairs")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--classifier", type=Path, default=None, help="an existing classifier artifact")
     parser.add_argument("--classifier-int8", type=Path, default=None, help="an existing int8 classifier artifact")
@@ -167,24 +167,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"   int8: p50 {_percentile(busy_int8, 50):.2f} ms, p99 {_percentile(busy_int8, 99):.2f} ms"
           f"  ({generated[0]} tokens generated meanwhile)")  # fmt: skip
 
-    print(f"local-tier overhead vs llama-cpp-python directly ({args.overhead_runs} interleaved runs, {args.max_tokens} tokens)")
+    print(f"local-tier overhead vs llama-cpp-python directly ({args.overhead_runs} interleaved pairs, {args.max_tokens} tokens)")
     from router.chat_template import STOP_SEQUENCES, render_prompt
 
     prompt = render_prompt(PROMPT)
-    direct_s, routed_s, tokens = [], [], set()
-    for _ in range(args.overhead_runs):
+
+    def run_direct() -> tuple[float, str, int]:
         start = time.perf_counter()
-        direct = llm.create_completion(prompt, max_tokens=args.max_tokens, temperature=0.0, top_p=1.0, stop=list(STOP_SEQUENCES))
-        direct_s.append(time.perf_counter() - start)
+        out = llm.create_completion(prompt, max_tokens=args.max_tokens, temperature=0.0, top_p=1.0, stop=list(STOP_SEQUENCES))
+        return time.perf_counter() - start, out["choices"][0]["text"], out["usage"]["completion_tokens"]
+
+    def run_routed() -> tuple[float, str, int]:
         start = time.perf_counter()
-        routed = client.chat.completions.create(model="local", messages=PROMPT, max_tokens=args.max_tokens, temperature=0.0)
-        routed_s.append(time.perf_counter() - start)
-        tokens.add((direct["usage"]["completion_tokens"], routed.usage.completion_tokens))
-        assert routed.router.tier == "local" and routed.router.fallback_from is None, routed.router
-        assert routed.choices[0].message.content == direct["choices"][0]["text"], "both sides must do the same work"
-    ratio = statistics.median(routed_s) / statistics.median(direct_s)
-    print(f"  direct median {statistics.median(direct_s) * 1000:.0f} ms, routed median {statistics.median(routed_s) * 1000:.0f} ms,"
-          f" ratio {ratio:.3f} (completion tokens direct/routed: {sorted(tokens)})")  # fmt: skip
+        out = client.chat.completions.create(model="local", messages=PROMPT, max_tokens=args.max_tokens, temperature=0.0)
+        assert out.router.tier == "local" and out.router.fallback_from is None, out.router
+        return time.perf_counter() - start, out.choices[0].message.content, out.usage.completion_tokens
+
+    # This VM's speed drifts by +-15 % between identical runs a second apart, so each routed run
+    # is paired with the direct run next to it (order alternating, to cancel drift within a pair)
+    # and the figure is the median of the per-pair ratios; the ratio of medians is kept alongside.
+    direct_s, routed_s, pair_ratios, tokens = [], [], [], set()
+    for i in range(args.overhead_runs):
+        first, second = (run_direct, run_routed) if i % 2 == 0 else (run_routed, run_direct)
+        a, b = first(), second()
+        direct, routed = (a, b) if i % 2 == 0 else (b, a)
+        assert routed[1] == direct[1], "both sides must do the same work"
+        direct_s.append(direct[0])
+        routed_s.append(routed[0])
+        pair_ratios.append(routed[0] / direct[0])
+        tokens.add((direct[2], routed[2]))
+    ratio = statistics.median(pair_ratios)
+    ratio_of_medians = statistics.median(routed_s) / statistics.median(direct_s)
+    print(f"  direct median {statistics.median(direct_s) * 1000:.0f} ms, routed median {statistics.median(routed_s) * 1000:.0f} ms;"
+          f" median pair ratio {ratio:.3f} (quartiles {_percentile(pair_ratios, 25):.3f}-{_percentile(pair_ratios, 75):.3f}),"
+          f" ratio of medians {ratio_of_medians:.3f}; completion tokens direct/routed: {sorted(tokens)}")  # fmt: skip
 
     rss = _rss_mb()
     print(f"process RSS with classifier + local model loaded (and litellm imported, plus the int8 classifier): {rss:.0f} MB")
@@ -202,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "int8_classify_p50_ms_under_generation": round(_percentile(busy_int8, 50), 3),
         "int8_classify_p99_ms_under_generation": round(_percentile(busy_int8, 99), 3),
         "local_overhead_ratio": round(ratio, 4),
+        "local_overhead_ratio_of_medians": round(ratio_of_medians, 4),
         "local_direct_median_s": round(statistics.median(direct_s), 4),
         "local_routed_median_s": round(statistics.median(routed_s), 4),
         "rss_mb": round(rss, 1),

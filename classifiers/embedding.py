@@ -260,17 +260,14 @@ class EmbeddingClassifier(ParamsMixin):
 
         predicted = self.classes_[proba.argmax(axis=1)]
         label_correct = np.array([p == t for p, t in zip(predicted, labels, strict=True)])
-        if objective == "local_share":
-            confidence = self.head_.confidence(
-                proba, max_cosine, exemplar_cosine, self.proba_weight_, self.exemplar_weight_
-            )
-            self.threshold_ = share_threshold(confidence, float(target_local_share))  # type: ignore[arg-type]
-        else:
+        if objective != "local_share":
             self._choose_threshold_and_mix(
                 proba, max_cosine, exemplar_cosine, label_correct, out_of_scope, target_edge_recall
             )
-        # What the chosen setting does on these examples (exemplars scored leave-one-out).
         confidence = self.head_.confidence(proba, max_cosine, exemplar_cosine, self.proba_weight_, self.exemplar_weight_)
+        if objective == "local_share":
+            self.threshold_ = share_threshold(confidence, float(target_local_share))  # type: ignore[arg-type]
+        # What the chosen setting does on these examples (exemplars scored leave-one-out).
         local = confidence >= self.threshold_
         self.calibration_accuracy_ = float(np.mean(np.where(local, label_correct & ~out_of_scope, out_of_scope)))
         self.calibration_edge_recall_ = float(np.mean(~local[out_of_scope])) if out_of_scope.any() else float("nan")

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from router.errors import ArtifactError, ArtifactIntegrityError
-from router.files import MANIFEST_DIGEST_KEY, manifest_digest, sha256_file
+from hybrid_common.errors import ArtifactError, ArtifactIntegrityError
+from hybrid_common.files import MANIFEST_DIGEST_KEY, manifest_digest, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "hybrid-router/embedding-classifier"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.errors import ArtifactIntegrityError, MissingDependencyError
+from hybrid_common.errors import ArtifactIntegrityError, MissingDependencyError
 
 from .encoders import HEAD_INPUTS, HeadInputs
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from router.errors import ConfigError
+from hybrid_common.errors import ConfigError
 
 
 class ParamsMixin:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from router.errors import ArtifactIntegrityError, ConfigError, NotFittedError
+from hybrid_common.errors import ArtifactIntegrityError, ConfigError, NotFittedError
 
 from ._artifact import read_artifact, write_artifact
 from ._calibration import (

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from router.errors import ArtifactError, MissingDependencyError
+from hybrid_common.errors import ArtifactError, MissingDependencyError
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     generated = [0]
 
     def generate() -> None:
-        from router.chat_template import render_prompt
+        from hybrid_common.chat import render_prompt
 
         prompt = render_prompt(PROMPT)
         while not stop.is_set():
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"  ({generated[0]} tokens generated meanwhile)")  # fmt: skip
 
     print(f"local-tier overhead vs llama-cpp-python directly ({args.overhead_runs} interleaved pairs, {args.max_tokens} tokens)")
-    from router.chat_template import STOP_SEQUENCES, render_prompt
+    from hybrid_common.chat import STOP_SEQUENCES, render_prompt
 
     prompt = render_prompt(PROMPT)
 

@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
             models={"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
             cloud={"default_model": "gpt-4o"},
             classifier={"path": args.workdir / "classifier"},
+            # The untuned packaged model, whatever a retrain promoted in this machine's data directory.
+            local={"registry_path": None},
             routing={"local_categories": LOCAL_CATEGORIES, "private_categories": PRIVATE_CATEGORIES},
             log={"path": log_path},
             warmup="eager",

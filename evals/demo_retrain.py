@@ -41,6 +41,7 @@ def write_config(path: Path, *, workdir: Path, cloud_model: str, api_base: str, 
         f"""# Written by evals/demo_retrain.py
 [local]
 registry_path = "{workdir / 'registry'}"
+default_max_tokens = {args.answer_tokens}     # evaluation generates as served, so this caps both
 
 [cloud]
 default_model = "gpt-4o"
@@ -74,7 +75,6 @@ eval_every_steps = 75
 {f"max_steps = {args.max_steps}" if args.max_steps else ""}
 
 [retrain.evaluation]
-max_tokens = {args.eval_max_tokens}
 n_threads = 2                    # evaluation runs alone; serving keeps a core free (see README)
 """,
         encoding="utf-8",
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1300, help="Bitext queries replayed in the collection phase")
     parser.add_argument("--max-examples", type=int, default=900, help="training examples (issue 3: at most 1,000 in 45 min)")
     parser.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps (smoke runs)")
-    parser.add_argument("--eval-max-tokens", type=int, default=256)
+    parser.add_argument("--answer-tokens", type=int, default=256, help="local answer cap, served and evaluated alike")
     parser.add_argument("--eval-examples", type=int, default=60, help="size of the frozen evaluation set")
     parser.add_argument("--serve-queries", type=int, default=20, help="queries replayed after promotion")
     parser.add_argument("--results", type=Path, default=RESULTS)

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.evaluate import EvalConfig
     from finetune.quant_report import quantization_report
     from finetune.registry import ModelRegistry
-    from router.backends.llama_cpp import packaged_model_path
+    from router.backends import packaged_model_path
+    from router.config import LocalConfig
 
     registry = ModelRegistry(args.registry)
     serving = registry.serving()
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     examples = FrozenEvalSet.load(args.registry).examples[: args.examples]
     report = quantization_report(
         packaged_model_path(), registry.adapter_path(serving.version), examples, args.registry / "quantization",
-        config=EvalConfig(max_tokens=args.max_tokens, n_threads=2),
+        config=EvalConfig(n_threads=2),
+        serving=LocalConfig(default_max_tokens=args.max_tokens, max_tokens=max(256, args.max_tokens)),
     )  # fmt: skip
     report["adapter_version"] = serving.version
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
         return
 
-    from router.backends.llama_cpp import packaged_model_path
+    from router.backends import packaged_model_path
 
     model = args.model or str(packaged_model_path())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

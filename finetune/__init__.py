@@ -8,8 +8,9 @@ that train or evaluate.
 
 from __future__ import annotations
 
-from router._lazy import lazy_exports
 from typing import TYPE_CHECKING
+
+from hybrid_common.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "retrain": "finetune.retrain",
@@ -53,6 +54,7 @@ __all__, __getattr__, __dir__ = lazy_exports("finetune", _EXPORTS, globals())
 
 
 if TYPE_CHECKING:
+    from finetune.classifier_update import update_classifier
     from finetune.config import RetrainConfig
     from finetune.datasets import (
         DatasetFilters,
@@ -60,18 +62,17 @@ if TYPE_CHECKING:
         Example,
         FrozenEvalSet,
         build_snapshot,
-        split_bucket,
         clean,
         examples_from_csv,
         examples_from_jsonl,
         examples_from_log,
+        split_bucket,
     )
     from finetune.evaluate import EvalConfig, EvalReport, evaluate_model, rouge_l
     from finetune.export import export_adapter, write_lora_gguf
+    from finetune.gate import GateConfig, GateDecision, decide
     from finetune.merge import merge_adapter, quantize_gguf
     from finetune.quant_report import quantization_report
-    from finetune.gate import GateConfig, GateDecision, decide
-    from finetune.classifier_update import update_classifier
     from finetune.registry import BASE_VERSION, ModelRegistry, ModelVersion, NoRollbackTargetError
     from finetune.retrain import RetrainResult, retrain
     from finetune.training import TrainConfig, TrainResult, load_base_model, measure_logits_speedup, train_lora

@@ -1,8 +1,10 @@
 """Refit and recalibrate the query classifier from labelled examples, as a new artifact version.
 
 The router keeps serving the current artifact while this runs; the result is a new, versioned
-directory (``out_dir/v0001``, ``v0002`` ...) written atomically by
-:meth:`classifiers.EmbeddingClassifier.save`, so switching to it (or back) is a path change.
+directory (``out_dir/v0001``, ``v0002`` ...): the artifact is saved complete under a temporary
+name, then renamed to the next free number (:func:`hybrid_common.files.publish_numbered_dir`,
+the rule the model registry uses too), so two updates running at once get two versions and
+switching to one (or back) is a path change.
 The refit starts from the current artifact's hyperparameters so an update changes the data,
 not the recipe. Fitting needs the ``train`` extra (torch, sentence-transformers).
 """
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from router.errors import ArtifactError, ConfigError
+from hybrid_common.errors import ConfigError
+from hybrid_common.files import publish_numbered_dir
 
 from .datasets import Example
 
@@ -47,7 +52,11 @@ def labelled_texts(
 
 
 def next_version_dir(out_dir: str | Path) -> Path:
-    """``out_dir/vNNNN`` one past the highest existing version (``v0001`` for the first)."""
+    """``out_dir/vNNNN`` one past the highest existing version now (``v0001`` for the first).
+
+    Informational only: another writer may take it first. :func:`update_classifier` claims its
+    version atomically instead.
+    """
     out_dir = Path(out_dir)
     existing = [int(m.group(1)) for p in out_dir.glob("v*") if (m := _VERSION.match(p.name))] if out_dir.is_dir() else []
     return out_dir / f"v{max(existing, default=0) + 1:04d}"
@@ -93,10 +102,15 @@ def update_classifier(
         target_edge_recall=target_edge_recall,
     )
 
-    path = next_version_dir(out_dir)
-    if path.exists():  # a concurrent update took the name between listing and saving
-        raise ArtifactError(f"{path} already exists; refusing to overwrite a classifier version")
-    model.save(path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / f".staging-{uuid.uuid4().hex}"
+    try:
+        model.save(staging)
+        path = out_dir / publish_numbered_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     logger.info(
         "classifier %s: %d classes, threshold %.3f, calibration accuracy %s",
         path,

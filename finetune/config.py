@@ -1,13 +1,14 @@
 """Retrain settings: one pydantic model, read from the ``[retrain]`` table of ``router.toml``.
 
-The paths and categories a retrain needs (traffic log, registry, categories the local tier
-serves) default to the router's own configuration, so the trainer and the server cannot
-disagree about where the data and the served model live.
+The file is found the way the router finds it (an explicit path, else ``$ROUTER_CONFIG``), and the
+paths, categories and serving settings a retrain needs (traffic log, registry, categories the
+local tier serves, the ``[local]`` table evaluation generates with) default to the router's own
+configuration, so the trainer and the server cannot disagree about where the data and the served
+model live, or about how answers are generated.
 """
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,10 @@ from finetune.datasets import DatasetFilters
 from finetune.evaluate import EvalConfig
 from finetune.gate import GateConfig
 from finetune.training import TrainConfig
-from router.config import DEFAULT_REGISTRY
-from router.errors import ConfigError
+from hybrid_common.errors import ConfigError
+from router.config import LocalConfig, RouterConfig, default_log_path, default_registry_path, load_config
 
-__all__ = ["RetrainConfig"]
+__all__ = ["RetrainConfig", "validate_retrain_table"]
 
 
 class RetrainConfig(BaseModel):
@@ -28,10 +29,14 @@ class RetrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    log_path: Path = Field(Path(".router/traffic.sqlite3"), description="Traffic log to learn from.")
-    registry_path: Path = Field(DEFAULT_REGISTRY, description="Model registry: versions, datasets, the serving pointer.")
+    log_path: Path = Field(default_factory=default_log_path, description="Traffic log to learn from (default: the router's).")
+    registry_path: Path = Field(
+        default_factory=default_registry_path, description="Model registry: versions, datasets, the serving pointer."
+    )
     base_model: Path | None = Field(None, description="Base GGUF the adapter is trained for; default: the packaged model.")
-    categories: list[str] | None = Field(None, description="Categories to learn; default: those the local tier serves.")
+    categories: list[str] | None = Field(
+        None, description="Categories to learn; default: those the local tier serves, or every category when none is set."
+    )
     include_local_accepted: bool = Field(True, description="Also learn from local answers users marked accepted.")
     extra_sources: list[Path] = Field(default_factory=list, description="User JSONL (OpenAI messages) or CSV (query, answer) files.")
     min_new_examples: int = Field(50, ge=1, description="Fewer new training examples than this: nothing to do.")
@@ -41,28 +46,36 @@ class RetrainConfig(BaseModel):
     training: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    serving: LocalConfig = Field(
+        default_factory=LocalConfig, description="The router's [local] settings: evaluation generates with them."
+    )
 
     @classmethod
-    def from_router_config(cls, path: str | Path | None = None, **overrides: Any) -> RetrainConfig:
-        """Defaults from the router's configuration (log, registry, local categories), then the
-        TOML ``[retrain]`` table, then ``overrides``."""
-        from router.config import load_config
+    def from_router_config(cls, source: str | Path | RouterConfig | None = None, **overrides: Any) -> RetrainConfig:
+        """Defaults from the router's configuration (log, registry, local categories, ``[local]``),
+        then its ``[retrain]`` table, then ``overrides``.
 
-        router_config = load_config(path)
-        values: dict[str, Any] = {"log_path": router_config.log.path}
+        ``source`` is a ``router.toml`` path, an already loaded :class:`RouterConfig`, or None for
+        the router's own discovery (``$ROUTER_CONFIG``, environment, defaults).
+        """
+        router_config = source if isinstance(source, RouterConfig) else load_config(source)
+        values: dict[str, Any] = {"log_path": router_config.log.path, "serving": router_config.local}
         if router_config.local.registry_path is not None:
             values["registry_path"] = router_config.local.registry_path
         if router_config.local.model_path is not None:
             values["base_model"] = router_config.local.model_path
-        if router_config.routing.local_categories != "*":
-            values["categories"] = list(router_config.routing.local_categories)
-        toml_path = Path(path) if path else None
-        if toml_path is not None and toml_path.is_file():
-            with toml_path.open("rb") as fh:
-                values.update(tomllib.load(fh).get("retrain", {}))
+        local_categories = router_config.routing.local_categories
+        if local_categories != "*" and local_categories:
+            values["categories"] = list(local_categories)
+        values.update(router_config.retrain)
         values.update(overrides)
         try:
             return cls.model_validate(values)
         except ValidationError as err:
             problems = "; ".join(f"retrain.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
             raise ConfigError(f"invalid retrain configuration: {problems}") from err
+
+
+def validate_retrain_table(config: RouterConfig) -> None:
+    """Check the ``[retrain]`` table of a loaded router configuration (``router config`` calls this)."""
+    RetrainConfig.from_router_config(config)

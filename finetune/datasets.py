@@ -22,7 +22,7 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from router._guard import DegenerationGuard
-from router.config import DEFAULT_PII_PATTERNS, validate_patterns
-from router.errors import ArtifactError, ArtifactIntegrityError, ConfigError
-from router.files import MANIFEST_DIGEST_KEY, fsync_dir, manifest_digest, sha256_file, write_text_atomic
-from router.policy import luhn_valid
+from hybrid_common.chat import is_text_only, last_user_text, message_text
+from hybrid_common.errors import ArtifactError, ArtifactIntegrityError, ConfigError
+from hybrid_common.files import MANIFEST_DIGEST_KEY, fsync_dir, manifest_digest, sha256_file, write_text_atomic
+from hybrid_common.guard import DegenerationGuard
+from hybrid_common.pii import DEFAULT_PII_PATTERNS, PiiMatcher, validate_patterns
 from router.traffic_log import LogRecord, TrafficLog
 
 __all__ = [
@@ -57,8 +57,6 @@ logger = logging.getLogger(__name__)
 
 _SPACE = re.compile(r"\s+")
 _ROLES = frozenset({"system", "user", "assistant"})
-# PII patterns of these names only count when the match also passes the check (as in routing).
-_CHECKSUMS: dict[str, Callable[[str], bool]] = {"card_number": luhn_valid}
 # Reasons ``clean`` drops an example for, in the order they are applied.
 DROP_REASONS = (
     "no_prompt",
@@ -113,7 +111,7 @@ class Example:
     @property
     def query(self) -> str:
         """The last user message: the text the query classifier sees."""
-        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
+        return last_user_text(self.messages)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,7 +168,7 @@ class DatasetFilters(BaseModel):
     scrub_pii: bool = Field(True, description="Replace PII matches in prompts and answers with [NAME].")
     pii_patterns: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_PII_PATTERNS),
-        description="Named regexes scrubbed as [NAME] (upper case); card numbers only when Luhn-valid.",
+        description="Named regexes scrubbed as [NAME] (upper case); card numbers only with an issuer prefix and Luhn checksum, as in routing.",
     )
     drop_degenerate: bool = Field(
         True, description="Drop answers the serving degeneration guard rejects (empty, looping, echoing the question)."
@@ -185,21 +183,10 @@ class DatasetFilters(BaseModel):
         return validate_patterns(patterns)
 
 
-class _Scrubber:
-    """Replaces PII matches with ``[NAME]``; checksummed patterns only when the check passes."""
-
-    def __init__(self, patterns: Mapping[str, str]) -> None:
-        self._patterns = [(name, re.compile(p), _CHECKSUMS.get(name)) for name, p in patterns.items()]
-
-    def __call__(self, text: str) -> str:
-        for name, pattern, check in self._patterns:
-            tag = f"[{name.upper()}]"
-            text = pattern.sub(lambda m, c=check, t=tag: t if c is None or c(m.group()) else m.group(), text)
-        return text
-
-    def example(self, example: Example) -> Example:
-        messages = tuple({"role": m["role"], "content": self(m["content"])} for m in example.messages)
-        return dataclasses.replace(example, messages=messages, answer=self(example.answer))
+def _scrubbed(example: Example, pii: PiiMatcher) -> Example:
+    """The example with PII in every message and the answer replaced by ``[NAME]``."""
+    messages = tuple({"role": m["role"], "content": pii.redact(m["content"])} for m in example.messages)
+    return dataclasses.replace(example, messages=messages, answer=pii.redact(example.answer))
 
 
 # ---------------------------------------------------------------------------- sources
@@ -240,21 +227,12 @@ def _log_example(record: LogRecord, categories: frozenset[str] | None, include_l
             return None
     messages = []
     for m in record.messages:
-        content = _text_content(m.get("content")) if isinstance(m, dict) else None
-        if content is None or m.get("role") not in _ROLES:
+        content = m.get("content") if isinstance(m, dict) else None
+        if not is_text_only(content) or m.get("role") not in _ROLES:
             logger.debug("log row %s skipped: unsupported message %r", record.id, m)
             return None
-        messages.append({"role": m["role"], "content": content})
+        messages.append({"role": m["role"], "content": message_text(content)})
     return Example(tuple(messages), record.response, record.category, f"log:{record.id}")
-
-
-def _text_content(content: Any) -> str | None:
-    """Message content as text; None for parts other than text (images, audio)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(str(p.get("text", "")) for p in content)
-    return None
 
 
 def examples_from_jsonl(path: str | Path, *, category: str | None = None) -> list[Example]:
@@ -456,13 +434,13 @@ def _drop_near_duplicates(
 def clean(examples: Iterable[Example], filters: DatasetFilters | None = None) -> tuple[list[Example], dict[str, int]]:
     """Scrub, filter and deduplicate (keeping the first of duplicates); returns kept examples and drops per reason."""
     filters = filters or DatasetFilters()
-    scrub = _Scrubber(filters.pii_patterns) if filters.scrub_pii else None
+    pii = PiiMatcher(filters.pii_patterns) if filters.scrub_pii else None
     dropped = dict.fromkeys(DROP_REASONS, 0)
     seen: set[str] = set()
     kept: list[Example] = []
     for example in examples:
-        if scrub is not None:
-            example = scrub.example(example)
+        if pii is not None:
+            example = _scrubbed(example, pii)
         reason = _filter_reason(example, filters)
         if reason is None:
             if example.prompt_key in seen:

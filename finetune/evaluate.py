@@ -1,8 +1,9 @@
 """Evaluate a local model exactly as it will be served: llama.cpp, the quantized GGUF, the adapter.
 
-Answers are generated through the router's own :class:`~router.backends.llama_cpp.LlamaCppBackend`
-(same template, stop sequences, greedy decoding) and watched by the same degeneration guard, so
-the figures describe what users would get, not what the training framework sees. Each answer is
+Answers are generated through the router's own :class:`~router.backends.LlamaCppBackend` with the
+router's ``[local]`` settings (context window, answer token cap, guard settings) and the very loop
+serving runs (:func:`hybrid_common.generation.guarded_pieces`), so the figures describe what users
+would get, not what the training framework sees. Each answer is
 scored against its reference: cosine similarity of sentence embeddings (the packaged MiniLM by
 default), ROUGE-L F1, format validity, degeneration; plus decode speed and latency.
 """
@@ -18,28 +19,44 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from router.chat_template import END_OF_TURN, START_OF_TURN
+from hybrid_common.chat import END_OF_TURN, START_OF_TURN, last_user_text
 
 if TYPE_CHECKING:
     from finetune.datasets import Example
+    from router.config import LocalConfig
 
 __all__ = ["EvalConfig", "EvalReport", "ScoredAnswer", "evaluate_model", "rouge_l", "similarity_scores"]
 
 _WORD = re.compile(r"\w+")
+# An evaluation is not a user waiting: one slow answer must not turn into a failure.
+_EVAL_TIMEOUT_S = 600.0
+
+
+# Settings that used to be evaluation's own and now come from the router's [local] table.
+_SERVING_KEYS = {"max_tokens": "default_max_tokens / max_tokens", "n_ctx": "n_ctx", "degenerate_min_span": "degenerate_min_span"}
 
 
 class EvalConfig(BaseModel):
-    """How candidates are generated and scored."""
+    """How candidates are scored. How they are generated is the router's ``[local]`` config, as served."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int = Field(256, ge=1, description="Answer length cap, as the serving config would set it.")
-    n_ctx: int = Field(1024, ge=128, description="Context window for evaluation.")
     n_threads: int | None = Field(None, ge=1, description="llama.cpp threads; default: the router's default.")
     encoder_path: Path | None = Field(None, description="sentence-transformers encoder for similarity; default: packaged MiniLM.")
-    degenerate_min_span: int = Field(48, ge=8, description="Same meaning as the router's local.degenerate_min_span.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_serving_overrides(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, local_key in _SERVING_KEYS.items():
+                if key in data:
+                    raise ValueError(
+                        f"evaluation.{key} is gone: evaluation generates exactly as the router serves, "
+                        f"so set local.{local_key} in router.toml instead"
+                    )
+        return data
 
 
 @dataclass
@@ -115,49 +132,52 @@ def evaluate_model(
     model_path: Path | None = None,
     adapter_path: Path | None = None,
     config: EvalConfig | None = None,
+    serving: LocalConfig | None = None,
     progress: bool = True,
     label: str = "evaluating",
 ) -> EvalReport:
-    """Generate an answer for every example with llama.cpp (+ adapter) and score it."""
+    """Generate an answer for every example as the router would serve it, and score it.
+
+    ``serving`` is the router's ``[local]`` configuration (default: its defaults); the model and
+    adapter given here replace its own, and no registry is followed.
+    """
     from tqdm.auto import tqdm
 
-    from router._guard import DegenerationGuard
-    from router._request import GenerationParams
-    from router.backends.llama_cpp import LlamaCppBackend
+    from hybrid_common.generation import guarded_pieces
+    from router.backends import GenerationParams, LlamaCppBackend
     from router.config import LocalConfig
 
     config = config or EvalConfig()
-    backend = LlamaCppBackend(
-        LocalConfig(
-            model_path=model_path,
-            adapter_path=adapter_path,
-            n_ctx=config.n_ctx,
-            n_threads=config.n_threads,
-            max_tokens=config.max_tokens,
-            timeout_s=600.0,
-        )
+    served = serving if serving is not None else LocalConfig()
+    local = LocalConfig.model_validate(
+        {
+            **served.model_dump(exclude={"registry_path", "adapter_version", "timeout_s"}),
+            "backend": "llama_cpp",
+            "model_path": model_path if model_path is not None else served.model_path,
+            "adapter_path": adapter_path,
+            "registry_path": None,
+            "timeout_s": _EVAL_TIMEOUT_S,
+            "n_threads": config.n_threads or served.n_threads,
+        }
     )
+    backend = LlamaCppBackend(local)
+    max_tokens = local.answer_tokens(None)  # evaluation requests set no limit, so the served default applies
     raw: list[tuple[str, str, int, float, str | None, bool]] = []
     try:
         backend.load()
         for example in tqdm(examples, desc=label, unit="answer", disable=not progress):
             messages = list(example.messages)
-            question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-            guard = DegenerationGuard(question=question, min_span=config.degenerate_min_span)
+            guard = local.new_guard(last_user_text(messages))
             started = time.perf_counter()
             stream = backend.generate(
-                messages, GenerationParams(temperature=0.0), max_tokens=config.max_tokens, deadline=time.monotonic() + 600
+                messages, GenerationParams(), max_tokens=max_tokens, deadline=time.monotonic() + _EVAL_TIMEOUT_S
             )
-            text = ""
             try:
-                for piece in stream:
-                    text += piece
-                    if guard.check_partial(text):
-                        break  # the router stops here too
+                text = "".join(guarded_pieces(stream, guard))
             finally:
                 stream.close()
             seconds = time.perf_counter() - started
-            problem = guard.check_final(text)
+            problem = guard.problem
             raw.append((text, stream.finish_reason, stream.completion_tokens, seconds, problem, _format_valid(text, stream.finish_reason, problem)))
     finally:
         backend.close()

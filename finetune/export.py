@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from router.errors import ArtifactError
+from hybrid_common.errors import ArtifactError
 
 __all__ = ["HF_TO_GGUF_MODULES", "export_adapter", "gguf_tensors_from_peft", "write_lora_gguf"]
 

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from router.errors import ArtifactError, MissingDependencyError
+from hybrid_common.errors import ArtifactError, MissingDependencyError
 
 __all__ = ["QUANT_TYPES", "merge_adapter", "quantize_gguf"]
 

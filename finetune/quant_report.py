@@ -17,6 +17,7 @@ from finetune.merge import merge_adapter, quantize_gguf
 
 if TYPE_CHECKING:
     from finetune.datasets import Example
+    from router.config import LocalConfig
 
 __all__ = ["quantization_report"]
 
@@ -30,12 +31,13 @@ def quantization_report(
     kinds: Sequence[str] = ("Q8_0", "Q5_K_M", "Q4_K_M"),
     similar_at: float = 0.9,
     config: EvalConfig | None = None,
+    serving: LocalConfig | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Merge, quantize to each of ``kinds``, answer ``examples`` with every model, compare to F16."""
     workdir = Path(workdir)
     f16 = merge_adapter(base_gguf, adapter_gguf, workdir / "merged-f16.gguf")
-    reference = evaluate_model(examples, model_path=f16, config=config, progress=progress, label="F16")
+    reference = evaluate_model(examples, model_path=f16, config=config, serving=serving, progress=progress, label="F16")
     report: dict[str, Any] = {
         "examples": len(examples),
         "similar_at": similar_at,
@@ -43,7 +45,7 @@ def quantization_report(
     }
     for kind in kinds:
         path = quantize_gguf(f16, workdir / f"merged-{kind.lower()}.gguf", kind)  # type: ignore[arg-type]
-        quantized = evaluate_model(examples, model_path=path, config=config, progress=progress, label=kind)
+        quantized = evaluate_model(examples, model_path=path, config=config, serving=serving, progress=progress, label=kind)
         ours = [a.answer for a in quantized.answers]
         theirs = [a.answer for a in reference.answers]
         closeness = similarity_scores(ours, theirs, config.encoder_path if config else None)

@@ -30,9 +30,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from router.errors import ArtifactError, ArtifactIntegrityError, RouterError
-from router.files import fsync_dir, write_text_atomic
-from router.files import sha256_file as file_sha256
+from hybrid_common.errors import ArtifactError, ArtifactIntegrityError, RouterError
+from hybrid_common.files import fsync_dir, publish_numbered_dir, write_text_atomic
+from hybrid_common.files import sha256_file as file_sha256
 
 __all__ = ["BASE_VERSION", "ModelRegistry", "ModelVersion", "NoRollbackTargetError", "file_sha256"]
 
@@ -149,31 +149,26 @@ class ModelRegistry:
                 "train": dict(train or {}),
                 "notes": notes,
             }
-            with self._locked():
-                candidates = [version] if version is not None else self._next_numbered()
-                for name in candidates:
-                    record = ModelVersion(version=name, **record_fields)
-                    write_text_atomic(tmp / "version.json", record.model_dump_json(indent=2) + "\n")
-                    try:
-                        os.rename(tmp, self.versions_dir / name)  # fails if the version exists
-                    except OSError as err:
-                        if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                            raise
-                        if version is not None:
-                            raise ArtifactError(f"version {name!r} already exists in {self.root}") from err
-                        continue
-                    fsync_dir(self.versions_dir)
-                    return record
+
+            def write_record(name: str) -> None:
+                record = ModelVersion(version=name, **record_fields)
+                write_text_atomic(tmp / "version.json", record.model_dump_json(indent=2) + "\n")
+
+            if version is None:  # the rename claims the next free number, whatever other writers do
+                version = publish_numbered_dir(tmp, self.versions_dir, before_rename=write_record)
+            else:
+                write_record(version)
+                try:
+                    os.rename(tmp, self.versions_dir / version)  # fails if the version exists
+                except OSError as err:
+                    if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise ArtifactError(f"version {version!r} already exists in {self.root}") from err
+                    raise
+                fsync_dir(self.versions_dir)
+            return ModelVersion(version=version, **record_fields)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        raise ArtifactError(f"could not allocate a version id in {self.root}")  # pragma: no cover
-
-    def _next_numbered(self) -> Iterator[str]:
-        taken = [int(m.group(1)) for p in self.versions_dir.iterdir() if (m := _NUMBERED.match(p.name))]
-        start = max(taken, default=0) + 1
-        for n in range(start, start + 1000):
-            yield f"v{n:04d}"
 
     @staticmethod
     def _copy_adapter(source: Path, target: Path) -> str:

@@ -24,7 +24,7 @@ from finetune.datasets import DatasetSnapshot, Example, build_snapshot, examples
 from finetune.evaluate import evaluate_model
 from finetune.gate import GateDecision, decide
 from finetune.registry import BASE_VERSION, ModelRegistry, ModelVersion
-from router.errors import ConfigError
+from hybrid_common.errors import ConfigError
 
 __all__ = ["RetrainResult", "retrain"]
 
@@ -92,7 +92,7 @@ def _metrics_for(
     adapter = registry.adapter_path(version.version)
     report = evaluate_model(
         snapshot.eval, model_path=config.base_model, adapter_path=adapter, config=config.evaluation,
-        progress=progress, label=f"evaluating {version.version}",
+        serving=config.serving, progress=progress, label=f"evaluating {version.version}",
     )  # fmt: skip
     registry.update_metrics(version.version, report.metrics, eval_set=fingerprint)
     return report.metrics
@@ -112,9 +112,6 @@ def retrain(
     log(f"dataset {snapshot.id}: {len(snapshot.train)} training examples, {len(snapshot.eval)} frozen evaluation examples")
 
     serving = registry.serving()
-    if serving is None and not dry_run:  # first run: the base model is what serves
-        serving = registry.ensure_base(base_model=str(config.base_model or "packaged"))
-        registry.promote(serving.version, reason="initial base model")
     serving_train = serving.train if serving is not None else {}
     serving_name = serving.version if serving is not None else BASE_VERSION
     trained = {v.dataset_id for v in registry.versions() if v.dataset_id}
@@ -128,8 +125,13 @@ def retrain(
             snapshot.id, serving_version=serving_name,
         )  # fmt: skip
     train_set = _capped(snapshot.train, config.max_train_examples, config.training.seed)
-    if dry_run or serving is None:
+    if dry_run:
         return RetrainResult("skipped", f"dry run: would train on {len(train_set)} examples from dataset {snapshot.id}", snapshot.id, serving_version=serving_name)
+    base_model = str(config.base_model or "packaged")
+    # Nothing promoted yet: the base model is what serves; it is registered (not promoted) to be measured.
+    first_run = serving is None
+    if serving is None:
+        serving = registry.ensure_base(base_model=base_model)
 
     serving_metrics = _metrics_for(registry, serving, snapshot, config, progress)
     run_dir = Path(config.registry_path) / "runs" / f"{snapshot.id}-{config.training.fingerprint()}"
@@ -152,20 +154,22 @@ def retrain(
     train_info.pop("history", None)
     candidate_report = evaluate_model(
         snapshot.eval, model_path=config.base_model, adapter_path=adapter, config=config.evaluation,
-        progress=progress, label="evaluating candidate",
+        serving=config.serving, progress=progress, label="evaluating candidate",
     )  # fmt: skip
     (run_dir / "evaluation.json").write_text(json.dumps(candidate_report.as_dict(), indent=1))
     decision = decide(candidate_report.metrics, serving_metrics, config.gate)
     version = registry.add(
         adapter, metrics=candidate_report.metrics, dataset_id=snapshot.id,
         train={**train_info, "eval_set": _eval_fingerprint(snapshot), "gate": decision.reasons},
-        base_model=str(config.base_model or "packaged"),
+        base_model=base_model,
     )  # fmt: skip
     outcome = RetrainResult(
         "rejected", "", snapshot.id, version.version, serving.version,
         candidate_report.metrics, serving_metrics, decision, train_info,
     )  # fmt: skip
     if decision.promote:
+        if first_run:  # so that a rollback returns to the base model
+            registry.promote(serving.version, reason="initial base model")
         registry.promote(version.version, reason="; ".join(decision.reasons))
         outcome.status = "promoted"
         outcome.message = f"{version.version} promoted over {serving.version}: " + "; ".join(decision.reasons)

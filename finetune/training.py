@@ -2,7 +2,7 @@
 
 transformers dequantizes the served GGUF (so training starts from the weights llama.cpp runs),
 peft adds LoRA, and only the adapter is kept: a model loaded from GGUF cannot be saved whole.
-Prompts are rendered with :mod:`router.chat_template`, exactly as the router serves them, and
+Prompts are rendered with :mod:`hybrid_common.chat`, exactly as the router serves them, and
 the loss covers assistant tokens only.
 
 CPU cost is dominated by the 262k-token output layer, so by default output logits are computed
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from router.chat_template import END_OF_TURN, render_prompt
-from router.errors import ArtifactError, MissingDependencyError
+from hybrid_common.chat import END_OF_TURN, render_prompt
+from hybrid_common.errors import ArtifactError, MissingDependencyError
 
 if TYPE_CHECKING:
     from finetune.datasets import Example
@@ -123,7 +123,7 @@ def load_base_model(gguf_path: str | Path | None = None, *, device: str = "auto"
     except ImportError as err:
         raise MissingDependencyError("transformers", purpose="fine-tuning", extra="train") from err
     if gguf_path is None:
-        from router.backends.llama_cpp import packaged_model_path
+        from router.backends import packaged_model_path
 
         gguf_path = packaged_model_path()
     gguf_path = Path(gguf_path)

@@ -7,8 +7,9 @@ first access (PEP 562), so ``import router`` stays fast and imports no model run
 
 from __future__ import annotations
 
-from router._lazy import lazy_exports
 from typing import TYPE_CHECKING
+
+from hybrid_common.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -57,20 +58,8 @@ __all__, __getattr__, __dir__ = lazy_exports("router", _EXPORTS, globals(), extr
 
 
 if TYPE_CHECKING:  # static analysers see the real names
-    from router.backends import LocalBackend, register_local_backend
-    from router.chat_template import render_prompt
-    from router.client import AsyncClient, AsyncStream, Client, RawResponse, Stream
-    from router.config import (
-        ClassifierConfig,
-        CloudConfig,
-        LocalConfig,
-        LogConfig,
-        ModelRoute,
-        RouterConfig,
-        RoutingConfig,
-        load_config,
-    )
-    from router.errors import (
+    from hybrid_common.chat import render_prompt
+    from hybrid_common.errors import (
         APIConnectionError,
         APIError,
         APIStatusError,
@@ -88,6 +77,18 @@ if TYPE_CHECKING:  # static analysers see the real names
         PrivacyError,
         RateLimitError,
         RouterError,
+    )
+    from router.backends import LocalBackend, register_local_backend
+    from router.client import AsyncClient, AsyncStream, Client, RawResponse, Stream
+    from router.config import (
+        ClassifierConfig,
+        CloudConfig,
+        LocalConfig,
+        LogConfig,
+        ModelRoute,
+        RouterConfig,
+        RoutingConfig,
+        load_config,
     )
     from router.policy import RoutingPolicy
     from router.traffic_log import LogRecord, TrafficLog

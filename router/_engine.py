@@ -1,5 +1,9 @@
 """The routing engine: classify, decide, serve with fallback, log. Shared by the sync and async clients.
 
+Which tier is tried next after a failure is decided in one place, :mod:`router._fallback`; the four
+drivers here (``_serve``, ``_aserve``, ``_primed_stream``, ``_aprimed_stream``) only run the tier
+it names, turn a tier's failure into a :class:`~router._fallback.TierFailure`, and report it back.
+
 Streams are *primed*: ``create(stream=True)`` runs until the first token before it returns, so a
 failure of the chosen tier can still fall back, and errors surface at ``create`` as they do with
 the OpenAI SDK, rather than halfway through the application's loop.
@@ -15,12 +19,14 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from hybrid_common.errors import APIError, APITimeoutError, BadRequestError, InternalServerError, RouterError
+from hybrid_common.generation import guarded_pieces
+from hybrid_common.pii import PiiMatcher
 from router._exchange import Exchange, attach
-from router._guard import DegenerationGuard
+from router._fallback import FallbackRun, TierFailure, fallback_plan, stays_local
 from router._request import ChatRequest
 from router.backends import CloudBackend, LocalFailure, create_local_backend
 from router.config import RouterConfig
-from router.errors import APIError, APITimeoutError, BadRequestError, InternalServerError, RouterError
 from router.policy import Decision, RoutingPolicy
 from router.traffic_log import TrafficLog
 from router.types import Reason
@@ -41,7 +47,7 @@ class Engine:
         self.cloud = CloudBackend(config.cloud)
         self.log: TrafficLog | None = None
         if config.log.enabled:
-            redact = config.routing.pii_patterns if config.log.redact_pii else None
+            redact = PiiMatcher(config.routing.pii_patterns) if config.log.redact_pii else None
             self.log = TrafficLog(config.log.path, store_messages=config.log.store_messages, redact_patterns=redact)
         self._classifier: Any = None
         self._classifier_lock = threading.Lock()
@@ -114,10 +120,6 @@ class Engine:
         if self.log is not None:
             self.log.record(exchange.log_record())
 
-    def _local_max_tokens(self, request: ChatRequest) -> int:
-        cfg = self.config.local
-        return min(request.params.max_tokens or cfg.default_max_tokens, cfg.max_tokens)
-
     def _local_deadline(self, request: ChatRequest) -> float:
         timeout = self.config.local.timeout_s
         if request.timeout_s is not None:
@@ -128,11 +130,11 @@ class Engine:
         """Move a request whose prompt overflows the local window to the cloud (or refuse it)."""
         request = exchange.request
         try:
-            fits = self.local.fits(request.messages, self._local_max_tokens(request))
+            fits = self.local.fits(request.messages, self.config.local.answer_tokens(request.params.max_tokens))
         except Exception as err:
             raise LocalFailure("error", f"local model unavailable: {err}") from err
         if not fits:
-            if exchange.decision.private or exchange.decision.forced:
+            if stays_local(exchange.decision):
                 raise BadRequestError(
                     "The conversation is longer than the local model's context window and may not go to the cloud.",
                     param="messages",
@@ -140,17 +142,28 @@ class Engine:
                 )
             raise LocalFailure("context", "prompt longer than the local context window")
 
-    def _can_fall_back_to_cloud(self, exchange: Exchange) -> bool:
-        return not (exchange.decision.private or exchange.decision.forced)
+    # -- fallback ---------------------------------------------------------------------------------
 
-    def _can_fall_back_to_local(self, exchange: Exchange) -> bool:
-        request = exchange.request
-        return (
-            self.config.cloud.fallback_to_local
-            and not exchange.decision.forced
-            and not request.local_blockers
-            and exchange.fallback_from is None
+    def _fallback_run(self, exchange: Exchange) -> FallbackRun:
+        plan = fallback_plan(
+            exchange.decision,
+            cloud_to_local=self.config.cloud.fallback_to_local,
+            local_servable=not exchange.request.local_blockers,
         )
+        return FallbackRun(plan)
+
+    def _fall_back(self, exchange: Exchange, run: FallbackRun, failure: TierFailure) -> None:
+        """Record ``failure``; move the exchange to the next tier, or raise what the caller should see."""
+        to = run.failed(failure)
+        logger.info("%s tier failed (%s); falling back to the %s tier", failure.tier, failure.reason, to)
+        exchange.fall_back(failure.tier, to, failure.reason)
+
+    def _local_failure(self, failure: LocalFailure) -> TierFailure:
+        return TierFailure("local", f"{failure.kind}: {failure.detail}", self._local_error(failure), failure)
+
+    @staticmethod
+    def _cloud_failure(err: APIError) -> TierFailure:
+        return TierFailure("cloud", f"{type(err).__name__}: {err}", err)
 
     # -- local tier -----------------------------------------------------------------------------
 
@@ -160,32 +173,25 @@ class Engine:
         self.local.refresh()
         self._check_local_fits(exchange)
         # With a registry the backend knows which promoted version it loaded; else the config labels it.
-        adapter_version = self.local.adapter_version if self.config.local.registry_path else self.config.local.adapter_version
+        local = self.config.local
+        adapter_version = self.local.adapter_version if local.followed_registry else local.adapter_version
         exchange.serve_with("local", self.local.name, self.local.model_name, adapter_version)
-        guard = DegenerationGuard(
-            question=request.query,
-            min_span=self.config.local.degenerate_min_span,
-            reject_echo=self.config.local.reject_echo,
-        )
+        guard = local.new_guard(request.query)
         stream = self.local.generate(
             request.messages,
             request.params,
-            max_tokens=self._local_max_tokens(request),
+            max_tokens=local.answer_tokens(request.params.max_tokens),
             deadline=self._local_deadline(request),
         )
-        text = ""
         try:
-            for piece in stream:
+            for piece in guarded_pieces(stream, guard):
                 exchange.mark_first_token()
-                if guard.check_partial(text + piece):
-                    if not self._degenerate_is_final(exchange, guard):
-                        raise LocalFailure("degenerate", guard.problem or "")
-                    exchange.finish_reason = "stop"
-                    break
-                text += piece
                 yield piece
-            if guard.check_final(text) and not self._degenerate_is_final(exchange, guard):
-                raise LocalFailure("degenerate", guard.problem or "")
+            if guard.problem is not None:
+                if not stays_local(exchange.decision):
+                    raise LocalFailure("degenerate", guard.problem)
+                # A private or forced-local request cannot fall back: serve the text before the problem, flagged.
+                exchange.degenerate = guard.problem
         except LocalFailure:
             raise
         except Exception as err:  # a crash in the native layer is a local failure like any other
@@ -198,19 +204,15 @@ class Engine:
         exchange.cloud_cost_usd_estimate = self._cloud_estimate(exchange)
         exchange.cost_usd = 0.0
 
-    def _degenerate_is_final(self, exchange: Exchange, guard: DegenerationGuard) -> bool:
-        """A private or forced-local request cannot fall back: serve the text before the loop, flagged."""
-        if self._can_fall_back_to_cloud(exchange):
-            return False
-        exchange.degenerate = guard.problem
-        return True
-
     def _cloud_estimate(self, exchange: Exchange) -> float | None:
         route = self.config.route_for(exchange.decision.cloud_model)
         return self.cloud.cost(route.price_as, exchange.prompt_tokens or 0, exchange.completion_tokens or 0, wait=False)
 
-    def _run_local(self, exchange: Exchange) -> Any:
-        exchange.text = "".join(self._local_pieces(exchange))
+    def _answer_locally(self, exchange: Exchange) -> Any:
+        try:
+            exchange.text = "".join(self._local_pieces(exchange))
+        except LocalFailure as failure:
+            raise self._local_failure(failure) from failure
         return exchange.completion()
 
     def _local_error(self, failure: LocalFailure) -> APIError:
@@ -255,26 +257,21 @@ class Engine:
         return result
 
     def _serve(self, exchange: Exchange) -> Any:
-        if exchange.decision.tier == "local":
+        run = self._fallback_run(exchange)
+        for tier in run:
             try:
-                return self._run_local(exchange)
-            except LocalFailure as failure:
-                if not self._can_fall_back_to_cloud(exchange):
-                    raise self._local_error(failure) from failure
-                logger.info("local tier failed (%s); falling back to the cloud", failure)
-                exchange.fall_back("cloud", f"{failure.kind}: {failure.detail}")
+                return self._answer_locally(exchange) if tier == "local" else self._answer_from_cloud(exchange)
+            except TierFailure as failure:
+                self._fall_back(exchange, run, failure)
+        raise AssertionError("unreachable: the fallback run raises once every tier has failed")
+
+    def _answer_from_cloud(self, exchange: Exchange) -> Any:
         route = self._cloud_route(exchange)
         try:
-            return self._accept_cloud_completion(exchange, route, self.cloud.complete(exchange.request, route, exchange.request.timeout_s))
+            completion = self.cloud.complete(exchange.request, route, exchange.request.timeout_s)
         except APIError as err:
-            if not self._can_fall_back_to_local(exchange):
-                raise
-            logger.info("cloud tier failed (%s); falling back to the local tier", err)
-            exchange.fall_back("local", f"{type(err).__name__}: {err}")
-            try:
-                return self._run_local(exchange)
-            except LocalFailure as failure:
-                raise err from failure
+            raise self._cloud_failure(err) from err
+        return self._accept_cloud_completion(exchange, route, completion)
 
     async def acomplete(self, request: ChatRequest) -> Any:
         exchange = await asyncio.to_thread(self.plan, request)
@@ -288,25 +285,23 @@ class Engine:
         return result
 
     async def _aserve(self, exchange: Exchange) -> Any:
-        if exchange.decision.tier == "local":
+        run = self._fallback_run(exchange)
+        for tier in run:
             try:
-                return await asyncio.to_thread(self._run_local, exchange)
-            except LocalFailure as failure:
-                if not self._can_fall_back_to_cloud(exchange):
-                    raise self._local_error(failure) from failure
-                exchange.fall_back("cloud", f"{failure.kind}: {failure.detail}")
+                if tier == "local":
+                    return await asyncio.to_thread(self._answer_locally, exchange)
+                return await self._aanswer_from_cloud(exchange)
+            except TierFailure as failure:
+                self._fall_back(exchange, run, failure)
+        raise AssertionError("unreachable: the fallback run raises once every tier has failed")
+
+    async def _aanswer_from_cloud(self, exchange: Exchange) -> Any:
         route = self._cloud_route(exchange)
         try:
             completion = await self.cloud.acomplete(exchange.request, route, exchange.request.timeout_s)
-            return self._accept_cloud_completion(exchange, route, completion)
         except APIError as err:
-            if not self._can_fall_back_to_local(exchange):
-                raise
-            exchange.fall_back("local", f"{type(err).__name__}: {err}")
-            try:
-                return await asyncio.to_thread(self._run_local, exchange)
-            except LocalFailure as failure:
-                raise err from failure
+            raise self._cloud_failure(err) from err
+        return self._accept_cloud_completion(exchange, route, completion)
 
     # -- streaming --------------------------------------------------------------------------------
 
@@ -358,32 +353,31 @@ class Engine:
         return self._logged(exchange, source)
 
     def _primed_stream(self, exchange: Exchange) -> Iterator[Any]:
-        if exchange.decision.tier == "local":
-            pieces = self._local_pieces(exchange)
+        run = self._fallback_run(exchange)
+        for tier in run:
             try:
-                first = next(pieces, None)
-            except LocalFailure as failure:
-                if not self._can_fall_back_to_cloud(exchange):
-                    raise self._local_error(failure) from failure
-                exchange.fall_back("cloud", f"{failure.kind}: {failure.detail}")
-            else:
-                rest = pieces if first is None else itertools.chain([first], pieces)
-                return self._local_chunks(exchange, rest)
+                return self._open_local_stream(exchange) if tier == "local" else self._open_cloud_stream(exchange)
+            except TierFailure as failure:
+                self._fall_back(exchange, run, failure)
+        raise AssertionError("unreachable: the fallback run raises once every tier has failed")
+
+    def _open_local_stream(self, exchange: Exchange) -> Iterator[Any]:
+        """Generate up to the first piece (so a failure can still fall back), then stream the rest."""
+        pieces = self._local_pieces(exchange)
+        try:
+            first = next(pieces, None)
+        except LocalFailure as failure:
+            raise self._local_failure(failure) from failure
+        rest = pieces if first is None else itertools.chain([first], pieces)
+        return self._local_chunks(exchange, rest)
+
+    def _open_cloud_stream(self, exchange: Exchange) -> Iterator[Any]:
         route = self._cloud_route(exchange)
         try:
             chunks = self.cloud.stream(exchange.request, route, exchange.request.timeout_s)
             first_chunk = next(chunks)
         except APIError as err:
-            if not self._can_fall_back_to_local(exchange):
-                raise
-            exchange.fall_back("local", f"{type(err).__name__}: {err}")
-            pieces = self._local_pieces(exchange)
-            try:
-                first = next(pieces, None)
-            except LocalFailure as failure:
-                raise err from failure
-            rest = pieces if first is None else itertools.chain([first], pieces)
-            return self._local_chunks(exchange, rest)
+            raise self._cloud_failure(err) from err
         exchange.mark_first_token()
         recorded = (self._record_cloud_chunk(exchange, route, c) for c in itertools.chain([first_chunk], chunks))
         return (c for c in recorded if c is not None)
@@ -412,21 +406,23 @@ class Engine:
         return self._alogged(exchange, source)
 
     async def _aprimed_stream(self, exchange: Exchange) -> AsyncIterator[Any]:
-        if exchange.decision.tier == "local":  # _primed_stream handles local failure and fallback
-            return _threaded(await asyncio.to_thread(self._primed_stream, exchange))
+        run = self._fallback_run(exchange)
+        for tier in run:
+            try:
+                if tier == "local":
+                    return _threaded(await asyncio.to_thread(self._open_local_stream, exchange))
+                return await self._aopen_cloud_stream(exchange)
+            except TierFailure as failure:
+                self._fall_back(exchange, run, failure)
+        raise AssertionError("unreachable: the fallback run raises once every tier has failed")
+
+    async def _aopen_cloud_stream(self, exchange: Exchange) -> AsyncIterator[Any]:
         route = self._cloud_route(exchange)
         try:
             chunks = self.cloud.astream(exchange.request, route, exchange.request.timeout_s)
             first_chunk = await chunks.__anext__()
         except APIError as err:
-            if not self._can_fall_back_to_local(exchange):
-                raise
-            exchange.fall_back("local", f"{type(err).__name__}: {err}")
-            try:
-                sync_source = await asyncio.to_thread(self._primed_stream, exchange)
-            except APIError:
-                raise err from None
-            return _threaded(sync_source)
+            raise self._cloud_failure(err) from err
         exchange.mark_first_token()
 
         async def process() -> AsyncIterator[Any]:

@@ -54,9 +54,9 @@ class Exchange:
     def serve_with(self, tier: Tier, backend: str, model: str, adapter_version: str | None = None) -> None:
         self.tier, self.backend, self.model, self.adapter_version = tier, backend, model, adapter_version
 
-    def fall_back(self, to: Tier, reason: str) -> None:
-        """Record that the first tier failed and ``to`` serves instead."""
-        self.fallback_from = self.tier or self.decision.tier
+    def fall_back(self, failed: Tier, to: Tier, reason: str) -> None:
+        """Record that tier ``failed`` could not answer (``reason``) and ``to`` serves instead."""
+        self.fallback_from = failed
         self.fallback_reason = reason
         self.decision = replace(self.decision, tier=to)
 

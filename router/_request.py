@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import openai
 
-from router.errors import BadRequestError
+from hybrid_common.chat import last_user_text, message_text
+from hybrid_common.errors import BadRequestError
 
 __all__ = ["ChatRequest", "GenerationParams", "build_request"]
 
@@ -72,15 +73,12 @@ class ChatRequest:
     @property
     def query(self) -> str:
         """The text to classify: the last user message."""
-        for message in reversed(self.messages):
-            if message["role"] == "user":
-                return _content_text(message.get("content"))
-        return ""
+        return last_user_text(self.messages)
 
     @property
     def all_text(self) -> str:
         """Every message's text, for privacy checks."""
-        return "\n".join(_content_text(m.get("content")) for m in self.messages)
+        return "\n".join(message_text(m.get("content")) for m in self.messages)
 
 
 def _given(value: Any) -> bool:
@@ -89,14 +87,6 @@ def _given(value: Any) -> bool:
 
 def _bad(message: str, param: str, code: str | None = None) -> BadRequestError:
     return BadRequestError(message, param=param, code=code)
-
-
-def _content_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, Mapping) and part.get("type") == "text")
 
 
 def _number(value: Any, name: str, low: float, high: float) -> float:
@@ -190,7 +180,7 @@ def build_request(*, max_input_chars: int, max_retries: int | None = None, **kwa
         raise _bad("Invalid 'model': expected a non-empty string.", "model", "invalid_type")
     messages, blockers = _messages(args.pop("messages", None))
 
-    size = sum(len(_content_text(m.get("content"))) for m in messages)
+    size = sum(len(message_text(m.get("content"))) for m in messages)
     if size > max_input_chars:
         raise _bad(
             f"Input is too long: {size} characters, the limit is {max_input_chars}.", "messages", "context_length_exceeded"

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from router.files import sha256_file
+from hybrid_common.files import sha256_file
 
 __all__ = ["AdapterWatch", "ServingAdapter"]
 

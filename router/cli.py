@@ -1,6 +1,9 @@
-"""The ``router`` command: check a configuration, summarise the traffic log, manage local model versions.
+"""The ``router`` command: check a configuration, summarise the traffic log, and whatever plugins add.
 
-``models`` and ``retrain`` use the ``finetune`` package, imported inside those commands only.
+The router never imports the packages that build on it. Other packages add subcommands through
+the ``hybrid_router.commands`` entry-point group (``finetune`` adds ``models`` and ``retrain``)
+and configuration tables through ``hybrid_router.config_sections`` (``finetune`` checks
+``[retrain]``), so ``router config`` validates the whole file without the router naming them.
 """
 
 from __future__ import annotations
@@ -8,16 +11,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["COMMANDS_GROUP", "CONFIG_SECTIONS_GROUP", "main", "print_legacy_path_notes"]
+
+COMMANDS_GROUP = "hybrid_router.commands"
+CONFIG_SECTIONS_GROUP = "hybrid_router.config_sections"
+
+
+def print_legacy_path_notes(log_path: Path, registry_path: Path | None) -> None:
+    """Tell the user about a log or registry left at an earlier release's default path."""
+    from router.config import default_registry_path, legacy_path_notes
+
+    for note in legacy_path_notes(Path(log_path), Path(registry_path or default_registry_path())):
+        print(f"router: note: {note}", file=sys.stderr)
 
 
 def _config(args: argparse.Namespace) -> int:
     from router.config import load_config
 
     config = load_config(args.config)
+    for entry in entry_points(group=CONFIG_SECTIONS_GROUP):
+        validate: Callable[[Any], None] = entry.load()
+        validate(config)
     print(json.dumps(config.model_dump(mode="json"), indent=2))  # SecretStr fields print masked
     return 0
 
@@ -26,7 +45,12 @@ def _stats(args: argparse.Namespace) -> int:
     from router.config import load_config
     from router.traffic_log import TrafficLog
 
-    path = args.log or load_config(args.config).log.path
+    if args.log:
+        path = args.log
+    else:
+        config = load_config(args.config)
+        path = config.log.path
+        print_legacy_path_notes(config.log.path, config.local.registry_path)
     if not Path(path).exists():
         print(f"no traffic log at {path}", file=sys.stderr)
         return 1
@@ -47,76 +71,8 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry(args: argparse.Namespace) -> Any:
-    from finetune.registry import ModelRegistry
-    from router.config import DEFAULT_REGISTRY, load_config
-
-    path = args.registry or load_config(args.config).local.registry_path or DEFAULT_REGISTRY
-    return ModelRegistry(path)
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _models_list(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    if not registry.root.is_dir():
-        print(f"no model registry at {registry.root}", file=sys.stderr)
-        return 1
-    versions = registry.versions()
-    if not versions:
-        print(f"{registry.root}: no model versions yet (run `router retrain`)")
-        return 0
-    state = registry.serving_state()
-    serving = state["version"] if state else None
-    print(f"{registry.root}: {len(versions)} versions, serving {serving or 'nothing (the configured model)'}")
-    print(f"  {'version':<10}{'created (UTC)':<18}{'similarity':>11}{'rouge_l':>9}{'degenerate':>11}  dataset")
-    for v in versions:
-        m = v.metrics
-        marker = "*" if v.version == serving else " "
-        print(
-            f"{marker} {v.version:<10}{v.created_at.strftime('%Y-%m-%d %H:%M'):<18}{_fmt(m.get('similarity'), '.3f'):>11}"
-            f"{_fmt(m.get('rouge_l'), '.3f'):>9}{_fmt(m.get('degenerate_rate'), '.1%'):>11}  {v.dataset_id or '-'}"
-        )
-    return 0
-
-
-def _models_promote(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    state = registry.serving_state()
-    record = registry.promote(args.version, reason=args.reason or "manual promotion (router models promote)")
-    before = state["version"] if state else None
-    if before == record.version:
-        print(f"{record.version} is already serving")
-    else:
-        print(f"{record.version} now serving (was {before or 'nothing'}); running routers switch within a poll interval")
-    return 0
-
-
-def _models_rollback(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    state = registry.serving_state()
-    record = registry.rollback(reason=args.reason or "manual rollback (router models rollback)")
-    print(f"rolled back: {record.version} now serving (was {state['version'] if state else 'nothing'})")
-    return 0
-
-
-def _retrain(args: argparse.Namespace) -> int:
-    from finetune.config import RetrainConfig
-    from finetune.retrain import retrain
-
-    overrides = {"registry_path": args.registry} if args.registry else {}
-    config = RetrainConfig.from_router_config(args.config, **overrides)
-    result = retrain(config, dry_run=args.dry_run)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
-    print(f"{result.status}: {result.message}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The full command line: built-in commands plus every installed plugin's."""
     parser = argparse.ArgumentParser(prog="router", description="hybrid-router: local-first LLM routing")
     parser.add_argument("--config", help="router.toml (default: $ROUTER_CONFIG, then environment and defaults)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -124,30 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     stats = commands.add_parser("stats", help="summarise the traffic log per tier and category")
     stats.add_argument("--log", type=Path, help="traffic log path (default: from the configuration)")
     stats.set_defaults(run=_stats)
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        add_command: Callable[[Any], None] = entry.load()
+        add_command(commands)
+    return parser
 
-    registry_help = "model registry directory (default: local.registry_path, else .router/registry)"
-    models = commands.add_parser("models", help="list, promote and roll back local model versions")
-    actions = models.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="every version with its metrics; * marks the one serving")
-    listing.set_defaults(run=_models_list)
-    promote = actions.add_parser("promote", help="serve VERSION (its adapter checksum is verified first)")
-    promote.add_argument("version")
-    promote.set_defaults(run=_models_promote)
-    rollback = actions.add_parser("rollback", help="serve again the version that served before the current one")
-    rollback.set_defaults(run=_models_rollback)
-    for sub in (listing, promote, rollback):
-        sub.add_argument("--registry", type=Path, help=registry_help)
-    for sub in (promote, rollback):
-        sub.add_argument("--reason", help="why, recorded in the registry's history")
 
-    retrain = commands.add_parser("retrain", help="train a new adapter from the traffic log; promote it if it wins")
-    retrain.add_argument("--dry-run", action="store_true", help="build the dataset and report what would be trained")
-    retrain.add_argument("--registry", type=Path, help=registry_help)
-    retrain.add_argument("--json", type=Path, metavar="PATH", help="also write the full result (metrics, gate reasons) as JSON")
-    retrain.set_defaults(run=_retrain)
-
-    args = parser.parse_args(argv)
-    from router.errors import ConfigError, RouterError
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from hybrid_common.errors import ConfigError, RouterError
 
     try:
         return int(args.run(args))

@@ -3,6 +3,12 @@
 Precedence, highest first: keyword arguments, environment variables (``ROUTER_`` prefix, ``__``
 between nesting levels, e.g. ``ROUTER_CLOUD__DEFAULT_MODEL``), the TOML file, defaults.
 ``ROUTER_CONFIG`` names a TOML file to load when none is passed explicitly.
+
+One data directory (``$XDG_DATA_HOME/hybrid-router``, else ``~/.local/share/hybrid-router``)
+holds the traffic log and the model registry by default, so a default ``Client()`` serves what a
+default ``router retrain`` promotes. The ``[retrain]`` table travels with the rest of the file
+and is validated by ``finetune`` (``router config`` checks it through the
+``hybrid_router.config_sections`` entry points), so the router never imports the trainer.
 """
 
 from __future__ import annotations
@@ -16,37 +22,67 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from router.errors import ConfigError
+from hybrid_common.errors import ConfigError
+from hybrid_common.guard import DegenerationGuard
+from hybrid_common.pii import DEFAULT_PII_PATTERNS, validate_patterns
 
 __all__ = [
     "ClassifierConfig",
     "CloudConfig",
     "DEFAULT_PII_PATTERNS",
-    "DEFAULT_REGISTRY",
+    "LEGACY_LOG",
+    "LEGACY_REGISTRY",
     "LocalConfig",
     "LogConfig",
     "ModelRoute",
     "RouterConfig",
     "RoutingConfig",
+    "data_dir",
+    "default_log_path",
+    "default_registry_path",
+    "legacy_path_notes",
     "load_config",
     "validate_patterns",
 ]
 
-# Where `router retrain` keeps versions (and `router models` looks) when local.registry_path is unset.
-DEFAULT_REGISTRY = Path(".router/registry")
+# Defaults of earlier releases, relative to the working directory: still found, with a note on
+# how to move them (see legacy_path_notes).
+LEGACY_REGISTRY = Path(".router/registry")
+LEGACY_LOG = Path(".router/traffic.sqlite3")
 
-# Patterns for data that must not leave the machine. Conservative on purpose: a false positive
-# costs a local answer, a false negative leaks data.
-DEFAULT_PII_PATTERNS: dict[str, str] = {
-    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
-    # Also Luhn-checked (router.policy): order and tracking numbers are long digit runs too.
-    "card_number": r"\b(?:\d[ -]?){12,18}\d\b",
-    "iban": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b",
-    "us_ssn": r"\b\d{3}-\d{2}-\d{4}\b",
-    # A bare digit run is more often an order number than a phone number: ask for a "+" or separators.
-    "phone": r"\+\d{1,3}[ .-]?\d{2,4}[ .-]?\d{3,4}[ .-]?\d{3,4}\b|(?<![\w+])\(?\d{2,4}\)?[ .-]\d{3,4}[ .-]\d{3,4}\b",
-}
 
+def data_dir() -> Path:
+    """Where the traffic log and the model registry live unless configured otherwise."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "hybrid-router"
+
+
+def default_log_path() -> Path:
+    return data_dir() / "traffic.sqlite3"
+
+
+def default_registry_path() -> Path:
+    return data_dir() / "registry"
+
+
+def legacy_path_notes(log_path: Path, registry_path: Path, *, cwd: Path | None = None) -> list[str]:
+    """How to move a log or registry left at an earlier release's default path, if one is there."""
+    cwd = cwd or Path.cwd()
+    notes = []
+    for label, old, new in (("traffic log", LEGACY_LOG, log_path), ("model registry", LEGACY_REGISTRY, registry_path)):
+        found = cwd / old
+        if found.exists() and not Path(new).exists() and found.resolve() != Path(new).resolve():
+            notes.append(
+                f"a {label} is at the old default path {found}, not at {new}; move it with: "
+                f"mkdir -p '{Path(new).parent}' && mv '{found}' '{new}'"
+            )
+    return notes
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DEFAULT_REGISTRY":  # the former constant; the default now lives in the data directory
+        return default_registry_path()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -61,9 +97,10 @@ class LocalConfig(_Section):
     adapter_path: Path | None = Field(None, description="GGUF LoRA adapter applied on top of the model.")
     adapter_version: str | None = Field(None, description="Version label of the adapter, recorded in the log.")
     registry_path: Path | None = Field(
-        None,
-        description="Model registry written by `router retrain`; the local tier serves its promoted adapter and "
-        "switches to a new promotion without a restart",
+        default_factory=default_registry_path,
+        description="Model registry written by `router retrain` (default: in the data directory); the local tier "
+        "serves its promoted adapter and switches to a new promotion without a restart. Left at its default it is "
+        "not followed when adapter_path is set (an explicit adapter pins the model); None never follows one.",
     )
     registry_poll_s: float = Field(1.0, gt=0, description="Seconds between checks of the registry for a new promotion.")
     n_ctx: int = Field(2048, ge=128, le=131072, description="Context window in tokens.")
@@ -79,6 +116,23 @@ class LocalConfig(_Section):
     base_url: str | None = Field(None, description="openai_compatible backend: the endpoint, e.g. http://host:8000/v1.")
     api_key: SecretStr | None = Field(None, description="openai_compatible backend: its API key, if it wants one.")
     remote_model: str | None = Field(None, description="openai_compatible backend: the model name to request.")
+
+    @property
+    def followed_registry(self) -> Path | None:
+        """The registry whose promoted version the local tier serves, if any."""
+        if self.registry_path is None:
+            return None
+        if self.adapter_path is not None and "registry_path" not in self.model_fields_set:
+            return None
+        return self.registry_path
+
+    def answer_tokens(self, requested: int | None = None) -> int:
+        """Tokens to generate for a request asking for ``requested`` (serving and evaluation alike)."""
+        return min(requested or self.default_max_tokens, self.max_tokens)
+
+    def new_guard(self, question: str) -> DegenerationGuard:
+        """The degeneration guard for one answer to ``question``, as configured."""
+        return DegenerationGuard(question=question, min_span=self.degenerate_min_span, reject_echo=self.reject_echo)
 
 
 class ModelRoute(_Section):
@@ -155,27 +209,10 @@ class LogConfig(_Section):
 
     enabled: bool = Field(True, description="Write the traffic log.")
     path: Path = Field(
-        default_factory=lambda: _data_dir() / "traffic.sqlite3", description="SQLite database file."
+        default_factory=default_log_path, description="SQLite database file (default: in the data directory)."
     )
     store_messages: bool = Field(True, description="Store message and answer text (needed for retraining).")
     redact_pii: bool = Field(False, description="Replace PII pattern matches with [NAME] before storing.")
-
-
-def validate_patterns(patterns: dict[str, str]) -> dict[str, str]:
-    """Named PII regexes, each checked to compile (a bad pattern fails at load, not mid-request)."""
-    import re
-
-    for name, pattern in patterns.items():
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            raise ValueError(f"pii pattern {name!r} is not a valid regex: {err}") from err
-    return patterns
-
-
-def _data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "hybrid-router"
 
 
 # The TOML file for the config being built; a ContextVar keeps from_toml free of global state.
@@ -193,8 +230,6 @@ class _TomlSource(PydanticBaseSettingsSource):
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
-            # The [retrain] table belongs to finetune's RetrainConfig, which reads the same file.
-            data.pop("retrain", None)
             return data
         except FileNotFoundError as err:
             raise ConfigError(f"config file not found: {path}") from err
@@ -215,6 +250,10 @@ class RouterConfig(BaseSettings):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     models: dict[str, ModelRoute] = Field(default_factory=dict, description="Requested model name → cloud route.")
+    retrain: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The [retrain] table: settings of `router retrain`, validated by finetune.RetrainConfig.",
+    )
     warmup: Literal["lazy", "background", "eager"] = Field(
         "background", description="When models load: on first use, in a background thread at start, or before returning."
     )

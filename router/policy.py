@@ -13,31 +13,18 @@ testable without a model. The order of the rules is the contract:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from hybrid_common.errors import BadRequestError, PrivacyError
+from hybrid_common.pii import PiiMatcher, luhn_valid
 from router._request import ChatRequest
 from router.config import RouterConfig
-from router.errors import BadRequestError, PrivacyError
 from router.types import Reason, Tier
 
 __all__ = ["AUTO_MODEL", "LOCAL_MODEL", "Decision", "RoutingPolicy", "luhn_valid"]
 
 AUTO_MODEL = "auto"
 LOCAL_MODEL = "local"
-
-
-def luhn_valid(candidate: str) -> bool:
-    """The Luhn checksum every payment card number satisfies (about 1 in 10 random numbers do)."""
-    digits = [int(c) for c in candidate if c.isdigit()]
-    total = sum(digits[-1::-2]) + sum(sum(divmod(2 * d, 10)) for d in digits[-2::-2])
-    return total % 10 == 0
-
-
-_luhn_valid = luhn_valid  # the former private name, kept for existing callers
-
-# Patterns of these names only count when the match also passes the check.
-_CHECKSUMS = {"card_number": luhn_valid}
 
 
 @dataclass(frozen=True)
@@ -57,18 +44,14 @@ class RoutingPolicy:
 
     def __init__(self, config: RouterConfig) -> None:
         self._config = config
-        self._pii = [(name, re.compile(pattern)) for name, pattern in config.routing.pii_patterns.items()]
+        self._pii = PiiMatcher(config.routing.pii_patterns)
         local = config.routing.local_categories
         self._local_categories = None if local == "*" else frozenset(local)
         self._private_categories = frozenset(config.routing.private_categories)
 
     def pii_match(self, text: str) -> str | None:
-        """The name of the first PII pattern found in ``text`` (and passing its checksum, if any)."""
-        for name, pattern in self._pii:
-            check = _CHECKSUMS.get(name)
-            if any(check is None or check(m.group()) for m in pattern.finditer(text)):
-                return name
-        return None
+        """The name of the first PII pattern found in ``text`` (card numbers: issuer prefix and Luhn)."""
+        return self._pii.find(text)
 
     def serves_locally(self, category: str) -> bool:
         return self._local_categories is None or category in self._local_categories

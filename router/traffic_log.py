@@ -7,7 +7,9 @@ Durability and isolation from serving are the design constraints:
 * :meth:`TrafficLog.record` never raises: a full disk or a locked file is counted in
   ``failures`` and logged, and the request it describes still succeeds.
 
-Secrets that look like API keys are always scrubbed from stored text; other PII optionally.
+Secrets that look like API keys are always scrubbed from stored text; other PII optionally, with
+the same matcher routing uses (:class:`hybrid_common.pii.PiiMatcher`), so the log blanks exactly
+what routing would have kept on the machine.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from hybrid_common.pii import PiiMatcher
 
 __all__ = ["LogRecord", "TrafficLog"]
 
@@ -117,12 +121,15 @@ class TrafficLog:
         path: str | Path,
         *,
         store_messages: bool = True,
-        redact_patterns: Mapping[str, str] | None = None,
+        redact_patterns: Mapping[str, str] | PiiMatcher | None = None,
     ) -> None:
         self.path = Path(path)
         self.failures = 0
         self._store_messages = store_messages
-        self._redact = [(name.upper(), re.compile(p)) for name, p in (redact_patterns or {}).items()]
+        if redact_patterns is None or isinstance(redact_patterns, PiiMatcher):
+            self._redact = redact_patterns
+        else:
+            self._redact = PiiMatcher(redact_patterns) if redact_patterns else None
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 
@@ -145,9 +152,7 @@ class TrafficLog:
         """Redact every string inside ``value`` (before JSON encoding, so structure survives)."""
         if isinstance(value, str):
             value = _SECRETS.sub("[SECRET]", value)
-            for name, pattern in self._redact:
-                value = pattern.sub(f"[{name}]", value)
-            return value
+            return self._redact.redact(value) if self._redact else value
         if isinstance(value, list):
             return [self._scrub(v) for v in value]
         if isinstance(value, dict):

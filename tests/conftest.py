@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The default traffic log and model registry live in the data directory: point it at a throwaway
+# one so no test reads, or writes to, the developer's own (subprocesses inherit it).
+_DATA_HOME = tempfile.TemporaryDirectory(prefix="router-tests-data-")
+os.environ["XDG_DATA_HOME"] = _DATA_HOME.name
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 BITEXT_CSV = DATASETS / "bitext_customer_support" / "Bitext_Sample_Customer_Support_Training_Dataset.csv"

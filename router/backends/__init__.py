@@ -1,6 +1,7 @@
 """Backends: the local tier's registry (llama.cpp in-process, OpenAI-compatible endpoint) and the cloud tier."""
 
 from router.backends.base import (
+    GenerationParams,
     GenerationStream,
     LocalBackend,
     LocalFailure,
@@ -14,6 +15,7 @@ from router.backends.openai_compatible import OpenAICompatibleBackend
 
 __all__ = [
     "CloudBackend",
+    "GenerationParams",
     "GenerationStream",
     "LlamaCppBackend",
     "LocalBackend",

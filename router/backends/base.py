@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hybrid_common.errors import ConfigError
 from router._request import GenerationParams
 from router.config import LocalConfig
-from router.errors import ConfigError
 
 __all__ = [
+    "GenerationParams",
     "GenerationStream",
     "LocalBackend",
     "LocalFailure",

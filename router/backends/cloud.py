@@ -15,9 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
-from router._request import ChatRequest
-from router.config import CloudConfig, ModelRoute
-from router.errors import (
+from hybrid_common.errors import (
     APIConnectionError,
     APIError,
     InternalServerError,
@@ -25,6 +23,8 @@ from router.errors import (
     RateLimitError,
     from_openai_error,
 )
+from router._request import ChatRequest
+from router.config import CloudConfig, ModelRoute
 
 __all__ = ["CloudBackend"]
 

@@ -15,12 +15,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from router._request import GenerationParams
+from hybrid_common.chat import STOP_SEQUENCES, render_prompt
+from hybrid_common.errors import ArtifactError, ConfigError, MissingDependencyError
 from router.adapter_watch import AdapterWatch, ServingAdapter
-from router.backends.base import GenerationStream, LocalBackend, LocalFailure, register_local_backend
-from router.chat_template import STOP_SEQUENCES, render_prompt
+from router.backends.base import GenerationParams, GenerationStream, LocalBackend, LocalFailure, register_local_backend
 from router.config import LocalConfig
-from router.errors import ArtifactError, ConfigError, MissingDependencyError
 
 __all__ = ["LlamaCppBackend", "packaged_model_path"]
 
@@ -46,7 +45,8 @@ def default_threads() -> int:
 class LlamaCppBackend(LocalBackend):
     """llama-cpp-python running the configured GGUF in this process.
 
-    With ``local.registry_path`` set it serves the registry's promoted adapter and, when a new
+    Following a registry (``local.followed_registry``: the default one unless an explicit
+    ``adapter_path`` pins the model) it serves the registry's promoted adapter and, when a new
     version is promoted, loads it beside the serving model and swaps it in between generations; a
     version that fails its checksum or fails to load leaves the serving model in place.
     """
@@ -64,8 +64,8 @@ class LlamaCppBackend(LocalBackend):
         self._adapter_path: Path | None = config.adapter_path
         self._adapter_version: str | None = config.adapter_version
         self._watch: AdapterWatch | None = None
-        if config.registry_path is not None:
-            self._watch = AdapterWatch(config.registry_path, poll_s=config.registry_poll_s)
+        if config.followed_registry is not None:
+            self._watch = AdapterWatch(config.followed_registry, poll_s=config.registry_poll_s)
 
     @property
     def model_name(self) -> str:

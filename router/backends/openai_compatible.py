@@ -1,7 +1,7 @@
 """The local tier served by a self-hosted OpenAI-compatible endpoint (vLLM, llama.cpp server, Ollama).
 
 This is how the local tier scales past one machine without touching application code. Requests use
-the plain ``/v1/completions`` endpoint with the prompt rendered by :mod:`router.chat_template`, so a
+the plain ``/v1/completions`` endpoint with the prompt rendered by :mod:`hybrid_common.chat`, so a
 fine-tuned adapter sees exactly the turn format it was trained on, whatever template the server
 would otherwise apply.
 """
@@ -13,11 +13,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from hybrid_common.chat import STOP_SEQUENCES, render_prompt
+from hybrid_common.errors import ConfigError
 from router._request import GenerationParams
 from router.backends.base import GenerationStream, LocalBackend, LocalFailure, register_local_backend
-from router.chat_template import STOP_SEQUENCES, render_prompt
 from router.config import LocalConfig
-from router.errors import ConfigError
 
 __all__ = ["OpenAICompatibleBackend"]
 

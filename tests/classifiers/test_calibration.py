@@ -33,9 +33,15 @@ def test_accuracy_threshold_is_zero_without_out_of_scope_examples() -> None:
 def test_ties_never_split() -> None:
     confidence = np.array([0.5, 0.5, 0.5, 0.5])
     out_of_scope = np.array([True, False, True, False])
-    threshold, _ = best_accuracy_threshold(confidence, ~out_of_scope, out_of_scope)
+    threshold, accuracy = best_accuracy_threshold(confidence, ~out_of_scope, out_of_scope)
     local = confidence >= threshold
     assert local.all() or not local.any()
+    assert accuracy == pytest.approx(0.5)  # a split inside the tie would claim more than is possible
+    # One score above the tie: every split that keeps the tie whole gets 2 of 3 right, not more.
+    confidence = np.array([0.5, 0.5, 0.9])
+    threshold, accuracy = best_accuracy_threshold(confidence, np.array([False, True, True]), np.array([True, False, False]))
+    assert accuracy == pytest.approx(2 / 3)
+    assert (confidence[:2] >= threshold).all() or (confidence[:2] < threshold).all()
 
 
 def test_edge_recall_threshold_is_the_lowest_that_reaches_the_target() -> None:
@@ -61,8 +67,8 @@ def test_edge_recall_threshold_meets_the_target_and_no_lower_split_does(target: 
     recall = np.mean(confidence[out_of_scope] < threshold)
     assert recall >= target
     below = np.sort(confidence)[np.sort(confidence) < threshold]
-    if len(below):  # moving the threshold down past the next score loses the target
-        assert np.mean(confidence[out_of_scope] < below[-1]) < target
+    assert len(below)  # moving the threshold down past the next score loses the target
+    assert np.mean(confidence[out_of_scope] < below[-1]) < target
     kept = (confidence >= threshold) & label_correct & ~out_of_scope
     assert in_scope_accuracy == pytest.approx(kept.sum() / (~out_of_scope).sum())
 

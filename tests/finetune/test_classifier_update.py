@@ -71,9 +71,18 @@ def test_update_writes_a_calibrated_versioned_artifact(
 @pytest.mark.slow
 def test_next_update_starts_from_the_current_recipe(first_version: Path) -> None:
     """A refit keeps the serving artifact's hyperparameters unless told otherwise."""
+    saved = EmbeddingClassifier.load(first_version).get_params()
     start = _start_params(first_version, {"fine_tune_epochs": 2})
-    assert start["C"] == 10.0 and start["fine_tune_epochs"] == 2 and start["progress"] is False
+    assert start["C"] == 10.0  # from the artifact, not a default (EmbeddingClassifier().C differs)
+    assert EmbeddingClassifier().get_params()["C"] != 10.0
+    assert {k: v for k, v in start.items() if k not in {"fine_tune_epochs", "progress"}} == {
+        k: v for k, v in saved.items() if k not in {"fine_tune_epochs", "progress"}
+    }
+
+
+def test_without_an_artifact_the_refit_starts_from_defaults() -> None:
     assert _start_params(None, None) == {"progress": False}
+    assert _start_params(None, {"C": 3.0}) == {"progress": False, "C": 3.0}
 
 
 @pytest.mark.slow
@@ -129,3 +138,28 @@ def test_update_rejects_bad_inputs_before_fitting(tmp_path: Path) -> None:
             out_dir=tmp_path,
         )
     assert next_version_dir(tmp_path / "absent").name == "v0001"
+
+
+def _refit_in_process(texts, labels, cal_texts, cal_labels, out_dir: Path, c: float) -> Path:
+    return update_classifier(
+        None, texts, labels, calibration_texts=cal_texts, calibration_labels=cal_labels,
+        out_dir=out_dir, params={"fine_tune_epochs": 0, "C": c},
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_concurrent_updates_get_distinct_versions(data: tuple[list[Example], list[Example]], tmp_path: Path) -> None:
+    """Two refits into one directory at once (two processes, as two cron jobs would be): each claims
+    its own version, neither overwrites the other, nothing is left half-written."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    train, held_out = data
+    texts, labels = labelled_texts(train)
+    cal_texts, cal_labels = labelled_texts(held_out, unlabelled_as_out_of_scope=True)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_refit_in_process, texts, labels, cal_texts, cal_labels, tmp_path, c) for c in (1.0, 2.0)]
+        paths = [f.result() for f in futures]
+    assert sorted(p.name for p in paths) == ["v0001", "v0002"]
+    assert sorted(EmbeddingClassifier.load(p).get_params()["C"] for p in paths) == [1.0, 2.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v0001", "v0002"]  # no staging left behind

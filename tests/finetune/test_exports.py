@@ -8,10 +8,10 @@ import sys
 import finetune
 
 
-def test_all_is_sorted_and_resolves() -> None:
-    assert sorted(finetune.__all__) == finetune.__all__
-    for name in finetune.__all__:
-        assert getattr(finetune, name) is not None
+def test_all_is_the_export_table_and_resolves() -> None:
+    from tests.exports import check_lazy_exports
+
+    check_lazy_exports(finetune)
 
 
 def test_import_finetune_is_light() -> None:

@@ -47,10 +47,10 @@ def test_too_little_new_data_changes_nothing(tmp_path: Path) -> None:
     first = retrain(config, progress=False, log=lambda _: None)
     assert first.status == "skipped" and "new training examples" in first.message
     registry = ModelRegistry(config.registry_path)
-    assert [v.version for v in registry.versions()] == [BASE_VERSION]
-    assert registry.serving().version == BASE_VERSION
+    # Nothing registered, nothing promoted: a router following this registry serves what it served before.
+    assert registry.versions() == [] and registry.serving() is None and registry.history() == []
     again = retrain(config, progress=False, log=lambda _: None)
-    assert again.status == "skipped" and [v.version for v in registry.versions()] == [BASE_VERSION]
+    assert again.status == "skipped" and registry.versions() == [] and registry.serving() is None
 
 
 def test_dry_run_writes_no_version(tmp_path: Path) -> None:
@@ -74,14 +74,16 @@ def test_a_candidate_that_does_not_win_is_kept_but_not_promoted(tmp_path: Path) 
     config = _config(
         tmp_path, _log(tmp_path / "log.sqlite3", 120), min_new_examples=5,
         training={"max_steps": 2, "batch_size": 2, "validation_examples": 0, "lora_r": 4},
-        evaluation={"max_tokens": 12, "n_threads": 2},
+        evaluation={"n_threads": 2},
+        serving={"default_max_tokens": 12},
         gate={"min_improvement": 0.5},
     )  # fmt: skip
     result = retrain(config, progress=False, log=lambda _: None)
     registry = ModelRegistry(config.registry_path)
     assert result.status == "rejected", result.message
     assert result.decision is not None and not result.decision.promote
-    assert registry.serving().version == BASE_VERSION
+    assert registry.serving() is None  # nothing promoted: the base model keeps serving
+    assert registry.get(BASE_VERSION).metrics["examples"] == 3.0  # measured, not promoted
     candidate = registry.get(result.version)  # kept, with its metrics and a verified checksum
     assert candidate.metrics["examples"] == 3.0 and candidate.dataset_id == result.dataset_id
     # Same data again: already trained on this snapshot, nothing to do.

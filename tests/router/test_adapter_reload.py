@@ -146,3 +146,33 @@ def test_configured_adapter_serves_until_the_registry_promotes(tmp_path: Path) -
         empty.promote("base")
         base_text, version = ask(client)
         assert version == "base" and base_text != configured_text
+
+
+@pytest.mark.slow
+def test_a_default_client_serves_what_a_default_retrain_promotes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One data directory: the registry `router retrain` writes by default is the one `Client()` follows."""
+    from finetune.config import RetrainConfig
+    from router.config import default_registry_path
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert RetrainConfig().registry_path == RetrainConfig.from_router_config().registry_path == default_registry_path()
+    registry = ModelRegistry(RetrainConfig().registry_path)
+    registry.add(None, metrics=METRICS)
+    registry.add(write_tiny_adapter(tmp_path / "a.gguf", seed=0), metrics=METRICS)
+    registry.promote("base")
+    registry.promote("v0001")
+    local = {"n_threads": 1, "n_ctx": 512, "reject_echo": False, "degenerate_min_span": 4000, "registry_poll_s": POLL_S}
+    with Client(RouterConfig(local=local, cloud={"preimport": False}, warmup="lazy")) as client:
+        adapted_text, version = ask(client)
+        assert version == "v0001"
+        registry.rollback()
+        base_text, version = ask(client)
+        assert version == "base" and base_text != adapted_text
+    # An explicit adapter pins the model: the default registry is then not followed ...
+    pinned = {**local, "adapter_path": write_tiny_adapter(tmp_path / "mine.gguf", seed=5), "adapter_version": "mine"}
+    with Client(RouterConfig(local=pinned, cloud={"preimport": False}, warmup="lazy")) as client:
+        assert ask(client)[1] == "mine"
+    # ... unless the registry is named explicitly too.
+    followed = {**pinned, "registry_path": str(registry.root)}
+    with Client(RouterConfig(local=followed, cloud={"preimport": False}, warmup="lazy")) as client:
+        assert ask(client) == (base_text, "base")

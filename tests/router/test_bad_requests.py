@@ -5,9 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from router import BadRequestError, Client
-
-pytestmark = pytest.mark.slow
+from router import BadRequestError, Client, RouterConfig
 
 
 @pytest.mark.parametrize(
@@ -31,8 +29,12 @@ pytestmark = pytest.mark.slow
         ({"messages": [{"role": "user", "content": "x" * 5001}]}, "messages"),
     ],
 )
-def test_bad_request_is_a_400_and_logs_nothing(make_config, kwargs, param) -> None:
-    with Client(make_config(routing={"max_input_chars": 5000})) as client:
+def test_bad_request_is_a_400_and_logs_nothing(tmp_path, kwargs, param) -> None:
+    """Validation runs before any model or cloud is touched, so no model is configured or loaded here."""
+    config = RouterConfig(
+        warmup="lazy", cloud={"preimport": False}, routing={"max_input_chars": 5000}, log={"path": tmp_path / "log.db"}
+    )
+    with Client(config) as client:
         before = client.traffic_log.count()
         args = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], **kwargs}
         with pytest.raises(openai.BadRequestError) as info:

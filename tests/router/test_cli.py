@@ -1,3 +1,5 @@
+"""The `router` command's own subcommands: config (with plugin tables), stats, and plugin discovery."""
+
 from __future__ import annotations
 
 from router.cli import main
@@ -30,59 +32,37 @@ def test_stats_summarises_the_log(tmp_path, capsys) -> None:
     assert main(["stats", "--log", str(tmp_path / "missing.db")]) == 1
 
 
-def _registry_with_versions(root):
-    from finetune.registry import ModelRegistry
-    from tests.finetune.conftest import write_tiny_adapter
-
-    registry = ModelRegistry(root)
-    registry.add(None, metrics={"similarity": 0.61, "rouge_l": 0.21, "degenerate_rate": 0.0})
-    registry.add(write_tiny_adapter(root.parent / "a.gguf"), metrics={"similarity": 0.70, "rouge_l": 0.25, "degenerate_rate": 0.02}, dataset_id="snap-1")
-    registry.promote("base")
-    return registry
-
-
-def test_models_list_promote_rollback(tmp_path, capsys) -> None:
-    registry = _registry_with_versions(tmp_path / "reg")
-    reg = ["--registry", str(registry.root)]
-    assert main(["models", "list", *reg]) == 0
-    out = capsys.readouterr().out
-    assert "serving base" in out and "* base" in out and "  v0001" in out and "0.700" in out and "2.0%" in out and "snap-1" in out
-
-    assert main(["models", "promote", "v0001", *reg]) == 0
-    assert "v0001 now serving (was base)" in capsys.readouterr().out
-    assert registry.serving().version == "v0001"
-    assert main(["models", "list", *reg]) == 0
-    assert "* v0001" in capsys.readouterr().out
-
-    assert main(["models", "rollback", *reg, "--reason", "bad answers"]) == 0
-    assert "base now serving (was v0001)" in capsys.readouterr().out
-    assert registry.history()[-1]["reason"] == "bad answers"
-    assert main(["models", "rollback", *reg]) == 1
-    assert "nothing to roll back" in capsys.readouterr().err
+def test_config_validates_the_retrain_table_whichever_way_the_file_is_found(tmp_path, capsys, monkeypatch) -> None:
+    """[retrain] is checked by the plugin that owns it, with --config and with $ROUTER_CONFIG alike."""
+    path = tmp_path / "r.toml"
+    path.write_text("[retrain]\nmin_new_examples = 0\n")
+    assert main(["--config", str(path), "config"]) == 2
+    assert "retrain.min_new_examples" in capsys.readouterr().err
+    monkeypatch.setenv("ROUTER_CONFIG", str(path))
+    assert main(["config"]) == 2
+    assert "retrain.min_new_examples" in capsys.readouterr().err
+    path.write_text("[retrain]\nmin_new_examples = 7\n")
+    assert main(["config"]) == 0
+    assert '"min_new_examples": 7' in capsys.readouterr().out
 
 
-def test_models_errors_and_config_default(tmp_path, capsys, monkeypatch) -> None:
-    registry = _registry_with_versions(tmp_path / "reg")
-    assert main(["models", "promote", "v0042", "--registry", str(registry.root)]) == 1
-    assert "no version 'v0042'" in capsys.readouterr().err
-    adapter = registry.adapter_path("v0001")
-    adapter.write_bytes(b"GGUF tampered")
-    assert main(["models", "promote", "v0001", "--registry", str(registry.root)]) == 1
-    assert "sha256" in capsys.readouterr().err
-    assert registry.serving().version == "base"
+def test_plugin_commands_come_from_entry_points() -> None:
+    from importlib.metadata import entry_points
 
-    # Without --registry: local.registry_path from the configuration, else .router/registry.
-    config = tmp_path / "r.toml"
-    config.write_text(f'[local]\nregistry_path = "{registry.root}"\n')
-    assert main(["--config", str(config), "models", "list"]) == 0
-    assert "* base" in capsys.readouterr().out
+    from router.cli import COMMANDS_GROUP, build_parser
+
+    names = {e.name for e in entry_points(group=COMMANDS_GROUP)}
+    assert {"models", "retrain"} <= names
+    help_text = build_parser().format_help()
+    assert all(name in help_text for name in names)
+
+
+def test_stats_notes_a_log_left_at_the_old_default_path(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["models", "list"]) == 1
-    assert ".router/registry" in capsys.readouterr().err
-
-
-def test_retrain_without_data_exits_2(tmp_path, capsys) -> None:
-    config = tmp_path / "r.toml"
-    config.write_text(f'[log]\npath = "{tmp_path / "missing.sqlite3"}"\n[local]\nregistry_path = "{tmp_path / "reg"}"\n')
-    assert main(["--config", str(config), "retrain", "--dry-run"]) == 2
-    assert "no traffic log" in capsys.readouterr().err
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    old = tmp_path / ".router" / "traffic.sqlite3"
+    with TrafficLog(old) as log:
+        log.record(LogRecord(id="a", requested_model="auto", reason="edge_case", stream=False, tier="cloud"))
+    assert main(["stats"]) == 1
+    err = capsys.readouterr().err
+    assert f"mv '{old}' '{tmp_path / 'data' / 'hybrid-router' / 'traffic.sqlite3'}'" in err

@@ -45,3 +45,28 @@ def test_missing_and_malformed_files(tmp_path) -> None:
 def test_unknown_keys_are_rejected() -> None:
     with pytest.raises(ConfigError):
         load_config(None, locall={"backend": "x"})
+
+
+def test_one_data_directory_for_log_and_registry(tmp_path, monkeypatch) -> None:
+    from router.config import LocalConfig, RouterConfig, data_dir
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    config = RouterConfig()
+    assert data_dir() == tmp_path / "hybrid-router"
+    assert config.log.path == data_dir() / "traffic.sqlite3"
+    assert config.local.registry_path == config.local.followed_registry == data_dir() / "registry"
+    # An explicit adapter pins the model unless a registry is named too; None never follows one.
+    assert LocalConfig(adapter_path=tmp_path / "a.gguf").followed_registry is None
+    assert LocalConfig(adapter_path=tmp_path / "a.gguf", registry_path=tmp_path / "r").followed_registry == tmp_path / "r"
+    assert LocalConfig(registry_path=None).followed_registry is None
+
+
+def test_answer_tokens_and_guard_are_one_rule_for_serving_and_evaluation() -> None:
+    from router.config import LocalConfig
+
+    local = LocalConfig(default_max_tokens=100, max_tokens=200, degenerate_min_span=12, reject_echo=False)
+    assert (local.answer_tokens(None), local.answer_tokens(50), local.answer_tokens(500)) == (100, 50, 200)
+    guard = local.new_guard("where is my order")
+    assert guard.check_final("where is my order") is None  # reject_echo off
+    assert guard.check_partial("ab" * 6) == "repetition loop"  # 12 characters of one unit
+

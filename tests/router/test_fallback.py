@@ -69,3 +69,83 @@ def test_cloud_failure_falls_back_to_local_or_raises(make_config) -> None:
             )
         row = list(client.traffic_log.records())[-1]
         assert row.error_type == type(info.value).__name__ and row.tier == "cloud"
+
+
+class _CountingCloud:
+    """A loopback OpenAI-compatible endpoint that refuses every request with a 400 and counts them."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        counter = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's hook name
+                counter.requests += 1
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = json.dumps({"error": {"message": "refused", "type": "invalid_request_error", "code": None}}).encode()
+                self.send_response(400)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.requests = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.api_base = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["complete", "stream", "acomplete", "astream"])
+def test_cloud_then_local_failure_is_one_path_in_every_driver(mode, tmp_path) -> None:
+    """Cloud refuses, the local fallback fails: every driver tries the cloud once and reports the cloud's
+    error chained to the local failure (the async stream used to fall back to the cloud a second time)."""
+    import asyncio
+
+    from router import AsyncClient, BadRequestError, RouterConfig
+    from router.backends import LocalFailure
+
+    cloud = _CountingCloud()
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf file")
+    config = RouterConfig(
+        models={"gpt-4o": {"litellm_model": "openai/refuser", "api_base": cloud.api_base, "api_key": "sk-test-000000000000"}},
+        cloud={"default_model": "gpt-4o", "max_retries": 0, "backoff_initial_s": 0.0, "preimport": False},
+        local={"model_path": broken},
+        log={"path": tmp_path / "traffic.sqlite3"},
+        warmup="lazy",
+    )
+    kwargs = {"model": "gpt-4o", "messages": user("hello there"), "max_tokens": 4}
+    try:
+        with pytest.raises(BadRequestError) as info:
+            if mode in ("complete", "stream"):
+                with Client(config) as client:
+                    result = client.chat.completions.create(**kwargs, stream=mode == "stream")
+                    if mode == "stream":
+                        list(result)
+            else:
+
+                async def run() -> None:
+                    async with AsyncClient(config) as client:
+                        result = await client.chat.completions.create(**kwargs, stream=mode == "astream")
+                        if mode == "astream":
+                            [chunk async for chunk in result]
+
+                asyncio.run(run())
+        assert cloud.requests == 1
+        assert isinstance(info.value.__cause__, LocalFailure) and info.value.__cause__.kind == "error"
+        with Client(config) as reader:
+            row = list(reader.traffic_log.records())[-1]
+        assert (row.reason, row.fallback_from, row.error_type) == ("no_classifier", "cloud", "BadRequestError")
+    finally:
+        cloud.close()

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from router import Client, ConfigError
+from router import Client, ConfigError, RouterConfig
 from router.backends import available_local_backends
 from tests.conftest import user
-
-pytestmark = pytest.mark.slow
 
 
 def test_registry_lists_both_backends() -> None:
     assert {"llama_cpp", "openai_compatible"} <= set(available_local_backends())
 
 
-def test_unknown_backend_is_a_config_error(make_config) -> None:
+def test_unknown_backend_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="unknown local backend"):
-        Client(make_config(local={"backend": "nope"}))
+        Client(RouterConfig(local={"backend": "nope"}, warmup="lazy", log={"path": tmp_path / "log.db"}))
 
 
+@pytest.mark.slow
 def test_local_tier_served_by_an_endpoint_with_our_template(make_config, standin) -> None:
     local = {"backend": "openai_compatible", "base_url": standin.api_base, "remote_model": "standin", "reject_echo": False}
     with Client(make_config(local=local)) as client:

@@ -34,11 +34,29 @@ def test_client_import_and_construction_load_no_model_runtime(tmp_path) -> None:
 
 
 def test_exports_match_all() -> None:
-    assert sorted(router.__all__) == router.__all__
-    for name in router.__all__:
-        assert getattr(router, name) is not None
+    from tests.exports import check_lazy_exports
+
+    check_lazy_exports(router, extra={"__version__"})
     with pytest.raises(AttributeError):
         router.NoSuchThing  # noqa: B018
+
+
+def test_names_moved_to_hybrid_common_stay_importable_where_they_were() -> None:
+    """The error tree, file helpers and chat template now live in hybrid_common; router re-exports the same objects."""
+    import hybrid_common.chat
+    import hybrid_common.errors
+    import hybrid_common.files
+    import hybrid_common.pii
+    from router import chat_template, files
+
+    for old, new in ((errors, hybrid_common.errors), (files, hybrid_common.files), (chat_template, hybrid_common.chat)):
+        assert old.__all__ == new.__all__
+        assert all(getattr(old, name) is getattr(new, name) for name in new.__all__)
+    from router.config import DEFAULT_PII_PATTERNS, DEFAULT_REGISTRY, default_registry_path
+    from router.policy import luhn_valid
+
+    assert DEFAULT_REGISTRY == default_registry_path() and luhn_valid("4111111111111111")
+    assert DEFAULT_PII_PATTERNS is hybrid_common.pii.DEFAULT_PII_PATTERNS
 
 
 def test_errors_are_openai_errors_too() -> None:

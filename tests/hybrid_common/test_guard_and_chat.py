@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from router._guard import DegenerationGuard
-from router.chat_template import render_prompt
+from hybrid_common.chat import is_text_only, last_user_text, message_text, render_prompt
+from hybrid_common.guard import DegenerationGuard
 
 
 def test_repetition_loop_detected_only_when_real() -> None:
@@ -40,3 +40,23 @@ def test_gemma_turns_with_system_and_history() -> None:
 
 def test_system_only_conversation_still_reaches_the_model() -> None:
     assert render_prompt([{"role": "system", "content": "Say hi"}]).startswith("<start_of_turn>user\nSay hi")
+
+
+def test_message_text_flattens_text_parts_and_skips_the_rest() -> None:
+    parts = [{"type": "text", "text": "Where is "}, {"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "it?"}]
+    assert message_text(parts) == "Where is it?"
+    assert message_text(None) == "" and message_text("plain") == "plain"
+    assert message_text(["not a part", {"type": "text", "text": "ok"}]) == "ok"
+    assert is_text_only("plain") and is_text_only([{"type": "text", "text": "a"}])
+    assert not is_text_only(parts) and not is_text_only(None)
+
+
+def test_last_user_text_is_what_routing_classifies() -> None:
+    messages = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "answer"},
+        {"role": "user", "content": [{"type": "text", "text": "second"}]},
+        {"role": "assistant", "content": "pending"},
+    ]
+    assert last_user_text(messages) == "second"
+    assert last_user_text([{"role": "system", "content": "be brief"}]) == ""

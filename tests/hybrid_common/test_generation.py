@@ -1,0 +1,45 @@
+"""The guarded-generation loop shared by serving and evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from hybrid_common.generation import guarded_pieces
+from hybrid_common.guard import DegenerationGuard
+
+
+class Counted:
+    """An iterator of pieces that records how many were taken."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self.pieces:
+            self.taken += 1
+            yield piece
+
+
+def test_clean_answer_passes_whole() -> None:
+    guard = DegenerationGuard(question="Where is my order?")
+    pieces = ["It ", "ships ", "tomorrow."]
+    assert list(guarded_pieces(pieces, guard)) == pieces and guard.problem is None
+
+
+def test_stops_before_the_piece_that_starts_a_loop_and_reads_no_further() -> None:
+    guard = DegenerationGuard(min_span=12)
+    source = Counted(["Hello. ", "la", "la", "la", "la", "la", "la", "la", "never read"])
+    released = list(guarded_pieces(source, guard))
+    assert guard.problem == "repetition loop"
+    # min_span 12 of a 2-character unit is six repeats: the sixth "la" completes the loop and is held back.
+    assert "".join(released) == "Hello. " + "la" * 5
+    assert source.taken == len(released) + 1
+
+
+def test_final_checks_run_at_the_end() -> None:
+    guard = DegenerationGuard(question="Where is my order?")
+    assert list(guarded_pieces(["where is ", "my order"], guard)) == ["where is ", "my order"]
+    assert guard.problem == "echoed the question"
+    empty = DegenerationGuard()
+    assert list(guarded_pieces([], empty)) == [] and empty.problem == "empty answer"

@@ -469,7 +469,7 @@ def _filter_reason(example: Example, filters: DatasetFilters) -> str | None:
         return "answer_too_long"
     if filters.drop_degenerate:
         guard = DegenerationGuard(question=example.query)
-        if guard.check_partial(example.answer) or guard.check_final(example.answer):
+        if guard.check_text(example.answer):
             return "degenerate"
     return None
 

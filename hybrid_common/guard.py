@@ -43,6 +43,10 @@ class DegenerationGuard:
                 self.problem = "echoed the question"
         return self.problem
 
+    def check_text(self, text: str) -> str | None:
+        """Judge a finished text in one go (a logged answer, a reference): every check, in serving's order."""
+        return self.check_partial(text) or self.check_final(text)
+
 
 def _repeats_at_end(text: str, min_span: int) -> bool:
     """True when the last ``min_span`` or more characters are one unit repeated (3+ times)."""

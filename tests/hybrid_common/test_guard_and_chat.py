@@ -60,3 +60,9 @@ def test_last_user_text_is_what_routing_classifies() -> None:
     ]
     assert last_user_text(messages) == "second"
     assert last_user_text([{"role": "system", "content": "be brief"}]) == ""
+
+
+def test_check_text_is_the_streaming_checks_in_one_go() -> None:
+    assert DegenerationGuard(min_span=12).check_text("fine, " + "ab" * 6) == "repetition loop"
+    assert DegenerationGuard(question="Where is my order?").check_text("where is my order") == "echoed the question"
+    assert DegenerationGuard().check_text("Your order left the warehouse today.") is None

@@ -65,10 +65,11 @@ path = "{workdir / 'traffic.sqlite3'}"
 [retrain]
 categories = {_toml_list(LOCAL_CATEGORIES)}
 max_train_examples = {args.max_examples}
-measure_logits_speedup = true
+measure_logits_speedup = {"true" if args.measure_logits else "false"}
 
 [retrain.filters]
-max_eval_examples = {args.eval_examples}
+eval_percent = {args.eval_percent}           # prompt-hash buckets held out: never trained on
+max_eval_per_category = {args.eval_per_category}   # each category's frozen block (issue 13: at least 30)
 
 [retrain.training]
 eval_every_steps = 75
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-examples", type=int, default=900, help="training examples (issue 3: at most 1,000 in 45 min)")
     parser.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps (smoke runs)")
     parser.add_argument("--answer-tokens", type=int, default=256, help="local answer cap, served and evaluated alike")
-    parser.add_argument("--eval-examples", type=int, default=60, help="size of the frozen evaluation set")
+    parser.add_argument("--eval-percent", type=int, default=25, help="share of prompt-hash buckets held out for evaluation")
+    parser.add_argument("--eval-per-category", type=int, default=30, help="frozen evaluation examples per category")
+    parser.add_argument("--measure-logits", action="store_true", help="also time naive vs response-only logits")
     parser.add_argument("--serve-queries", type=int, default=20, help="queries replayed after promotion")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -151,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         outcome = json.loads(result_path.read_text())
 
         print(f"[5/5] serving phase: the router picks up {outcome.get('version')} from the registry")
-        frozen = [json.loads(line) for line in (workdir / "registry" / "eval" / "frozen.jsonl").read_text().splitlines() if line.strip()]
-        frozen_queries = {m["content"] for e in frozen for m in e["messages"] if m["role"] == "user"}
+        from finetune.datasets import FrozenEvalSet
+
+        frozen_queries = {e.query for e in FrozenEvalSet.load(workdir / "registry").examples}
         serve_rows = [r for r in rows if r["instruction"] in frozen_queries][: args.serve_queries]
         with Client(RouterConfig.from_toml(serve_toml, warmup="eager")) as client:
             served = replay(client, serve_rows, desc="serving")
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "tuned_tokens_per_s": candidate.get("tokens_per_s"),
         "tuned_format_valid_rate": candidate.get("format_valid_rate"),
         "eval_examples": candidate.get("examples"),
+        "base_by_category": outcome.get("serving_by_category", {}),
+        "tuned_by_category": outcome.get("candidate_by_category", {}),
         "train_examples": train_info.get("examples"),
         "train_steps": train_info.get("steps"),
         "train_epochs": train_info.get("epochs"),

@@ -174,7 +174,13 @@ class DatasetFilters(BaseModel):
         True, description="Drop answers the serving degeneration guard rejects (empty, looping, echoing the question)."
     )
     eval_percent: int = Field(10, ge=0, le=100, description="Share of prompt-hash buckets (0..99) held out for evaluation.")
-    max_eval_examples: int = Field(100, ge=0, description="Size cap of the frozen evaluation set.")
+    max_eval_examples: int = Field(
+        100, ge=0, description="Size cap of the frozen block of examples without a category (no classifier yet)."
+    )
+    min_eval_per_category: int = Field(
+        30, ge=1, description="A category gets its frozen evaluation block once this many of its examples can be frozen."
+    )
+    max_eval_per_category: int = Field(50, ge=1, description="Size cap of one category's frozen evaluation block.")
     split_salt: str = Field("", description="Salt of the split hash; changing it draws a different split.")
 
     @field_validator("pii_patterns")
@@ -529,11 +535,27 @@ def _now() -> str:
 # ---------------------------------------------------------------------------- frozen evaluation set
 
 
-class FrozenEvalSet:
-    """The evaluation set, chosen once and then never changed, so adapter scores stay comparable.
+UNCATEGORISED = "(uncategorised)"  # the block key of examples logged without a category
 
-    Stored as ``root/eval/frozen.jsonl`` with ``frozen.json`` (sha256, created_at, count). The
-    manifest is written last, so it marks a complete set.
+
+def _block_key(category: str | None) -> str:
+    return UNCATEGORISED if category is None else category
+
+
+class FrozenEvalSet:
+    """The evaluation set: one block per category, each chosen once and then never changed.
+
+    A category's block is frozen the first time at least ``min_eval_per_category`` of its
+    examples fall in the evaluation buckets (up to ``max_eval_per_category`` of them, the lowest
+    prompt keys); a category seen later adds its own block and leaves the others untouched, so a
+    version's score on a category stays comparable with every other version's. Examples without a
+    category form one block of up to ``max_eval_examples``. Every example comes from the
+    evaluation buckets, which training never sees.
+
+    Stored as ``root/eval/frozen.jsonl`` (the blocks, in the order they were frozen, so a new block
+    only appends) and ``frozen.json`` (per block: category, count, sha256 of its lines; the whole
+    file's sha256). The manifest is written last, so it marks a complete set. A set written
+    before blocks existed loads as one legacy block; new categories are added beside it.
     """
 
     def __init__(self, path: Path, examples: list[Example], manifest: dict[str, Any]) -> None:
@@ -548,6 +570,18 @@ class FrozenEvalSet:
     @property
     def prompt_keys(self) -> frozenset[str]:
         return frozenset(e.prompt_key for e in self.examples)
+
+    @property
+    def blocks(self) -> list[dict[str, Any]]:
+        """``{"category", "count", "sha256", "created_at"}`` per block, in file order."""
+        return list(self.manifest.get("blocks", []))
+
+    def by_category(self) -> dict[str | None, list[Example]]:
+        """Frozen examples grouped by category (None: uncategorised)."""
+        groups: dict[str | None, list[Example]] = {}
+        for example in self.examples:
+            groups.setdefault(example.category, []).append(example)
+        return groups
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -565,6 +599,12 @@ class FrozenEvalSet:
         """Load and verify the frozen set under ``root``; ArtifactIntegrityError if it was altered."""
         data, meta = cls._paths(Path(root))
         manifest = _read_json(meta)
+        pending = data.with_name(data.name + ".next")
+        if pending.is_file():  # an append was interrupted: finish it if its manifest was written, else drop it
+            if sha256_file(pending) == manifest.get("sha256"):
+                os.replace(pending, data)
+            else:
+                pending.unlink()
         if not data.is_file():
             raise ArtifactIntegrityError(f"{meta} exists but {data} is missing")
         if sha256_file(data) != manifest.get("sha256"):
@@ -572,38 +612,85 @@ class FrozenEvalSet:
         examples = _read_jsonl(data)
         if len(examples) != manifest.get("count"):
             raise ArtifactIntegrityError(f"{data} holds {len(examples)} examples, {meta} says {manifest.get('count')}")
+        if "blocks" not in manifest:  # written before per-category blocks: one legacy block
+            manifest = {**manifest, "blocks": [{"category": None, "legacy": True, "count": len(examples)}]}
+        start = 0
+        for block in manifest["blocks"]:
+            lines = examples[start : start + int(block["count"])]
+            if "sha256" in block and hashlib.sha256(_jsonl(lines).encode()).hexdigest() != block["sha256"]:
+                raise ArtifactIntegrityError(f"block {block['category']!r} of {data} does not match its checksum")
+            start += int(block["count"])
         return cls(data, examples, manifest)
 
     @classmethod
     def load_or_create(
         cls, root: str | Path, candidates: Iterable[Example], *, filters: DatasetFilters | None = None
     ) -> FrozenEvalSet:
-        """The existing frozen set, or (first call) up to ``max_eval_examples`` eval-bucket candidates.
+        """The frozen set under ``root``, with a new block for each category that has become eligible.
 
-        Candidates should already be cleaned. Nothing is frozen while no candidate falls in the
-        eval bucket. The choice is the lowest prompt keys, so it does not
-        depend on candidate order.
+        Candidates should already be cleaned. Existing blocks are never changed; the choice within
+        a new block is the lowest prompt keys, so it does not depend on candidate order.
         """
         root = Path(root)
-        if cls.exists(root):
-            return cls.load(root)
         filters = filters or DatasetFilters()
-        chosen = sorted((e for e in candidates if _is_eval(e, filters)), key=lambda e: e.prompt_key)
-        chosen = chosen[: filters.max_eval_examples]
+        current = cls.load(root) if cls.exists(root) else None
+        examples = list(current.examples) if current else []
+        blocks = current.blocks if current else []
+        frozen_keys = {e.prompt_key for e in examples}
+        has_block = {_block_key(b["category"]) for b in blocks if not b.get("legacy")}
+        legacy_counts: dict[str, int] = {}
+        for e in examples:
+            legacy_counts[_block_key(e.category)] = legacy_counts.get(_block_key(e.category), 0) + 1
+
+        eligible: dict[str, list[Example]] = {}
+        for e in candidates:
+            if _is_eval(e, filters) and e.prompt_key not in frozen_keys:
+                eligible.setdefault(_block_key(e.category), []).append(e)
+        new_blocks: list[tuple[dict[str, Any], list[Example]]] = []
+        for key in sorted(eligible):
+            if key in has_block:
+                continue
+            pool = sorted({e.prompt_key: e for e in eligible[key]}.values(), key=lambda e: e.prompt_key)
+            already = legacy_counts.get(key, 0)
+            if key == UNCATEGORISED:
+                chosen = pool[: max(0, filters.max_eval_examples - already)]
+                if not chosen:
+                    continue
+            else:
+                if already + len(pool) < filters.min_eval_per_category:
+                    continue  # too few yet: the category waits for more traffic, unevaluated
+                chosen = pool[: max(0, filters.max_eval_per_category - already)]
+            category = None if key == UNCATEGORISED else key
+            block = {"category": category, "count": len(chosen), "sha256": hashlib.sha256(_jsonl(chosen).encode()).hexdigest(), "created_at": _now()}
+            new_blocks.append((block, chosen))
         data, meta = cls._paths(root)
-        if not chosen:  # freezing an empty set would leave training without an evaluation set for good
-            return cls(data, [], {"sha256": hashlib.sha256(b"").hexdigest(), "created_at": None, "count": 0})
-        write_text_atomic(data, _jsonl(chosen))
+        if not new_blocks:
+            if current is not None:
+                return current
+            # Freezing an empty set would leave training without an evaluation set for good.
+            return cls(data, [], {"sha256": hashlib.sha256(b"").hexdigest(), "created_at": None, "count": 0, "blocks": []})
+        for block, chosen in new_blocks:
+            examples += chosen
+            blocks.append(block)
+        # New data under a side name, then the manifest naming its checksum, then the rename: a crash
+        # at any point leaves either the old set or the new one (load() finishes or drops the append).
+        pending = data.with_name(data.name + ".next")
+        write_text_atomic(pending, _jsonl(examples))
         manifest = {
-            "sha256": sha256_file(data),
-            "created_at": _now(),
-            "count": len(chosen),
+            "format_version": 2,
+            "sha256": sha256_file(pending),
+            "created_at": current.manifest.get("created_at") if current else _now(),
+            "count": len(examples),
+            "blocks": blocks,
             "eval_percent": filters.eval_percent,
             "split_salt": filters.split_salt,
         }
         write_text_atomic(meta, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        logger.info("froze %d evaluation examples at %s", len(chosen), data)
-        return cls(data, chosen, manifest)
+        os.replace(pending, data)
+        fsync_dir(data.parent)
+        for block, _ in new_blocks:
+            logger.info("froze %d evaluation examples for category %s at %s", block["count"], block["category"], data)
+        return cls(data, examples, manifest)
 
 
 # ---------------------------------------------------------------------------- snapshots

@@ -15,7 +15,7 @@ import re
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,17 @@ if TYPE_CHECKING:
     from finetune.datasets import Example
     from router.config import LocalConfig
 
-__all__ = ["EvalConfig", "EvalReport", "ScoredAnswer", "evaluate_model", "rouge_l", "similarity_scores"]
+__all__ = [
+    "UNCATEGORISED",
+    "EvalConfig",
+    "EvalReport",
+    "ScoredAnswer",
+    "evaluate_model",
+    "rouge_l",
+    "similarity_scores",
+    "summarise",
+    "summarise_by_category",
+]
 
 _WORD = re.compile(r"\w+")
 # An evaluation is not a user waiting: one slow answer must not turn into a failure.
@@ -70,15 +80,43 @@ class ScoredAnswer:
     format_valid: bool
     completion_tokens: int
     seconds: float
+    category: str | None = None
 
 
 @dataclass
 class EvalReport:
+    """Overall metrics, the same metrics per category (the routing gate's offline evidence), and every answer."""
+
     metrics: dict[str, float]
     answers: list[ScoredAnswer]
+    by_category: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"metrics": self.metrics, "answers": [asdict(a) for a in self.answers]}
+        return {"metrics": self.metrics, "by_category": self.by_category, "answers": [asdict(a) for a in self.answers]}
+
+
+UNCATEGORISED = "(uncategorised)"  # the by_category key of examples without a category
+
+
+def summarise(answers: Sequence[ScoredAnswer]) -> dict[str, float]:
+    """Mean quality, degenerate and format-valid rates, speed and count of ``answers``."""
+    n = max(1, len(answers))
+    return {
+        "similarity": sum(a.similarity for a in answers) / n,
+        "rouge_l": sum(a.rouge_l for a in answers) / n,
+        "degenerate_rate": sum(a.degenerate is not None for a in answers) / n,
+        "format_valid_rate": sum(a.format_valid for a in answers) / n,
+        "tokens_per_s": sum(a.completion_tokens for a in answers) / max(1e-9, sum(a.seconds for a in answers)),
+        "latency_p50_ms": statistics.median(a.seconds for a in answers) * 1000 if answers else 0.0,
+        "examples": float(len(answers)),
+    }
+
+
+def summarise_by_category(answers: Sequence[ScoredAnswer]) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[ScoredAnswer]] = {}
+    for answer in answers:
+        groups.setdefault(answer.category if answer.category is not None else UNCATEGORISED, []).append(answer)
+    return {category: summarise(group) for category, group in sorted(groups.items())}
 
 
 def rouge_l(candidate: str, reference: str) -> float:
@@ -193,17 +231,8 @@ def evaluate_model(
             format_valid=valid,
             completion_tokens=tokens,
             seconds=seconds,
+            category=example.category,
         )
         for example, (text, _finish, tokens, seconds, problem, valid), sim in zip(examples, raw, similarities, strict=True)
     ]
-    n = max(1, len(answers))
-    metrics = {
-        "similarity": sum(a.similarity for a in answers) / n,
-        "rouge_l": sum(a.rouge_l for a in answers) / n,
-        "degenerate_rate": sum(a.degenerate is not None for a in answers) / n,
-        "format_valid_rate": sum(a.format_valid for a in answers) / n,
-        "tokens_per_s": sum(a.completion_tokens for a in answers) / max(1e-9, sum(a.seconds for a in answers)),
-        "latency_p50_ms": statistics.median(a.seconds for a in answers) * 1000 if answers else 0.0,
-        "examples": float(len(answers)),
-    }
-    return EvalReport(metrics=metrics, answers=answers)
+    return EvalReport(metrics=summarise(answers), answers=answers, by_category=summarise_by_category(answers))

@@ -63,8 +63,16 @@ class ModelVersion(BaseModel):
     adapter_sha256: str | None = Field(None, description="sha256 of the adapter file, checked before serving.")
     dataset_id: str | None = Field(None, description="Dataset snapshot the adapter was trained on.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Evaluation metrics (finetune.evaluate keys).")
+    category_metrics: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="The same metrics per category on the frozen set: the evidence the router's quality gate reads.",
+    )
     train: dict[str, Any] = Field(default_factory=dict, description="Free-form training facts (epochs, rank, loss, …).")
     notes: str = Field("", description="Anything a human should know about this version.")
+
+
+def _category_metrics(metrics: Mapping[str, Mapping[str, float]] | None) -> dict[str, dict[str, float]]:
+    return {c: {k: float(v) for k, v in m.items()} for c, m in (metrics or {}).items()}
 
 
 def _now() -> datetime:
@@ -106,6 +114,7 @@ class ModelRegistry:
         adapter_path: str | os.PathLike[str] | None,
         *,
         metrics: Mapping[str, float],
+        category_metrics: Mapping[str, Mapping[str, float]] | None = None,
         dataset_id: str | None = None,
         train: Mapping[str, Any] | None = None,
         base_model: str | os.PathLike[str] = DEFAULT_BASE_MODEL,
@@ -146,6 +155,7 @@ class ModelRegistry:
                 "adapter_sha256": adapter_sha,
                 "dataset_id": dataset_id,
                 "metrics": {k: float(v) for k, v in metrics.items()},
+                "category_metrics": _category_metrics(category_metrics),
                 "train": dict(train or {}),
                 "notes": notes,
             }
@@ -200,16 +210,29 @@ class ModelRegistry:
         except ArtifactError:  # registered meanwhile by another process
             return self._read(BASE_VERSION)
 
-    def update_metrics(self, version: str, metrics: Mapping[str, float], *, eval_set: str | None = None) -> ModelVersion:
-        """Merge ``metrics`` into a version's record; with ``eval_set`` (the evaluation set's
-        fingerprint) they replace metrics measured on another set, and the fingerprint is kept in ``train``."""
+    def update_metrics(
+        self,
+        version: str,
+        metrics: Mapping[str, float],
+        *,
+        eval_set: str | None = None,
+        category_metrics: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> ModelVersion:
+        """Merge ``metrics`` (and per-category metrics) into a version's record; with ``eval_set``
+        (the evaluation set's fingerprint) they replace metrics measured on another set, and the
+        fingerprint is kept in ``train``."""
         new = {k: float(v) for k, v in metrics.items()}
+        new_categories = _category_metrics(category_metrics)
         with self._locked():
             record = self._read(version)
-            update: dict[str, Any] = {"metrics": {**record.metrics, **new}}
+            update: dict[str, Any] = {
+                "metrics": {**record.metrics, **new},
+                "category_metrics": {**record.category_metrics, **new_categories},
+            }
             if eval_set is not None:
                 if record.train.get("eval_set") != eval_set:
                     update["metrics"] = new
+                    update["category_metrics"] = new_categories
                 update["train"] = {**record.train, "eval_set": eval_set}
             updated = record.model_copy(update=update)
             write_text_atomic(self.versions_dir / version / "version.json", updated.model_dump_json(indent=2) + "\n")

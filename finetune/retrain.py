@@ -44,6 +44,8 @@ class RetrainResult:
     serving_version: str | None = None
     candidate_metrics: dict[str, float] = field(default_factory=dict)
     serving_metrics: dict[str, float] = field(default_factory=dict)
+    candidate_by_category: dict[str, dict[str, float]] = field(default_factory=dict)
+    serving_by_category: dict[str, dict[str, float]] = field(default_factory=dict)
     decision: GateDecision | None = None
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -84,18 +86,18 @@ def _eval_fingerprint(snapshot: DatasetSnapshot) -> str:
 
 def _metrics_for(
     registry: ModelRegistry, version: ModelVersion, snapshot: DatasetSnapshot, config: RetrainConfig, progress: bool
-) -> dict[str, float]:
-    """The version's metrics on the current frozen set, evaluated (and stored) if missing."""
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The version's metrics (overall, per category) on the current frozen set, evaluated (and stored) if missing."""
     fingerprint = _eval_fingerprint(snapshot)
-    if version.train.get("eval_set") == fingerprint and version.metrics:
-        return dict(version.metrics)
+    if version.train.get("eval_set") == fingerprint and version.metrics and version.category_metrics:
+        return dict(version.metrics), dict(version.category_metrics)
     adapter = registry.adapter_path(version.version)
     report = evaluate_model(
         snapshot.eval, model_path=config.base_model, adapter_path=adapter, config=config.evaluation,
         serving=config.serving, progress=progress, label=f"evaluating {version.version}",
     )  # fmt: skip
-    registry.update_metrics(version.version, report.metrics, eval_set=fingerprint)
-    return report.metrics
+    registry.update_metrics(version.version, report.metrics, eval_set=fingerprint, category_metrics=report.by_category)
+    return report.metrics, report.by_category
 
 
 def retrain(
@@ -124,6 +126,12 @@ def retrain(
             "skipped", f"only {len(new)} new training examples (need {config.min_new_examples}); nothing changed",
             snapshot.id, serving_version=serving_name,
         )  # fmt: skip
+    if not snapshot.eval:
+        return RetrainResult(
+            "skipped", "no frozen evaluation examples yet: no category has "
+            f"{config.filters.min_eval_per_category} examples in the evaluation buckets; nothing changed",
+            snapshot.id, serving_version=serving_name,
+        )  # fmt: skip
     train_set = _capped(snapshot.train, config.max_train_examples, config.training.seed)
     if dry_run:
         return RetrainResult("skipped", f"dry run: would train on {len(train_set)} examples from dataset {snapshot.id}", snapshot.id, serving_version=serving_name)
@@ -133,7 +141,7 @@ def retrain(
     if serving is None:
         serving = registry.ensure_base(base_model=base_model)
 
-    serving_metrics = _metrics_for(registry, serving, snapshot, config, progress)
+    serving_metrics, serving_by_category = _metrics_for(registry, serving, snapshot, config, progress)
     run_dir = Path(config.registry_path) / "runs" / f"{snapshot.id}-{config.training.fingerprint()}"
     log(f"training on {len(train_set)} examples in {run_dir} (resumes if interrupted)")
     base = load_base_model(config.base_model, device=config.training.device)
@@ -159,13 +167,15 @@ def retrain(
     (run_dir / "evaluation.json").write_text(json.dumps(candidate_report.as_dict(), indent=1))
     decision = decide(candidate_report.metrics, serving_metrics, config.gate)
     version = registry.add(
-        adapter, metrics=candidate_report.metrics, dataset_id=snapshot.id,
+        adapter, metrics=candidate_report.metrics, category_metrics=candidate_report.by_category, dataset_id=snapshot.id,
         train={**train_info, "eval_set": _eval_fingerprint(snapshot), "gate": decision.reasons},
         base_model=base_model,
     )  # fmt: skip
     outcome = RetrainResult(
         "rejected", "", snapshot.id, version.version, serving.version,
-        candidate_report.metrics, serving_metrics, decision, train_info,
+        candidate_metrics=candidate_report.metrics, serving_metrics=serving_metrics,
+        candidate_by_category=candidate_report.by_category, serving_by_category=serving_by_category,
+        decision=decision, train=train_info,
     )  # fmt: skip
     if decision.promote:
         if first_run:  # so that a rollback returns to the base model

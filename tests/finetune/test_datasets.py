@@ -304,26 +304,58 @@ def test_examples_from_csv_and_errors(tmp_path: Path, bitext: list[Example]) -> 
 
 
 def test_frozen_eval_set_survives_new_data(tmp_path: Path, unique_bitext: list[Example]) -> None:
-    filters = DatasetFilters(max_eval_examples=20)
+    filters = DatasetFilters(eval_percent=20)
     first = build_snapshot(unique_bitext[:400], tmp_path, filters=filters, sources=["bitext:first"])
     frozen_file = tmp_path / "eval" / "frozen.jsonl"
     frozen_bytes = frozen_file.read_bytes()
-    assert 0 < len(first.eval) <= 20
-    assert all(split_bucket(e) < filters.eval_percent for e in first.eval)
+    assert first.eval and all(split_bucket(e) < filters.eval_percent for e in first.eval)
+    first_blocks = FrozenEvalSet.load(tmp_path).blocks
+    assert first_blocks and all(30 <= b["count"] <= 50 for b in first_blocks)
 
     second = build_snapshot(unique_bitext[:2000], tmp_path, filters=filters, sources=["bitext:more"])
-    assert frozen_file.read_bytes() == frozen_bytes
-    assert second.eval == first.eval and second.id != first.id
-    assert second.manifest["frozen_eval_sha256"] == first.manifest["frozen_eval_sha256"]
-    assert FrozenEvalSet.load(tmp_path).examples == first.eval
+    frozen = FrozenEvalSet.load(tmp_path)
+    assert frozen_file.read_bytes().startswith(frozen_bytes)  # earlier blocks are never rewritten
+    assert frozen.blocks[: len(first_blocks)] == first_blocks and len(frozen.blocks) > len(first_blocks)
+    assert second.eval[: len(first.eval)] == first.eval and second.id != first.id
+    groups = frozen.by_category()
+    assert all(30 <= len(groups[b["category"]]) <= 50 for b in frozen.blocks)
+    assert {b["category"] for b in frozen.blocks} == set(groups)
+    # Categories with too few evaluation candidates get no block yet (their quality stays unproven).
+    counts: dict[str | None, int] = {}
+    for e in unique_bitext[:2000]:
+        if split_bucket(e) < filters.eval_percent:
+            counts[e.category] = counts.get(e.category, 0) + 1
+    assert {c for c, n in counts.items() if n >= 30} == set(groups)
+    assert FrozenEvalSet.load(tmp_path).examples == second.eval
+
+
+def test_uncategorised_traffic_gets_one_block_and_categories_join_later(tmp_path: Path, unique_bitext: list[Example]) -> None:
+    filters = DatasetFilters(eval_percent=20, max_eval_examples=25)
+    plain = [Example(e.messages, e.answer, None, e.source) for e in unique_bitext[:600]]
+    first = build_snapshot(plain, tmp_path, filters=filters)
+    assert len(first.eval) == 25 and all(e.category is None for e in first.eval)
+    labelled = build_snapshot(plain + unique_bitext[600:2400], tmp_path, filters=filters)
+    assert labelled.eval[:25] == first.eval
+    assert {e.category for e in labelled.eval[25:]} and None not in {e.category for e in labelled.eval[25:]}
+
+
+def test_an_interrupted_append_is_finished_or_dropped(tmp_path: Path, unique_bitext: list[Example]) -> None:
+    filters = DatasetFilters(eval_percent=20)
+    build_snapshot(unique_bitext[:400], tmp_path, filters=filters)
+    data = tmp_path / "eval" / "frozen.jsonl"
+    before = FrozenEvalSet.load(tmp_path).examples
+    # Crash before the manifest was written: the side file is dropped, the old set stands.
+    data.with_name("frozen.jsonl.next").write_text(data.read_text() + "{}\n")
+    assert FrozenEvalSet.load(tmp_path).examples == before
+    assert not data.with_name("frozen.jsonl.next").exists()
 
 
 def test_no_eval_leakage_into_train(tmp_path: Path, unique_bitext: list[Example]) -> None:
-    filters = DatasetFilters(max_eval_examples=30, eval_percent=20)
+    filters = DatasetFilters(max_eval_examples=30, eval_percent=20, min_eval_per_category=10, max_eval_per_category=15)
     originals = _long_prompts(unique_bitext, 300)
     first = build_snapshot(originals, tmp_path, filters=filters)
     frozen = first.eval
-    assert len(frozen) == 30
+    assert len(frozen) >= 30
 
     # New traffic: reworded copies of the frozen prompts (mostly in the train bucket) and of train ones.
     variants = [_user(e.query + " thanks", e.answer, source=f"variant-of-eval:{i}") for i, e in enumerate(frozen)]
@@ -374,3 +406,26 @@ def test_snapshot_is_idempotent_and_tamper_evident(tmp_path: Path, unique_bitext
     with pytest.raises(ArtifactIntegrityError, match="frozen eval set was altered"):
         FrozenEvalSet.load(tmp_path)
 
+
+
+def test_a_frozen_set_from_before_blocks_is_kept_and_extended(tmp_path: Path, unique_bitext: list[Example]) -> None:
+    """A set frozen by an earlier release (one file, no blocks) stays first; categories add blocks after it."""
+    import json as _json
+
+    from hybrid_common.files import sha256_file
+
+    filters = DatasetFilters(eval_percent=20)
+    legacy = [e for e in unique_bitext[:2000] if split_bucket(e) < 20][:40]
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    data = eval_dir / "frozen.jsonl"
+    data.write_text("".join(_json.dumps(e.to_dict(), ensure_ascii=False, sort_keys=True) + "\n" for e in legacy), encoding="utf-8")
+    (eval_dir / "frozen.json").write_text(_json.dumps({"sha256": sha256_file(data), "count": len(legacy), "created_at": "2026-11-20"}))
+    assert FrozenEvalSet.load(tmp_path).blocks == [{"category": None, "legacy": True, "count": 40}]
+
+    snapshot = build_snapshot(unique_bitext[:2000], tmp_path, filters=filters)
+    frozen = FrozenEvalSet.load(tmp_path)
+    assert snapshot.eval[:40] == legacy and frozen.blocks[0]["legacy"]
+    assert len(frozen.blocks) > 1 and len(set(e.prompt_key for e in frozen.examples)) == len(frozen.examples)
+    for category, examples in frozen.by_category().items():
+        assert len(examples) <= 50  # legacy examples count towards the category's block size

@@ -36,7 +36,7 @@ def _config(tmp_path: Path, log: Path, **overrides: object) -> RetrainConfig:
             "log_path": log,
             "registry_path": tmp_path / "registry",
             "categories": ["ORDER"],
-            "filters": {"max_eval_examples": 3},
+            "filters": {"min_eval_per_category": 3, "max_eval_per_category": 3},
             **overrides,
         }
     )
@@ -54,10 +54,17 @@ def test_too_little_new_data_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_dry_run_writes_no_version(tmp_path: Path) -> None:
-    config = _config(tmp_path, _log(tmp_path / "log.sqlite3", 40), min_new_examples=5)
+    config = _config(tmp_path, _log(tmp_path / "log.sqlite3", 80), min_new_examples=5)
     result = retrain(config, progress=False, dry_run=True, log=lambda _: None)
-    assert result.status == "skipped" and result.message.startswith("dry run")
+    assert result.status == "skipped" and result.message.startswith("dry run"), result.message
     assert ModelRegistry(config.registry_path).serving() is None
+
+
+def test_no_category_with_a_frozen_block_means_nothing_to_measure(tmp_path: Path) -> None:
+    config = _config(tmp_path, _log(tmp_path / "log.sqlite3", 80), min_new_examples=5, filters={"min_eval_per_category": 500})
+    result = retrain(config, progress=False, log=lambda _: None)
+    assert result.status == "skipped" and "no frozen evaluation examples" in result.message
+    assert ModelRegistry(config.registry_path).versions() == []
 
 
 def test_missing_log_is_a_clear_error(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo demo-retrain quant-report test test-fast bench eval-classifier clean
+.PHONY: install demo demo-retrain quant-report test test-fast bench eval-classifier eval-guard clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: $(STAMP)
 
 eval-classifier: $(STAMP)
 	$(PY) -m evals.classifier_eval
+
+# The degeneration guard on base-model, reference and tuned answers: writes evals/results/guard.json.
+eval-guard: $(STAMP)
+	$(PY) -m evals.guard_eval
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

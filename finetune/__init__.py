@@ -45,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "BASE_VERSION": "finetune.registry",
     "split_bucket": "finetune.datasets",
     "update_classifier": "finetune.classifier_update",
+    "evaluate_served": "finetune.evidence",
+    "EvidenceResult": "finetune.evidence",
     "merge_adapter": "finetune.merge",
     "quantize_gguf": "finetune.merge",
     "quantization_report": "finetune.quant_report",
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
         split_bucket,
     )
     from finetune.evaluate import EvalConfig, EvalReport, evaluate_model, rouge_l
+    from finetune.evidence import EvidenceResult, evaluate_served
     from finetune.export import export_adapter, write_lora_gguf
     from finetune.gate import GateConfig, GateDecision, decide
     from finetune.merge import merge_adapter, quantize_gguf

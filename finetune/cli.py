@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_models_command", "add_retrain_command"]
+__all__ = ["add_evaluate_command", "add_models_command", "add_retrain_command"]
 
 _REGISTRY_HELP = "model registry directory (default: local.registry_path, else the data directory's registry)"
 
@@ -117,3 +117,25 @@ def add_retrain_command(commands: Any) -> None:
     retrain.add_argument("--registry", type=Path, help=_REGISTRY_HELP)
     retrain.add_argument("--json", type=Path, metavar="PATH", help="also write the full result (metrics, gate reasons) as JSON")
     retrain.set_defaults(run=_retrain)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from finetune.evidence import evaluate_served, format_report
+    from router.config import load_config
+
+    config = load_config(args.config)
+    result = evaluate_served(config, data=args.data, adapter=args.adapter, category_column=args.category_column)
+    print(format_report(result, config))
+    return 0
+
+
+def add_evaluate_command(commands: Any) -> None:
+    """``router evaluate``."""
+    evaluate = commands.add_parser(
+        "evaluate", help="measure the served local model per category, as served, and record the evidence the gate reads"
+    )
+    evaluate.add_argument("--data", type=Path, help="labelled JSONL (messages + category) or CSV (query, answer, category); "
+                          "default: the registry's frozen evaluation set")  # fmt: skip
+    evaluate.add_argument("--adapter", type=Path, help="a GGUF LoRA adapter to evaluate instead of the served one")
+    evaluate.add_argument("--category-column", help="CSV column holding the category (default: category)")
+    evaluate.set_defaults(run=_evaluate)

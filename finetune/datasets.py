@@ -204,33 +204,51 @@ def examples_from_log(
     categories: Iterable[str] | None = None,
     include_local: bool = False,
 ) -> list[Example]:
-    """Teacher examples from the traffic log: complete, error-free cloud answers.
+    """Teacher examples from the traffic log: complete, error-free cloud answers, and corrections.
 
-    Local answers are included only with ``include_local`` and only when a reviewer marked them
-    (``metadata["feedback"] == "accepted"``): the model must never train on its own unreviewed
-    output. Rows with tool or non-text messages are skipped, as the local model serves neither.
+    Local answers are included only with ``include_local`` and only when someone accepted them
+    (``client.feedback(id, accepted=True)``, or the older ``metadata["feedback"] == "accepted"``):
+    the model must never train on its own unreviewed output. A ``correction`` given as feedback
+    replaces the logged answer, whichever tier gave it; an answer rejected by feedback is never
+    learnt. Rows with tool or non-text messages are skipped, as the local model serves neither.
     """
     wanted = None if categories is None else frozenset(categories)
+
+    def collect(log: TrafficLog) -> list[Example]:
+        feedback = log.feedback()
+        return [e for r in log.records() if (e := _log_example(r, wanted, include_local, feedback.get(r.id))) is not None]
+
     if isinstance(log_or_path, TrafficLog):
-        return [e for r in log_or_path.records() if (e := _log_example(r, wanted, include_local)) is not None]
+        return collect(log_or_path)
     path = Path(log_or_path)
     if not path.is_file():
         raise ArtifactError(f"no traffic log at {path}")
     with TrafficLog(path) as log:
-        return [e for r in log.records() if (e := _log_example(r, wanted, include_local)) is not None]
+        return collect(log)
 
 
-def _log_example(record: LogRecord, categories: frozenset[str] | None, include_local: bool) -> Example | None:
-    if record.error_type is not None or not record.response or not record.response.strip():
-        return None
-    if record.finish_reason != "stop" or not record.messages:
-        return None
+def _log_example(
+    record: LogRecord, categories: frozenset[str] | None, include_local: bool, feedback: Mapping[str, Any] | None = None
+) -> Example | None:
     if categories is not None and record.category not in categories:
         return None
-    if record.tier != "cloud":
-        accepted = (record.metadata or {}).get("feedback") == "accepted"
-        if not (include_local and record.tier == "local" and accepted):
+    if not record.messages:
+        return None
+    correction = (feedback or {}).get("correction")
+    if correction:
+        answer, source = correction, f"log:{record.id}:correction"
+    else:
+        if (feedback or {}).get("accepted") is False:
+            return None  # rejected by a user: not a teacher answer, whichever tier gave it
+        if record.error_type is not None or not record.response or not record.response.strip():
             return None
+        if record.finish_reason != "stop":
+            return None
+        if record.tier != "cloud":
+            accepted = (record.metadata or {}).get("feedback") == "accepted" or (feedback or {}).get("accepted") is True
+            if not (include_local and record.tier == "local" and accepted):
+                return None
+        answer, source = record.response, f"log:{record.id}"
     messages = []
     for m in record.messages:
         content = m.get("content") if isinstance(m, dict) else None
@@ -238,7 +256,7 @@ def _log_example(record: LogRecord, categories: frozenset[str] | None, include_l
             logger.debug("log row %s skipped: unsupported message %r", record.id, m)
             return None
         messages.append({"role": m["role"], "content": message_text(content)})
-    return Example(tuple(messages), record.response, record.category, f"log:{record.id}")
+    return Example(tuple(messages), answer, record.category, source)
 
 
 def examples_from_jsonl(path: str | Path, *, category: str | None = None) -> list[Example]:

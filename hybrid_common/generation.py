@@ -14,15 +14,23 @@ from hybrid_common.guard import DegenerationGuard
 __all__ = ["guarded_pieces"]
 
 
-def guarded_pieces(pieces: Iterable[str], guard: DegenerationGuard) -> Iterator[str]:
+def guarded_pieces(pieces: Iterable[str], guard: DegenerationGuard, *, hold_back: int = 0) -> Iterator[str]:
     """Yield ``pieces`` while the answer stays sound; afterwards ``guard.problem`` says why it stopped, if it did.
 
     Stops (without consuming further) before the first piece that makes the answer degenerate.
+    With ``hold_back`` nothing is released until the answer is that many characters long (or
+    complete), so a stream whose start degenerates (an echoed question) has sent nothing and can
+    still be answered by another tier; the held text is then released as one piece.
     """
     text = ""
+    held = 0  # characters of ``text`` not yet released
     for piece in pieces:
         if guard.check_partial(text + piece):
             return
         text += piece
-        yield piece
-    guard.check_final(text)
+        held += len(piece)
+        if len(text) >= hold_back:
+            yield text[len(text) - held :]
+            held = 0
+    if guard.check_final(text) is None and held:
+        yield text[len(text) - held :]

@@ -1,61 +1,181 @@
 """Detect degenerate local answers while they are generated, so they can go to the cloud instead.
 
-Small models fail in recognisable ways: looping on a phrase, emitting nothing, or (a base model)
-echoing the question back. Checking the tail of the text after each token costs microseconds,
-far below a token's decode time.
+Small models fail in recognisable ways, and an untuned base model shows them all (read from the
+traffic log of ``make demo``): it starts by repeating the question, often looping on it with a
+stray token (``where is my order? mendatanguser where is my order? …``); it repeats a span back
+to back (``(UK) (UK) (UK)``); it paraphrases its own loop so that no two copies are equal; it emits
+runs of separators (``| | | |``); it drifts into a script the question was not written in; or it
+says nothing. Each is a check here, run on the growing text after every piece, costing
+microseconds against a token's milliseconds. Long, well-formed answers that legitimately repeat a
+phrase or a ``{{Placeholder}}`` (Bitext's reference answers) pass: the repetition checks look for
+*adjacent* copies or for a few phrases covering most of the answer, never for a phrase said twice.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from difflib import SequenceMatcher
 
 __all__ = ["DegenerationGuard"]
 
 _SPACE = re.compile(r"\s+")
-_MAX_UNIT = 80  # longest repeating unit looked for, in characters
+_WORD = re.compile(r"\{\{[^}]*\}\}|\w+", re.UNICODE)  # a {{Placeholder}} counts as one word
+_MAX_UNIT = 160  # longest back-to-back unit looked for, in characters
+_MIN_ADJACENT = 12  # a unit this long (or longer) said twice in a row is a loop
+_MIN_REPEATED_SPAN = 12  # shorter units must repeat 3+ times and cover this many characters
+_MIN_DIGIT_UNIT = 6  # a unit of digits only must be at least this long (card groups are 4 digits)
+_ECHO_SIMILARITY = 0.75  # word-level similarity of the answer's opening to the question
+_ECHO_SLACK = 2  # openings up to this many words longer or shorter than the question are compared
+_COVERAGE_MIN_WORDS = 24  # the paraphrased-loop check needs this many words to judge
+_COVERAGE_NGRAM = 3
+_COVERAGE_REPEATS = 3
+_COVERAGE_SHARE = 0.5  # words inside trigrams said 3+ times, as a share of all words
+_SEPARATOR_WINDOW = 16  # the last this-many non-space characters ...
+_SEPARATOR_SHARE = 0.75  # ... being mostly punctuation is a separator run
+_FOREIGN_CHARS = 2  # characters of a script absent from the question
+
+# Scripts a Latin-script question should not be answered in (base models drift into these).
+_SCRIPTS: dict[str, re.Pattern[str]] = {
+    "cjk": re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]"),
+    "cyrillic": re.compile(r"[\u0400-\u04ff]"),
+    "greek": re.compile(r"[\u0370-\u03ff]"),
+    "arabic": re.compile(r"[\u0600-\u06ff\u0750-\u077f]"),
+    "hebrew": re.compile(r"[\u0590-\u05ff]"),
+    "devanagari": re.compile(r"[\u0900-\u097f]"),
+    "thai": re.compile(r"[\u0e00-\u0e7f]"),
+}
 
 
 def _normalise(text: str) -> str:
     return _SPACE.sub(" ", text).strip().lower().rstrip("?.! ")
 
 
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def _opening(text: str, words: int) -> str:
+    """The raw text up to the end of its first ``words`` words."""
+    end = 0
+    for count, match in enumerate(_WORD.finditer(text), start=1):
+        end = match.end()
+        if count >= words:
+            break
+    return text[: end + 1]
+
+
 class DegenerationGuard:
-    """Feed it the answer as it grows; ``problem`` names the first degeneration seen, if any."""
+    """Feed it the answer as it grows; ``problem`` names the first degeneration seen, if any.
+
+    ``min_span`` is the characters of exact repetition that count as a loop when the unit is short
+    (kept for configurations written before the other checks existed); ``reject_echo`` turns the
+    question-echo check on.
+    """
 
     def __init__(self, *, question: str = "", min_span: int = 48, reject_echo: bool = True) -> None:
         self._question = _normalise(question) if reject_echo else ""
+        self._question_words = _words(self._question) if reject_echo else []
+        self._question_clause_marks = sum(question.count(c) for c in ",:")
         self._min_span = min_span
+        self._allowed_scripts = {name for name, pattern in _SCRIPTS.items() if pattern.search(question)}
+        self._echo_checked = False
         self.problem: str | None = None
+
+    # -- the public checks ----------------------------------------------------------------------
 
     def check_partial(self, text: str) -> str | None:
         """Check text generated so far; returns the problem once one appears."""
-        if self.problem is None and len(text) >= self._min_span and _repeats_at_end(text, self._min_span):
-            self.problem = "repetition loop"
+        if self.problem is None:
+            self.problem = (
+                self._echo(text, final=False)
+                or self._separator_run(text)
+                or self._foreign_script(text)
+                or self._adjacent_repeat(text)
+                or self._covered_by_repeats(text)
+            )
         return self.problem
 
     def check_final(self, text: str) -> str | None:
         """Check the finished answer for what can only be judged at the end."""
         if self.problem is None:
-            answer = _normalise(text)
-            if not answer:
+            if not _normalise(text):
                 self.problem = "empty answer"
-            elif self._question and answer == self._question:
-                self.problem = "echoed the question"
+            else:
+                self.problem = self._echo(text, final=True)
         return self.problem
 
     def check_text(self, text: str) -> str | None:
-        """Judge a finished text in one go (a logged answer, a reference): every check, in serving's order."""
-        return self.check_partial(text) or self.check_final(text)
+        """Judge a finished text in one go (a logged answer, a reference), as serving would have
+        streamed it: the partial checks at every word boundary, then the final ones."""
+        for match in re.finditer(r"\S+\s*", text):
+            if self.check_partial(text[: match.end()]):
+                return self.problem
+        return self.check_final(text)
 
+    # -- the individual checks --------------------------------------------------------------------
 
-def _repeats_at_end(text: str, min_span: int) -> bool:
-    """True when the last ``min_span`` or more characters are one unit repeated (3+ times)."""
-    for unit in range(1, min(_MAX_UNIT, len(text) // 3) + 1):
-        reps = max(3, -(-min_span // unit))
-        span = unit * reps
-        if span > len(text):
-            continue
-        tail = text[-span:]
-        if tail == tail[-unit:] * reps:
-            return True
-    return False
+    def _echo(self, text: str, *, final: bool) -> str | None:
+        """The answer opens with the question (small edits allowed), or is nothing but it."""
+        if not self._question_words or self._echo_checked:
+            return None
+        words = _words(text)
+        size = len(self._question_words)
+        if not final and len(words) < size + _ECHO_SLACK:
+            return None  # wait until the opening is as long as the question (with slack for edits)
+        self._echo_checked = True
+        lengths = range(max(1, size - _ECHO_SLACK), size + _ECHO_SLACK + 1)
+        ratio = max(SequenceMatcher(a=words[:n], b=self._question_words, autojunk=False).ratio() for n in lengths)
+        if ratio < _ECHO_SIMILARITY:
+            return None
+        # "To check the early exit fee, please ..." restates the question as a clause and goes on: the
+        # comma (or colon) it adds is what a bare echo ("check the early exit fee mendatanguser") lacks.
+        opening = _opening(text, size + _ECHO_SLACK)
+        if sum(opening.count(c) for c in ",:") > self._question_clause_marks:
+            return None
+        return "echoed the question"
+
+    def _adjacent_repeat(self, text: str) -> str | None:
+        """A span said again right after itself, at the end of the text (whitespace folded)."""
+        tail = _SPACE.sub(" ", text[-(3 * _MAX_UNIT + 8) :])
+        n = len(tail)
+        for unit in range(1, min(_MAX_UNIT, n // 2) + 1):
+            if unit >= _MIN_ADJACENT:
+                if tail[n - 2 * unit : n - unit] == tail[n - unit :] and tail[n - unit :].strip():
+                    return "repetition loop"
+            else:
+                piece = tail[n - unit :]
+                if piece.replace(" ", "").isdigit() and unit < _MIN_DIGIT_UNIT:
+                    continue  # digit groups repeat in real numbers: 4111 1111 1111 1111, 10000
+                reps = max(3, -(-min(self._min_span, _MIN_REPEATED_SPAN) // unit))
+                span = unit * reps
+                if span <= n and tail[n - span :] == piece * reps and piece.strip():
+                    return "repetition loop"
+        return None
+
+    def _separator_run(self, text: str) -> str | None:
+        recent = "".join(text.split())[-_SEPARATOR_WINDOW:]
+        if len(recent) < _SEPARATOR_WINDOW:
+            return None
+        punctuation = sum(not c.isalnum() for c in recent)
+        return "separator run" if punctuation >= _SEPARATOR_SHARE * len(recent) else None
+
+    def _foreign_script(self, text: str) -> str | None:
+        for name, pattern in _SCRIPTS.items():
+            if name not in self._allowed_scripts and len(pattern.findall(text[-400:])) >= _FOREIGN_CHARS:
+                return f"drifted into {name} script"
+        return None
+
+    def _covered_by_repeats(self, text: str) -> str | None:
+        """A few phrases, repeated with small changes, make up most of the answer (paraphrased loops)."""
+        words = _words(text)
+        if len(words) < _COVERAGE_MIN_WORDS:
+            return None
+        grams = [tuple(words[i : i + _COVERAGE_NGRAM]) for i in range(len(words) - _COVERAGE_NGRAM + 1)]
+        counts = Counter(grams)
+        covered = [False] * len(words)
+        for i, gram in enumerate(grams):
+            if counts[gram] >= _COVERAGE_REPEATS:
+                for j in range(i, i + _COVERAGE_NGRAM):
+                    covered[j] = True
+        return "repetitive answer" if sum(covered) >= _COVERAGE_SHARE * len(words) else None

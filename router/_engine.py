@@ -28,6 +28,7 @@ from router._request import ChatRequest
 from router.backends import CloudBackend, LocalFailure, create_local_backend
 from router.config import RouterConfig
 from router.policy import Decision, RoutingPolicy
+from router.quality import GateVerdict, QualityGate, evidence_reader, model_key
 from router.traffic_log import TrafficLog
 from router.types import Reason
 
@@ -51,6 +52,10 @@ class Engine:
             self.log = TrafficLog(config.log.path, store_messages=config.log.store_messages, redact_patterns=redact)
         self._classifier: Any = None
         self._classifier_lock = threading.Lock()
+        self.gate = QualityGate(config.quality, evidence_reader(config.local.followed_registry, config.quality.evidence_dir))
+        self._adapter_sha: str | None = None
+        self._announced_key: str | None = None
+        self._restore_live_samples()
         self._warm: threading.Thread | None = None
         if config.warmup == "eager":
             self.warmup()
@@ -91,6 +96,87 @@ class Engine:
                     self._classifier = classifier
         return self._classifier
 
+    # -- the quality gate -------------------------------------------------------------------------
+
+    def served_key(self) -> str:
+        """Which model the local tier serves now, as the gate keys its evidence.
+
+        ``registry:<version>`` when following a registry (its ``version.json`` holds the evidence),
+        else ``adapter:<sha256 prefix>`` or ``model:<name>`` (the evidence store of ``router evaluate``).
+        """
+        local = self.config.local
+        if local.followed_registry is not None and self.local.name == "llama_cpp":
+            self.local.load()  # reads the registry's promoted version (once; later promotions via refresh)
+            self.local.refresh()
+        version = self.local.adapter_version if local.followed_registry is not None else None
+        if version is None and local.adapter_path is not None and self._adapter_sha is None:
+            from hybrid_common.files import sha256_file
+
+            self._adapter_sha = sha256_file(local.adapter_path)
+        adapter_sha = self._adapter_sha if version is None and local.adapter_path is not None else None
+        key = model_key(registry_version=version, adapter_sha256=adapter_sha, model_name=self.local.model_name)
+        if key != self._announced_key:
+            self._announced_key = key
+            self._announce_gate(key)
+        return key
+
+    def gate_verdict(self, category: str) -> GateVerdict:
+        return self.gate.verdict(self.served_key(), category)
+
+    def _restore_live_samples(self) -> None:
+        """Live evidence (shadow, audit, feedback) survives a restart: reload each window from the log."""
+        if self.log is None or not self.log.path.exists():
+            return
+        try:
+            samples = self.log.quality_samples(per_category=self.config.quality.live_window)
+        except Exception as err:  # an unreadable log must not stop the router; the gate starts from offline evidence
+            logger.warning("quality gate: live samples not restored from %s: %s", self.log.path, err)
+            return
+        for sample in samples:
+            self.gate.record(sample["served_key"], sample["category"], sample["similarity"], bool(sample["degenerate"]))
+
+    def feedback(
+        self, request_id: str, *, score: float | None = None, accepted: bool | None = None, correction: str | None = None
+    ) -> None:
+        """Store feedback on a logged answer; a score or verdict on a local answer is live quality evidence."""
+        from hybrid_common.errors import ConfigError, NotFoundError
+
+        if score is None and accepted is None and correction is None:
+            raise BadRequestError("feedback needs a score, accepted or a correction", param="score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0):
+            raise BadRequestError(f"feedback score must be a number in [0, 1], got {score!r}", param="score")
+        if accepted is not None and not isinstance(accepted, bool):
+            raise BadRequestError("feedback 'accepted' must be true or false", param="accepted")
+        if correction is not None and (not isinstance(correction, str) or not correction.strip()):
+            raise BadRequestError("a feedback correction must be non-empty text", param="correction")
+        if self.log is None:
+            raise ConfigError("feedback is stored in the traffic log, which is disabled (log.enabled = false)")
+        row = self.log.get(request_id)
+        if row is None:
+            raise NotFoundError(f"no logged request with id {request_id!r}", param="response_id")
+        self.log.record_feedback(request_id, score=score, accepted=accepted, correction=correction)
+        if row.tier == "local" and row.category is not None and (score is not None or accepted is not None):
+            value = float(score) if score is not None else (1.0 if accepted else 0.0)
+            key = f"registry:{row.adapter_version}" if self.config.local.followed_registry and row.adapter_version else self.served_key()
+            self.gate.record(key, row.category, value, degenerate=False)
+            self.log.record_quality_sample(
+                kind="feedback", category=row.category, served_key=key, similarity=value, degenerate=False, request_id=request_id
+            )
+
+    def _announce_gate(self, key: str) -> None:
+        """Say loudly which configured local categories the gate keeps in the cloud, and how to change that."""
+        local = self.config.routing.local_categories
+        categories = sorted(set(self.gate.offline(key)) if local == "*" else local)
+        closed = {c: v for c, v in self.gate.summary(key, categories).items() if not v.open}
+        if closed:
+            logger.warning(
+                "quality gate: %d of %d local categories go to the cloud while %s serves: %s. Get evidence with "
+                "`router evaluate` (your own model or adapter) or `router retrain`, or set quality.overrides.",
+                len(closed), len(categories), key, "; ".join(f"{c} ({v.reason.value if v.reason else ''})" for c, v in closed.items()),
+            )  # fmt: skip
+        elif categories:
+            logger.info("quality gate: all %d local categories open for %s", len(categories), key)
+
     def close(self) -> None:
         self.local.close()
         if self.log is not None:
@@ -108,7 +194,9 @@ class Engine:
             classify_ms = (time.perf_counter() - start) * 1000
             category, confidence = prediction.category, float(prediction.confidence)
         try:
-            decision = self.policy.decide(request, category=category, has_classifier=classifier is not None)
+            decision = self.policy.decide(
+                request, category=category, has_classifier=classifier is not None, gate=self.gate_verdict
+            )
         except RouterError as err:
             refused = Exchange(request, Decision("local", Reason.REFUSED, str(err)), category, confidence, classify_ms)
             refused.error = err
@@ -148,9 +236,16 @@ class Engine:
         plan = fallback_plan(
             exchange.decision,
             cloud_to_local=self.config.cloud.fallback_to_local,
-            local_servable=not exchange.request.local_blockers,
+            local_servable=self._local_may_answer(exchange),
         )
         return FallbackRun(plan)
+
+    def _local_may_answer(self, exchange: Exchange) -> bool:
+        """Whether a failed cloud call may fall back to the local tier: it can serve the request, and the
+        gate has the category open (an unproven category gets the cloud's error, never an unchecked answer)."""
+        if exchange.request.local_blockers or exchange.decision.tier != "cloud" or exchange.decision.forced:
+            return False
+        return exchange.category is not None and self.gate_verdict(exchange.category).open
 
     def _fall_back(self, exchange: Exchange, run: FallbackRun, failure: TierFailure) -> None:
         """Record ``failure``; move the exchange to the next tier, or raise what the caller should see."""
@@ -183,8 +278,10 @@ class Engine:
             max_tokens=local.answer_tokens(request.params.max_tokens),
             deadline=self._local_deadline(request),
         )
+        # A stream that may fall back holds its opening back until the guard has judged it.
+        hold_back = local.hold_back_for(request.query) if request.stream and not stays_local(exchange.decision) else 0
         try:
-            for piece in guarded_pieces(stream, guard):
+            for piece in guarded_pieces(stream, guard, hold_back=hold_back):
                 exchange.mark_first_token()
                 yield piece
             if guard.problem is not None:
@@ -207,6 +304,16 @@ class Engine:
     def _cloud_estimate(self, exchange: Exchange) -> float | None:
         route = self.config.route_for(exchange.decision.cloud_model)
         return self.cloud.cost(route.price_as, exchange.prompt_tokens or 0, exchange.completion_tokens or 0, wait=False)
+
+    def _answer_handoff(self, exchange: Exchange) -> Any:
+        """The configured hand-off message: a private request the local model is not proven for."""
+        exchange.serve_with("handoff", "handoff", "handoff")
+        exchange.text = self.config.quality.handoff_message
+        exchange.finish_reason = "stop"
+        exchange.prompt_tokens = exchange.completion_tokens = 0
+        exchange.cost_usd = 0.0
+        exchange.mark_first_token()
+        return exchange.completion()
 
     def _answer_locally(self, exchange: Exchange) -> Any:
         try:
@@ -260,6 +367,8 @@ class Engine:
         run = self._fallback_run(exchange)
         for tier in run:
             try:
+                if tier == "handoff":
+                    return self._answer_handoff(exchange)
                 return self._answer_locally(exchange) if tier == "local" else self._answer_from_cloud(exchange)
             except TierFailure as failure:
                 self._fall_back(exchange, run, failure)
@@ -288,6 +397,8 @@ class Engine:
         run = self._fallback_run(exchange)
         for tier in run:
             try:
+                if tier == "handoff":
+                    return self._answer_handoff(exchange)
                 if tier == "local":
                     return await asyncio.to_thread(self._answer_locally, exchange)
                 return await self._aanswer_from_cloud(exchange)
@@ -356,6 +467,8 @@ class Engine:
         run = self._fallback_run(exchange)
         for tier in run:
             try:
+                if tier == "handoff":
+                    return self._open_handoff_stream(exchange)
                 return self._open_local_stream(exchange) if tier == "local" else self._open_cloud_stream(exchange)
             except TierFailure as failure:
                 self._fall_back(exchange, run, failure)
@@ -370,6 +483,11 @@ class Engine:
             raise self._local_failure(failure) from failure
         rest = pieces if first is None else itertools.chain([first], pieces)
         return self._local_chunks(exchange, rest)
+
+    def _open_handoff_stream(self, exchange: Exchange) -> Iterator[Any]:
+        self._answer_handoff(exchange)
+        exchange.text = ""  # _local_chunks accumulates it again as it streams
+        return self._local_chunks(exchange, iter([self.config.quality.handoff_message]))
 
     def _open_cloud_stream(self, exchange: Exchange) -> Iterator[Any]:
         route = self._cloud_route(exchange)
@@ -409,6 +527,8 @@ class Engine:
         run = self._fallback_run(exchange)
         for tier in run:
             try:
+                if tier == "handoff":
+                    return _threaded(self._open_handoff_stream(exchange))
                 if tier == "local":
                     return _threaded(await asyncio.to_thread(self._open_local_stream, exchange))
                 return await self._aopen_cloud_stream(exchange)

@@ -82,6 +82,7 @@ class Exchange:
             fallback_from=self.fallback_from,
             fallback_reason=self.fallback_reason,
             degenerate=self.degenerate,
+            quality=self.decision.quality,
             adapter_version=self.adapter_version,
             classify_ms=self.classify_ms,
             latency_ms=self.latency_ms if final else None,

@@ -41,7 +41,12 @@ def stays_local(decision: Decision) -> bool:
 
 
 def fallback_plan(decision: Decision, *, cloud_to_local: bool, local_servable: bool) -> tuple[Tier, ...]:
-    """The tiers to try, in order, for a request routed by ``decision``."""
+    """The tiers to try, in order, for a request routed by ``decision``.
+
+    ``local_servable``: the local tier can serve this request and the quality gate has it open.
+    """
+    if decision.tier == "handoff":  # a private request with a configured hand-off: nothing to try
+        return ("handoff",)
     if decision.tier == "local":
         return ("local",) if stays_local(decision) else ("local", "cloud")
     if cloud_to_local and local_servable and not decision.forced:

@@ -45,10 +45,10 @@ def _stats(args: argparse.Namespace) -> int:
     from router.config import load_config
     from router.traffic_log import TrafficLog
 
+    config = load_config(args.config)
     if args.log:
         path = args.log
     else:
-        config = load_config(args.config)
         path = config.log.path
         print_legacy_path_notes(config.log.path, config.local.registry_path)
     if not Path(path).exists():
@@ -68,7 +68,65 @@ def _stats(args: argparse.Namespace) -> int:
         all_cloud = sum(r["cloud_cost_usd_estimate"] for r in rows)
         if all_cloud:
             print(f"cloud spend ${spent:.4f}; all-cloud estimate ${all_cloud:.4f} ({1 - spent / all_cloud:.0%} saved)")
+        if not args.log:
+            _print_gate(config, log, sorted({r["category"] for r in rows if r["category"]}))
     return 0
+
+
+def _served_key(config: Any) -> str:
+    """The served model's gate key, read without loading it (the registry's serving.json, or the config)."""
+    from hybrid_common.files import sha256_file
+    from router.adapter_watch import AdapterWatch
+    from router.backends import create_local_backend
+    from router.quality import model_key
+
+    local = config.local
+    version = None
+    if local.followed_registry is not None:
+        state = AdapterWatch(local.followed_registry).read()
+        version = state.version if state is not None else None
+    adapter_sha = sha256_file(local.adapter_path) if version is None and local.adapter_path is not None else None
+    return model_key(registry_version=version, adapter_sha256=adapter_sha, model_name=create_local_backend(local).model_name)
+
+
+def _print_gate(config: Any, log: Any, seen: list[str]) -> None:
+    """Per category: the gate's state for the model serving now, its offline and live evidence."""
+    from router.quality import QualityGate, evidence_reader
+
+    gate = QualityGate(config.quality, evidence_reader(config.local.followed_registry, config.quality.evidence_dir))
+    samples = log.quality_samples(per_category=config.quality.live_window)
+    for sample in samples:
+        gate.record(sample["served_key"], sample["category"], sample["similarity"], bool(sample["degenerate"]))
+    key = _served_key(config)
+    local = config.routing.local_categories
+    categories = sorted(set(seen) | (set() if local == "*" else set(local)) | set(gate.offline(key)))
+    if not categories:
+        return
+    kinds: dict[str, dict[str, int]] = {}
+    for sample in samples:
+        if sample["served_key"] == key:
+            kinds.setdefault(sample["category"], {}).setdefault(sample["kind"], 0)
+            kinds[sample["category"]][sample["kind"]] += 1
+    print(f"\nquality gate for {key} (floors: similarity >= {config.quality.min_similarity:.2f}, "
+          f"degenerate <= {config.quality.max_degenerate_rate:.0%}, {config.quality.min_samples} samples)")  # fmt: skip
+    print(f"{'category':<20}{'gate':<10}{'offline sim':>12}{'n':>5}{'live sim':>10}{'n':>5}  live samples / reason")
+    for category in categories:
+        verdict = gate.verdict(key, category)
+        offline = gate.offline(key).get(category)
+        window = gate.evidence(key, category) if kinds.get(category) else None
+        live = window if window is not None and window.source == "live" else None
+        state = "open" if verdict.open else "closed"
+        note = ", ".join(f"{k} {n}" for k, n in sorted(kinds.get(category, {}).items()))
+        if not verdict.open and verdict.reason is not None:
+            note = f"{note + '; ' if note else ''}{verdict.reason.value}"
+        print(
+            f"{category:<20}{state:<10}{_num(offline.similarity if offline else None):>12}{offline.samples if offline else 0:>5}"
+            f"{_num(live.similarity if live else None):>10}{live.samples if live else 0:>5}  {note}"
+        )
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def build_parser() -> argparse.ArgumentParser:

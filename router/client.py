@@ -271,6 +271,17 @@ class Client(_ClientBase):
     def chat(self) -> Chat:
         return Chat(self)
 
+    def feedback(
+        self, response_id: str, *, score: float | None = None, accepted: bool | None = None, correction: str | None = None
+    ) -> None:
+        """Tell the router how an answer was received, by its response id (``r.id``).
+
+        ``score`` (0..1) or ``accepted`` counts towards the category's live quality when the local
+        tier answered; a ``correction`` becomes a training example at the next ``router retrain``.
+        Stored in the traffic log (it survives restarts); raises ``NotFoundError`` for an unknown id.
+        """
+        self._engine.feedback(response_id, score=score, accepted=accepted, correction=correction)
+
     def close(self) -> None:
         """Free the local model and close the traffic log."""
         self._engine.close()
@@ -344,6 +355,14 @@ class AsyncClient(_ClientBase):
     @cached_property
     def chat(self) -> AsyncChat:
         return AsyncChat(self)
+
+    async def feedback(
+        self, response_id: str, *, score: float | None = None, accepted: bool | None = None, correction: str | None = None
+    ) -> None:
+        """Async twin of :meth:`Client.feedback` (the log write runs in a worker thread)."""
+        import asyncio
+
+        await asyncio.to_thread(self._engine.feedback, response_id, score=score, accepted=accepted, correction=correction)
 
     async def close(self) -> None:
         self._engine.close()

@@ -35,6 +35,7 @@ __all__ = [
     "LocalConfig",
     "LogConfig",
     "ModelRoute",
+    "QualityConfig",
     "RouterConfig",
     "RoutingConfig",
     "data_dir",
@@ -112,7 +113,13 @@ class LocalConfig(_Section):
     default_max_tokens: int = Field(160, ge=1, description="Tokens generated when the request sets no limit.")
     timeout_s: float = Field(30.0, gt=0, description="Per-request deadline, queueing included.")
     degenerate_min_span: int = Field(48, ge=8, description="Characters of exact repetition that mark an answer degenerate.")
-    reject_echo: bool = Field(True, description="Treat an answer that only repeats the question as degenerate.")
+    reject_echo: bool = Field(True, description="Treat an answer that opens by repeating the question as degenerate.")
+    stream_hold_back_chars: int = Field(
+        48,
+        ge=0,
+        description="A local stream that may still fall back sends nothing until its answer is this many characters "
+        "longer than the question, so a degenerate start (an echo) is answered by the cloud instead.",
+    )
     base_url: str | None = Field(None, description="openai_compatible backend: the endpoint, e.g. http://host:8000/v1.")
     api_key: SecretStr | None = Field(None, description="openai_compatible backend: its API key, if it wants one.")
     remote_model: str | None = Field(None, description="openai_compatible backend: the model name to request.")
@@ -129,6 +136,10 @@ class LocalConfig(_Section):
     def answer_tokens(self, requested: int | None = None) -> int:
         """Tokens to generate for a request asking for ``requested`` (serving and evaluation alike)."""
         return min(requested or self.default_max_tokens, self.max_tokens)
+
+    def hold_back_for(self, question: str) -> int:
+        """Characters a fallible local stream holds back before its first chunk (capped for huge prompts)."""
+        return min(2000, self.stream_hold_back_chars + len(question))
 
     def new_guard(self, question: str) -> DegenerationGuard:
         """The degeneration guard for one answer to ``question``, as configured."""
@@ -204,6 +215,33 @@ class RoutingConfig(_Section):
         return validate_patterns(patterns)
 
 
+class QualityConfig(_Section):
+    """When a category may be answered locally: evidence floors, hysteresis, overrides (router.quality)."""
+
+    enabled: bool = Field(True, description="Gate local answers on evidence; off serves local categories unchecked.")
+    min_similarity: float = Field(0.75, ge=0, le=1, description="Floor on mean similarity of local answers to the reference.")
+    max_degenerate_rate: float = Field(0.05, ge=0, le=1, description="Ceiling on the share of degenerate local answers.")
+    min_samples: int = Field(30, ge=1, description="Evaluated or live samples a category needs before it can open.")
+    margin: float = Field(0.02, ge=0, le=0.5, description="Hysteresis: open above floor + margin, close below floor - margin.")
+    live_window: int = Field(200, ge=1, description="Live samples (shadow, audit, feedback) kept per category and version.")
+    overrides: dict[str, Literal["trust", "distrust"]] = Field(
+        default_factory=dict, description="Decide a category by hand: 'trust' opens it, 'distrust' closes it."
+    )
+    private_unproven: Literal["answer_locally", "handoff"] = Field(
+        "answer_locally",
+        description="A private category the local model is not proven for: answer locally (flagged in the response "
+        "and the log) or return handoff_message instead.",
+    )
+    handoff_message: str = Field(
+        "I can't answer this one automatically. A member of our team will get back to you.",
+        description="The answer given to private requests the local model is not proven for, with private_unproven = 'handoff'.",
+    )
+    evidence_dir: Path = Field(
+        default_factory=lambda: data_dir() / "evidence",
+        description="Where `router evaluate` records per-category evidence for models and adapters outside a registry.",
+    )
+
+
 class LogConfig(_Section):
     """The traffic log every request is written to."""
 
@@ -249,6 +287,7 @@ class RouterConfig(BaseSettings):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     models: dict[str, ModelRoute] = Field(default_factory=dict, description="Requested model name → cloud route.")
     retrain: dict[str, Any] = Field(
         default_factory=dict,

@@ -8,17 +8,22 @@ testable without a model. The order of the rules is the contract:
 3. names pinned to the cloud (``always_cloud``, or routing of named models switched off);
 4. requests the local tier cannot serve (tools, images, ``n > 1`` ...) go to the cloud;
 5. the classifier: no classifier, an edge case, or a category not served locally go to the cloud;
-   everything else is answered locally.
+6. the quality gate (:mod:`router.quality`): a local category the serving model has not proven
+   good at goes to the cloud too, with the figures in ``detail``; everything else is answered
+   locally. Private requests never leave: unproven, they are answered locally and flagged, or
+   handed off with a configured message.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hybrid_common.errors import BadRequestError, PrivacyError
 from hybrid_common.pii import PiiMatcher, luhn_valid
 from router._request import ChatRequest
 from router.config import RouterConfig
+from router.quality import GateVerdict
 from router.types import Reason, Tier
 
 __all__ = ["AUTO_MODEL", "LOCAL_MODEL", "Decision", "RoutingPolicy", "luhn_valid"]
@@ -37,6 +42,7 @@ class Decision:
     cloud_model: str = ""
     private: bool = False
     forced: bool = False
+    quality: str | None = None  # a private answer the gate could not vouch for: "unproven" / "below_floor"
 
 
 class RoutingPolicy:
@@ -59,8 +65,19 @@ class RoutingPolicy:
     def cloud_model_for(self, requested: str) -> str:
         return self._config.cloud.default_model if requested in (AUTO_MODEL, LOCAL_MODEL) else requested
 
-    def decide(self, request: ChatRequest, *, category: str | None, has_classifier: bool) -> Decision:
-        """Apply the rules in order; raise when no tier may serve the request."""
+    def decide(
+        self,
+        request: ChatRequest,
+        *,
+        category: str | None,
+        has_classifier: bool,
+        gate: Callable[[str], GateVerdict] | None = None,
+    ) -> Decision:
+        """Apply the rules in order; raise when no tier may serve the request.
+
+        ``gate(category)`` is the quality gate's verdict for the model serving now; without one,
+        every local category is served (the behaviour before the gate existed).
+        """
         cloud_model = self.cloud_model_for(request.model)
         blockers = ", ".join(request.local_blockers)
 
@@ -76,7 +93,7 @@ class RoutingPolicy:
                     f"machine, but the local tier cannot serve it ({blockers}).",
                     code="private_request_not_servable",
                 )
-            return Decision("local", private_reason[0], private_reason[1], cloud_model, private=True)
+            return self._private(private_reason, category, cloud_model, gate)
 
         if request.model == LOCAL_MODEL:
             if blockers:
@@ -101,4 +118,22 @@ class RoutingPolicy:
             return Decision("cloud", Reason.EDGE_CASE, "out of scope or low confidence", cloud_model)
         if not self.serves_locally(category):
             return Decision("cloud", Reason.CATEGORY_NOT_LOCAL, category, cloud_model)
+        if gate is not None:
+            verdict = gate(category)
+            if not verdict.open:
+                return Decision("cloud", verdict.reason or Reason.LOCAL_QUALITY_UNPROVEN, verdict.detail, cloud_model)
         return Decision("local", Reason.LOCAL_CATEGORY, category, cloud_model)
+
+    def _private(
+        self, why: tuple[Reason, str], category: str | None, cloud_model: str, gate: Callable[[str], GateVerdict] | None
+    ) -> Decision:
+        """A private request stays; the gate only decides whether it is flagged or handed off."""
+        reason, detail = why
+        verdict = gate(category) if gate is not None and category is not None else None
+        if gate is None or (verdict is not None and verdict.open):
+            return Decision("local", reason, detail, cloud_model, private=True)
+        quality = "below_floor" if verdict is not None and verdict.reason is Reason.LOCAL_QUALITY_BELOW_FLOOR else "unproven"
+        figures = verdict.detail if verdict is not None else "no category"
+        if self._config.quality.private_unproven == "handoff" and reason is Reason.PRIVATE_CATEGORY:
+            return Decision("handoff", Reason.PRIVATE_HANDOFF, f"{detail}: local quality {quality} ({figures})", cloud_model, private=True)
+        return Decision("local", reason, f"{detail}; local quality {quality} ({figures})", cloud_model, private=True, quality=quality)

@@ -31,7 +31,32 @@ __all__ = ["LogRecord", "TrafficLog"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1: requests. Version 2 adds feedback (client.feedback) and quality_samples (live evidence
+# for the quality gate). Each migration step only adds; a log written by an older release opens,
+# is migrated in place, and keeps every row.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    score REAL,
+    accepted INTEGER,
+    correction TEXT
+);
+CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
+CREATE TABLE IF NOT EXISTS quality_samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at TEXT NOT NULL,
+    request_id TEXT,
+    kind TEXT NOT NULL,
+    category TEXT NOT NULL,
+    served_key TEXT,
+    similarity REAL NOT NULL,
+    degenerate INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quality_samples_key ON quality_samples (served_key, category, id);
+"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY,
@@ -113,6 +138,20 @@ class LogRecord:
 _COLUMNS = [f.name for f in fields(LogRecord)]
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _record(row: sqlite3.Row) -> LogRecord:
+    values = dict(row)
+    for column in _JSON_COLUMNS:
+        if values[column] is not None:
+            values[column] = json.loads(values[column])
+    values["stream"] = bool(values["stream"])
+    values["redacted"] = bool(values["redacted"])
+    return LogRecord(**values)
+
+
 class TrafficLog:
     """Append-only request log in SQLite; safe to share between threads."""
 
@@ -144,6 +183,10 @@ class TrafficLog:
                 conn.close()
                 raise sqlite3.DatabaseError(f"{self.path} has log schema {version}; this library reads up to {SCHEMA_VERSION}")
             conn.executescript(_SCHEMA)
+            if version < 2:
+                if version == 1:
+                    logger.info("traffic log %s: migrating schema 1 -> 2 (feedback, quality samples)", self.path)
+                conn.executescript(_SCHEMA_V2)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._conn = conn
         return self._conn
@@ -161,7 +204,7 @@ class TrafficLog:
 
     def _row(self, record: LogRecord) -> dict[str, Any]:
         row = asdict(record)
-        row["created_at"] = record.created_at or datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        row["created_at"] = record.created_at or _now()
         row["stream"] = int(record.stream)
         row["redacted"] = int(bool(self._redact))
         if not self._store_messages:
@@ -212,13 +255,7 @@ class TrafficLog:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         for row in self._read(sql, tuple(args)):
-            values = dict(row)
-            for column in _JSON_COLUMNS:
-                if values[column] is not None:
-                    values[column] = json.loads(values[column])
-            values["stream"] = bool(values["stream"])
-            values["redacted"] = bool(values["redacted"])
-            yield LogRecord(**values)
+            yield _record(row)
 
     def summary(self) -> list[dict[str, Any]]:
         """Requests, latency and cost per tier and category."""
@@ -228,6 +265,69 @@ class TrafficLog:
                       SUM(COALESCE(cloud_cost_usd_estimate, 0)) AS cloud_cost_usd_estimate,
                       SUM(error_type IS NOT NULL) AS errors
                FROM requests GROUP BY tier, category ORDER BY tier, category"""
+        )
+        return [dict(r) for r in rows]
+
+    # -- feedback and live quality samples (schema 2) ----------------------------------------------
+
+    def record_feedback(
+        self, request_id: str, *, score: float | None, accepted: bool | None, correction: str | None
+    ) -> None:
+        """Store feedback on a logged request (raises if it cannot: the caller asked for it explicitly)."""
+        row = {
+            "request_id": request_id,
+            "created_at": _now(),
+            "score": score,
+            "accepted": None if accepted is None else int(accepted),
+            "correction": self._scrub(correction) if correction is not None else None,
+        }
+        with self._lock:
+            self._connection().execute(
+                "INSERT INTO feedback (request_id, created_at, score, accepted, correction) "
+                "VALUES (:request_id, :created_at, :score, :accepted, :correction)",
+                row,
+            )
+
+    def feedback(self) -> dict[str, dict[str, Any]]:
+        """The latest feedback per request id: ``{"score", "accepted", "correction", "created_at"}``."""
+        rows = self._read("SELECT * FROM feedback ORDER BY id")
+        latest: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            entry = dict(r)
+            entry["accepted"] = None if entry["accepted"] is None else bool(entry["accepted"])
+            latest[entry.pop("request_id")] = entry
+        return latest
+
+    def get(self, request_id: str) -> LogRecord | None:
+        """One logged request by id."""
+        rows = self._read("SELECT * FROM requests WHERE id = ?", (request_id,))
+        return _record(rows[0]) if rows else None
+
+    def record_quality_sample(
+        self, *, kind: str, category: str, served_key: str, similarity: float, degenerate: bool, request_id: str | None = None
+    ) -> bool:
+        """One scored live sample (shadow, audit, feedback); never raises, like :meth:`record`."""
+        try:
+            with self._lock:
+                self._connection().execute(
+                    "INSERT INTO quality_samples (created_at, request_id, kind, category, served_key, similarity, degenerate) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (_now(), request_id, kind, category, served_key, float(similarity), int(degenerate)),
+                )
+            return True
+        except Exception as err:
+            self.failures += 1
+            logger.warning("traffic log: quality sample not written (%s total failures): %s", self.failures, err)
+            return False
+
+    def quality_samples(self, *, per_category: int) -> list[dict[str, Any]]:
+        """The newest ``per_category`` samples of every (served_key, category), oldest first."""
+        rows = self._read(
+            """SELECT * FROM (
+                   SELECT *, ROW_NUMBER() OVER (PARTITION BY served_key, category ORDER BY id DESC) AS rank
+                   FROM quality_samples)
+               WHERE rank <= ? ORDER BY id""",
+            (per_category,),
         )
         return [dict(r) for r in rows]
 

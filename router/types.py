@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Reason", "RouteInfo", "Tier"]
 
-Tier = Literal["local", "cloud"]
+Tier = Literal["local", "cloud", "handoff"]
 
 
 class Reason(str, Enum):
@@ -31,6 +31,10 @@ class Reason(str, Enum):
     UNSUPPORTED = "unsupported_by_local"
     DIRECT_MODEL = "direct_model"
     REFUSED = "refused"
+    LOCAL_QUALITY_UNPROVEN = "local_quality_unproven"
+    LOCAL_QUALITY_BELOW_FLOOR = "local_quality_below_floor"
+    LOCAL_QUALITY_DISTRUSTED = "local_quality_distrusted"
+    PRIVATE_HANDOFF = "private_handoff"
 
 
 class RouteInfo(BaseModel):
@@ -49,6 +53,7 @@ class RouteInfo(BaseModel):
     fallback_from: Tier | None = None
     fallback_reason: str | None = None
     degenerate: str | None = None  # set when a request that could not fall back got a cut-short answer
+    quality: str | None = None  # "unproven" / "below_floor": a private answer the gate could not vouch for
     adapter_version: str | None = None
     classify_ms: float | None = None
     latency_ms: float | None = None

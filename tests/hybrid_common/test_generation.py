@@ -43,3 +43,23 @@ def test_final_checks_run_at_the_end() -> None:
     assert guard.problem == "echoed the question"
     empty = DegenerationGuard()
     assert list(guarded_pieces([], empty)) == [] and empty.problem == "empty answer"
+
+
+def test_hold_back_releases_nothing_before_an_echo_is_judged() -> None:
+    question = "where is my order"
+    echo = ["where ", "is ", "my ", "order ", "mendatanguser ", "where ", "is"]
+    guard = DegenerationGuard(question=question)
+    assert list(guarded_pieces(echo, guard, hold_back=len(question) + 20)) == []
+    assert guard.problem == "echoed the question"
+    # Without hold-back the same stream would already have sent the echo.
+    early = DegenerationGuard(question=question)
+    assert "".join(guarded_pieces(echo, early)).startswith("where is my order")
+
+
+def test_hold_back_then_streams_piece_by_piece_and_flushes_a_short_answer() -> None:
+    pieces = ["Your ", "order ", "left ", "today. ", "Track ", "it ", "online."]
+    guard = DegenerationGuard(question="where is my order")
+    out = list(guarded_pieces(pieces, guard, hold_back=12))
+    assert out[0] == "Your order left " and out[1:] == ["today. ", "Track ", "it ", "online."]
+    short = list(guarded_pieces(["Shipped."], DegenerationGuard(question="status?"), hold_back=100))
+    assert short == ["Shipped."]

@@ -6,17 +6,54 @@ from hybrid_common.guard import DegenerationGuard
 
 def test_repetition_loop_detected_only_when_real() -> None:
     guard = DegenerationGuard(min_span=48)
-    assert guard.check_partial("Your order ships tomorrow. " * 2) is None  # said twice: not yet a loop
-    assert guard.check_partial("Your order ships tomorrow. " * 3) == "repetition loop"
+    assert guard.check_partial("Your order ships tomorrow. Your order") is None
+    assert guard.check_partial("Your order ships tomorrow. " * 2) == "repetition loop"  # a span said again at once
     guard = DegenerationGuard(min_span=48)
     assert guard.check_partial("Hello! I can help with that order. Please share the number.") is None
     assert guard.check_partial("ab" + "la " * 20) == "repetition loop"
+
+
+# What the untuned base model served in `make demo` (read from its traffic log), and what it must not flag.
+DEGENERATE = [
+    ("how do I use the gold profile?", "how do I use the gold profile? mendatanguser\nhow do I use the gold profile? mendatanguser\nhow do I use the gol", "echoed the question"),
+    ("ido not know what to do to get my invoice #12588", "I am not sure what to do to get my invoice #12588 mendatang\nI am not sure what to do to get my invoice #1", "echoed the question"),
+    ("what about shipments to the UK?", "We ship to the United Kingdom (UK) (UK) (UK) (UK)", "repetition loop"),
+    ("open Freemium account", "Sure thing\n経営者\n経営者\n経営者", "drifted into cjk script"),
+    ("where is my refund", "Here is the answer |\n|\n|\n|\n|\n|\n|\n|", "repetition loop"),  # one separator: a loop
+    ("where is my refund", "Here is the answer | - | = | + | * | ~ | # | - |", "separator run"),  # mixed ones
+    ("help with a delivery", "assistance with delivery 00123842 is here\nthe delivery 00123842 is here now\nassistance with delivery 00123842 is here\n"
+     "the delivery 00123842 is here\nassistance with delivery 00123842 is there\nthe delivery 00123842 is here", "repetitive answer"),
+    ("where is my order?", "   ", "empty answer"),
+]
+SOUND = [
+    ("check the early exit fee", "To check the early exit fee, please follow these instructions:\n\n1. Sign in to your {{Website Name}} account.\n"
+     "2. Go to the {{Account Settings}} section.\n3. Look for {{Early Exit Fee}} under {{Account Settings}}."),
+    ("where is my order?", "Your order {{Order Number}} left our warehouse today. You can track order {{Order Number}} on {{Website URL}}; "
+     "if order {{Order Number}} has not arrived in five days, contact {{Customer Support}} and quote order {{Order Number}}."),
+    ("¿dónde está mi pedido?", "Su pedido está en camino y llegará pronto."),
+    ("was I charged twice?", "We refunded card 4111 1111 1111 1111 and order 1000000 for $1,000,000.00 today."),
+    ("注文はどこですか", "ご注文は発送済みです。"),
+]
+
+
+def test_guard_catches_what_the_base_model_served() -> None:
+    for question, answer, problem in DEGENERATE:
+        assert DegenerationGuard(question=question).check_text(answer) == problem, (question, answer)
+
+
+def test_guard_passes_well_formed_answers_with_repeated_phrases_and_placeholders() -> None:
+    for question, answer in SOUND:
+        assert DegenerationGuard(question=question).check_text(answer) is None, (question, answer)
 
 
 def test_empty_and_echo() -> None:
     assert DegenerationGuard().check_final("   ") == "empty answer"
     assert DegenerationGuard(question="Where is my order?").check_final("where is my order") == "echoed the question"
     assert DegenerationGuard(question="Where is my order?", reject_echo=False).check_final("where is my order") is None
+    # The echo is judged once the opening is as long as the question: not before.
+    early = DegenerationGuard(question="where can I find my invoice from March")
+    assert early.check_partial("where can I find") is None
+    assert early.check_partial("where can I find my invoice from March mendatanguser\nwhere") == "echoed the question"
     assert DegenerationGuard(question="Where is my order?").check_final("It ships today.") is None
 
 

@@ -66,3 +66,28 @@ def test_stats_notes_a_log_left_at_the_old_default_path(tmp_path, capsys, monkey
     assert main(["stats"]) == 1
     err = capsys.readouterr().err
     assert f"mv '{old}' '{tmp_path / 'data' / 'hybrid-router' / 'traffic.sqlite3'}'" in err
+
+
+def test_stats_shows_the_gate_and_live_quality_per_category(tmp_path, capsys) -> None:
+    from router.quality import write_evidence
+
+    db = tmp_path / "t.db"
+    with TrafficLog(db) as log:
+        log.record(LogRecord(id="a", requested_model="auto", reason="local_category", stream=False, tier="local", category="ORDER"))
+        log.record(LogRecord(id="b", requested_model="auto", reason="local_quality_unproven", stream=False, tier="cloud", category="REFUND"))
+        for _ in range(3):
+            log.record_quality_sample(kind="shadow", category="REFUND", served_key="model:gemma-3-270m-q4_k_m", similarity=0.4, degenerate=True)
+    evidence = tmp_path / "evidence"
+    write_evidence(evidence, "model:gemma-3-270m-q4_k_m", category_metrics={"ORDER": {"similarity": 0.83, "degenerate_rate": 0.0, "examples": 30}}, metrics={}, source="test")
+    config = tmp_path / "r.toml"
+    config.write_text(
+        f'[log]\npath = "{db}"\n[local]\nregistry_path = "{tmp_path / "none"}"\n[routing]\nlocal_categories = ["ORDER", "REFUND"]\n'
+        f'[quality]\nevidence_dir = "{evidence}"\nmin_samples = 3\n'
+    )
+    assert main(["--config", str(config), "stats"]) == 0
+    out = capsys.readouterr().out
+    assert "quality gate for model:gemma-3-270m-q4_k_m" in out
+    order = next(line for line in out.splitlines() if line.startswith("ORDER") and "open" in line)
+    assert "0.830" in order
+    refund = next(line for line in out.splitlines() if line.startswith("REFUND") and "closed" in line)
+    assert "0.400" in refund and "shadow 3" in refund and "local_quality_below_floor" in refund

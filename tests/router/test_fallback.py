@@ -149,3 +149,12 @@ def test_cloud_then_local_failure_is_one_path_in_every_driver(mode, tmp_path) ->
         assert (row.reason, row.fallback_from, row.error_type) == ("no_classifier", "cloud", "BadRequestError")
     finally:
         cloud.close()
+
+
+def test_a_stream_whose_opening_degenerates_is_answered_by_the_cloud(make_config) -> None:
+    """The untuned model echoes the question: the held-back opening is judged before any chunk is sent."""
+    with Client(make_config(local={"reject_echo": True, "degenerate_min_span": 48})) as client:
+        chunks = list(client.chat.completions.create(model="auto", messages=user("Where is my order?"), max_tokens=60, stream=True))
+        assert chunks[0].router.tier == "cloud" and chunks[0].router.fallback_from == "local"
+        assert chunks[0].router.fallback_reason.startswith("degenerate")
+        assert "mendatang" not in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -1,0 +1,105 @@
+"""How well the degeneration guard separates bad local answers from good ones (``make eval-guard``).
+
+Three committed or shipped corpora, judged exactly as serving judges a stream (the partial checks
+at every word boundary, then the final ones), with the question each answer was given:
+
+* ``evals/corpora/base_answers.jsonl``: the untuned packaged model's answers to 300 held-out
+  Bitext queries at the demo's settings (``--regenerate-base`` rebuilds it with llama.cpp);
+* 1,000 Bitext reference answers with their queries, read from ``../shared/datasets``;
+* ``evals/corpora/tuned_answers.jsonl``: the shipped adapter's answers to its frozen evaluation
+  set (written by ``make demo-retrain``; every category, 180+ answers).
+
+Writes ``evals/results/guard.json`` (``base_flagged_rate``, ``reference_flagged_rate``,
+``tuned_flagged_rate`` and the flags by kind). Targets (issue 13): >= 99 %, <= 1 %, <= 2 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from evals.demo import bucket, load_bitext, split
+
+HERE = Path(__file__).resolve().parent
+CORPORA = HERE / "corpora"
+BASE_CORPUS = CORPORA / "base_answers.jsonl"
+TUNED_CORPUS = CORPORA / "tuned_answers.jsonl"
+RESULTS = HERE / "results" / "guard.json"
+
+
+def judge(rows: list[dict[str, str]]) -> dict[str, object]:
+    """Flag rate and flags by kind over ``{"question", "answer"}`` rows, judged as a stream."""
+    from hybrid_common.guard import DegenerationGuard
+
+    kinds: Counter[str] = Counter()
+    for row in rows:
+        problem = DegenerationGuard(question=row["question"]).check_text(row["answer"])
+        if problem:
+            kinds[problem] += 1
+    flagged = sum(kinds.values())
+    return {"answers": len(rows), "flagged": flagged, "flagged_rate": flagged / max(1, len(rows)), "by_kind": dict(kinds)}
+
+
+def regenerate_base(count: int, max_tokens: int) -> None:
+    """The untuned model's raw answers (no guard, greedy) to ``count`` held-out replay queries."""
+    from tqdm import tqdm
+
+    from router.backends import GenerationParams, LlamaCppBackend
+    from router.config import LocalConfig
+
+    _, _, replay = split(load_bitext())
+    replay = sorted(replay, key=lambda r: r["instruction"])[:count]
+    backend = LlamaCppBackend(LocalConfig(registry_path=None, n_threads=2, timeout_s=600))
+    CORPORA.mkdir(parents=True, exist_ok=True)
+    with backend, BASE_CORPUS.open("w", encoding="utf-8") as fh:
+        for row in tqdm(replay, desc="base answers", unit="answer"):
+            messages = [{"role": "user", "content": row["instruction"]}]
+            stream = backend.generate(messages, GenerationParams(), max_tokens=max_tokens, deadline=float("inf"))
+            try:
+                answer = "".join(stream)
+            finally:
+                stream.close()
+            fh.write(json.dumps({"question": row["instruction"], "category": row["category"], "answer": answer}) + "\n")
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regenerate-base", action="store_true", help="rebuild the base-model corpus with llama.cpp first")
+    parser.add_argument("--base-count", type=int, default=300)
+    parser.add_argument("--max-tokens", type=int, default=160, help="the demo's local answer cap")
+    parser.add_argument("--references", type=int, default=1000)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    if args.regenerate_base or not BASE_CORPUS.is_file():
+        regenerate_base(args.base_count, args.max_tokens)
+    rows = sorted(load_bitext(), key=lambda r: bucket(r["instruction"] + r["response"]))  # a stable sample of every split
+    references = [{"question": r["instruction"], "answer": r["response"]} for r in rows]
+    figures: dict[str, object] = {
+        "base": judge(_read(BASE_CORPUS)),
+        "reference": judge(references[: args.references]),
+    }
+    if TUNED_CORPUS.is_file():
+        figures["tuned"] = judge(_read(TUNED_CORPUS))
+    for name in ("base", "reference", "tuned"):
+        if name in figures:
+            figures[f"{name}_flagged_rate"] = figures[name]["flagged_rate"]  # type: ignore[index]
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    for name in ("base", "reference", "tuned"):
+        if name in figures:
+            f = figures[name]
+            print(f"{name:<10} {f['flagged']:>5}/{f['answers']:<5} flagged ({f['flagged_rate']:.1%})  {f['by_kind']}")  # type: ignore[index]
+    print(f"written to {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

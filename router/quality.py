@@ -1,0 +1,272 @@
+"""The quality gate: a category is answered locally only while the model serving *now* has proven good at it.
+
+Evidence per category comes from two places, and the gate says which one decided:
+
+* **offline**: the serving version's per-category metrics on the frozen evaluation set (written
+  by ``router retrain`` into the registry's ``version.json``, or by ``router evaluate`` into the
+  evidence store for a model or adapter brought by the user);
+* **live**: a rolling window of scored samples for that version and category (shadow answers,
+  audit answers, user feedback). Once the window holds ``min_samples`` samples it decides.
+
+A category opens when its mean similarity reaches the floor and its degenerate rate stays under
+the ceiling, with hysteresis once it has a state (open above floor + margin, close below floor −
+margin), so live noise near the floor does not make it flap. A new served version (promotion,
+rollback) starts from its own evidence: the gate is keyed by version. Operators can ``trust`` or
+``distrust`` a category by hand. Pure logic: no model, no I/O except reading evidence files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from router.config import QualityConfig
+from router.types import Reason
+
+__all__ = [
+    "CategoryEvidence",
+    "evidence_reader",
+    "model_key",
+    "GateVerdict",
+    "QualityGate",
+    "evidence_file",
+    "read_evidence_store",
+    "read_registry_evidence",
+    "write_evidence",
+]
+
+logger = logging.getLogger("router")
+
+
+@dataclass(frozen=True)
+class CategoryEvidence:
+    """What is known about one category's answers from one source."""
+
+    similarity: float
+    degenerate_rate: float
+    samples: int
+    source: str  # "registry <version>", "evaluation <file>", "live"
+
+    def describe(self) -> str:
+        return f"similarity {self.similarity:.3f}, degenerate {self.degenerate_rate:.1%}, {self.samples} samples ({self.source})"
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """Whether the local tier may answer a category now, and why."""
+
+    open: bool
+    reason: Reason | None  # None when open on evidence
+    detail: str
+
+
+def read_registry_evidence(registry: Path, version: str) -> dict[str, CategoryEvidence]:
+    """Per-category evidence of a registry version, from its ``version.json`` (no finetune import)."""
+    path = Path(registry) / "versions" / version / "version.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return _evidence_from(data.get("category_metrics"), f"registry {version}")
+
+
+def model_key(*, registry_version: str | None = None, adapter_sha256: str | None = None, model_name: str) -> str:
+    """How the gate names a served model: ``registry:<version>`` (evidence in the registry),
+    ``adapter:<sha256 prefix>`` or ``model:<name>`` (evidence in the store ``router evaluate`` writes)."""
+    if registry_version is not None:
+        return f"registry:{registry_version}"
+    if adapter_sha256 is not None:
+        return f"adapter:{adapter_sha256[:16]}"
+    return f"model:{model_name}"
+
+
+def evidence_reader(registry: Path | None, evidence_dir: Path) -> Callable[[str | None], dict[str, CategoryEvidence]]:
+    """Offline evidence for a served-model key: the registry's ``version.json`` for ``registry:<v>``,
+    the evidence store for any other key."""
+
+    def read(key: str | None) -> dict[str, CategoryEvidence]:
+        kind, _, value = (key or "").partition(":")
+        if kind == "registry" and registry is not None:
+            return read_registry_evidence(registry, value)
+        return read_evidence_store(evidence_dir, key or "")
+
+    return read
+
+
+def evidence_file(evidence_dir: Path, key: str) -> Path:
+    """The evidence store's file for a served-model key (``adapter:<sha>``, ``model:<name>``)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    return Path(evidence_dir) / f"{safe}.json"
+
+
+def read_evidence_store(evidence_dir: Path, key: str) -> dict[str, CategoryEvidence]:
+    """Per-category evidence ``router evaluate`` recorded for a model or adapter outside a registry."""
+    path = evidence_file(evidence_dir, key)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return _evidence_from(data.get("category_metrics"), f"evaluation {path.name}")
+
+
+def write_evidence(
+    evidence_dir: Path, key: str, *, category_metrics: Mapping[str, Mapping[str, float]], metrics: Mapping[str, float], source: str
+) -> Path:
+    """Record an evaluation's per-category figures for ``key`` (atomically); running routers re-read it."""
+    from datetime import datetime, timezone
+
+    from hybrid_common.files import write_text_atomic
+
+    path = evidence_file(evidence_dir, key)
+    body = {
+        "key": key,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+        "metrics": dict(metrics),
+        "category_metrics": {c: dict(m) for c, m in category_metrics.items()},
+    }
+    write_text_atomic(path, json.dumps(body, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _evidence_from(metrics: object, source: str) -> dict[str, CategoryEvidence]:
+    out: dict[str, CategoryEvidence] = {}
+    if not isinstance(metrics, Mapping):
+        return out
+    for category, m in metrics.items():
+        try:
+            out[str(category)] = CategoryEvidence(
+                float(m["similarity"]), float(m["degenerate_rate"]), int(m["examples"]), source
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+class _LiveWindow:
+    """The last ``size`` scored samples of one category for one served version."""
+
+    def __init__(self, size: int) -> None:
+        self.samples: deque[tuple[float, bool]] = deque(maxlen=size)
+
+    def evidence(self) -> CategoryEvidence | None:
+        if not self.samples:
+            return None
+        n = len(self.samples)
+        return CategoryEvidence(
+            sum(s for s, _ in self.samples) / n, sum(d for _, d in self.samples) / n, n, "live"
+        )
+
+
+class QualityGate:
+    """Decides, per served version and category, whether local answers are proven good enough.
+
+    ``offline_evidence(version)`` returns the offline evidence for a served version (the engine
+    reads the registry or the evidence store); it is re-read at most every ``refresh_s`` seconds,
+    so figures recorded by ``router evaluate`` reach a running router without a restart.
+    """
+
+    def __init__(
+        self,
+        config: QualityConfig,
+        offline_evidence: Callable[[str | None], Mapping[str, CategoryEvidence]],
+        *,
+        refresh_s: float = 30.0,
+    ) -> None:
+        self._config = config
+        self._offline_evidence = offline_evidence
+        self._refresh_s = refresh_s
+        self._offline: dict[str | None, tuple[float, Mapping[str, CategoryEvidence]]] = {}
+        self._live: dict[tuple[str | None, str], _LiveWindow] = {}
+        self._state: dict[tuple[str | None, str], bool] = {}
+        self._lock = threading.Lock()
+
+    # -- evidence ---------------------------------------------------------------------------------
+
+    def offline(self, version: str | None) -> Mapping[str, CategoryEvidence]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._offline.get(version)
+            if cached is None or now - cached[0] >= self._refresh_s:
+                cached = (now, dict(self._offline_evidence(version)))
+                self._offline[version] = cached
+            return cached[1]
+
+    def forget(self, version: str | None) -> None:
+        """Drop cached offline evidence (e.g. after ``router evaluate`` wrote new figures)."""
+        with self._lock:
+            self._offline.pop(version, None)
+
+    def record(self, version: str | None, category: str, similarity: float, degenerate: bool) -> GateVerdict:
+        """Add one live sample (shadow, audit or feedback) and return the category's verdict after it."""
+        with self._lock:
+            window = self._live.setdefault((version, category), _LiveWindow(self._config.live_window))
+            window.samples.append((max(0.0, min(1.0, float(similarity))), bool(degenerate)))
+        return self.verdict(version, category)
+
+    def evidence(self, version: str | None, category: str) -> CategoryEvidence | None:
+        """The evidence that decides: live once it has enough samples, else offline."""
+        with self._lock:
+            window = self._live.get((version, category))
+        live = window.evidence() if window else None
+        if live is not None and live.samples >= self._config.min_samples:
+            return live
+        offline = self.offline(version).get(category)
+        if offline is not None and offline.samples >= self._config.min_samples:
+            return offline
+        return live or offline
+
+    # -- decisions --------------------------------------------------------------------------------
+
+    def verdict(self, version: str | None, category: str) -> GateVerdict:
+        """Open or closed for ``category`` under the served ``version``, with the figures behind it."""
+        override = self._config.overrides.get(category)
+        if override == "trust":
+            return GateVerdict(True, None, "trusted by configuration (quality.overrides)")
+        if override == "distrust":
+            return GateVerdict(False, Reason.LOCAL_QUALITY_DISTRUSTED, "distrusted by configuration (quality.overrides)")
+        if not self._config.enabled:
+            return GateVerdict(True, None, "quality gate disabled")
+        evidence = self.evidence(version, category)
+        if evidence is None or evidence.samples < self._config.min_samples:
+            have = f"{evidence.samples} samples" if evidence else "no evaluation"
+            return GateVerdict(
+                False, Reason.LOCAL_QUALITY_UNPROVEN,
+                f"{have} for {category} on {version or 'the configured model'}; need {self._config.min_samples} "
+                "(run `router evaluate`, `router retrain`, or enable shadow answers)",
+            )  # fmt: skip
+        key = (version, category)
+        with self._lock:
+            was_open = self._state.get(key)
+            now_open = self._judge(evidence, was_open)
+            self._state[key] = now_open
+        if was_open is not None and was_open != now_open:
+            logger.info(
+                "quality gate: %s on %s %s (%s)", category, version or "the configured model",
+                "opened" if now_open else "closed", evidence.describe(),
+            )  # fmt: skip
+        if now_open:
+            return GateVerdict(True, None, evidence.describe())
+        return GateVerdict(False, Reason.LOCAL_QUALITY_BELOW_FLOOR, f"{evidence.describe()}; {self._floors()}")
+
+    def _judge(self, evidence: CategoryEvidence, was_open: bool | None) -> bool:
+        cfg = self._config
+        if was_open is None:  # first judgement: the floors themselves
+            return evidence.similarity >= cfg.min_similarity and evidence.degenerate_rate <= cfg.max_degenerate_rate
+        if was_open:  # stays open until clearly below
+            return evidence.similarity >= cfg.min_similarity - cfg.margin and evidence.degenerate_rate <= cfg.max_degenerate_rate + cfg.margin
+        return evidence.similarity >= cfg.min_similarity + cfg.margin and evidence.degenerate_rate <= max(0.0, cfg.max_degenerate_rate - cfg.margin)
+
+    def _floors(self) -> str:
+        cfg = self._config
+        return f"floors: similarity >= {cfg.min_similarity:.2f}, degenerate <= {cfg.max_degenerate_rate:.0%}"
+
+    def summary(self, version: str | None, categories: list[str]) -> dict[str, GateVerdict]:
+        """The verdict for each of ``categories`` (for start-up logs and ``router stats``)."""
+        return {category: self.verdict(version, category) for category in categories}

@@ -1,0 +1,152 @@
+"""client.feedback: stored against the logged request, survives restarts, feeds the quality gate and
+the next dataset snapshot; a log written by the previous schema is migrated in place."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from router import AsyncClient, BadRequestError, Client, NotFoundError, RouterConfig
+from router.traffic_log import SCHEMA_VERSION, LogRecord, TrafficLog
+from router.types import Reason
+
+QUESTION = [{"role": "user", "content": "where is my order?"}]
+
+
+def config(tmp_path: Path, **quality: object) -> RouterConfig:
+    return RouterConfig(
+        local={"registry_path": None},
+        cloud={"preimport": False},
+        routing={"local_categories": ["ORDER"]},
+        quality={"min_samples": 3, "live_window": 3, **quality},
+        log={"path": tmp_path / "traffic.sqlite3"},
+        warmup="lazy",
+    )
+
+
+def log_rows(path: Path) -> None:
+    with TrafficLog(path) as log:
+        for i, tier in enumerate(["local", "local", "local", "cloud"]):
+            log.record(
+                LogRecord(
+                    id=f"chatcmpl-{i}", requested_model="auto", reason="local_category", stream=False, tier=tier,
+                    category="ORDER", messages=QUESTION, response=f"Your order ships today ({i}).", finish_reason="stop",
+                )  # fmt: skip
+            )
+
+
+def test_feedback_is_stored_scrubbed_and_survives_a_restart(tmp_path: Path) -> None:
+    log_rows(tmp_path / "traffic.sqlite3")
+    with Client(config(tmp_path)) as client:
+        client.feedback("chatcmpl-3", accepted=True, correction="It ships today; key sk-abcdefghijklmnopqrstuvwx was leaked")
+        client.feedback("chatcmpl-0", score=0.25)
+    with TrafficLog(tmp_path / "traffic.sqlite3") as log:
+        stored = log.feedback()
+    assert stored["chatcmpl-3"]["accepted"] is True and "[SECRET]" in stored["chatcmpl-3"]["correction"]
+    assert stored["chatcmpl-0"]["score"] == 0.25
+
+
+def test_rejections_withdraw_a_category_and_the_verdict_survives_a_restart(tmp_path: Path) -> None:
+    log_rows(tmp_path / "traffic.sqlite3")
+    trusted = {"overrides": {}}
+    with Client(config(tmp_path, **trusted)) as client:
+        engine = client._engine
+        key = engine.served_key()
+        for i in range(3):
+            client.feedback(f"chatcmpl-{i}", accepted=False)
+        verdict = engine.gate.verdict(key, "ORDER")
+        assert not verdict.open and verdict.reason is Reason.LOCAL_QUALITY_BELOW_FLOOR and "(live)" in verdict.detail
+    with Client(config(tmp_path, **trusted)) as again:  # a new process would see the same
+        verdict = again._engine.gate.verdict(again._engine.served_key(), "ORDER")
+        assert not verdict.open and "3 samples (live)" in verdict.detail
+        for i in range(3):  # three acceptances reopen it (well above floor + margin)
+            again.feedback(f"chatcmpl-{i}", accepted=True)
+        assert again._engine.gate.verdict(again._engine.served_key(), "ORDER").open
+
+
+def test_feedback_on_a_cloud_answer_is_stored_but_says_nothing_about_the_local_model(tmp_path: Path) -> None:
+    log_rows(tmp_path / "traffic.sqlite3")
+    with Client(config(tmp_path)) as client:
+        client.feedback("chatcmpl-3", accepted=False)
+        assert client._engine.gate.evidence(client._engine.served_key(), "ORDER") is None
+    with TrafficLog(tmp_path / "traffic.sqlite3") as log:
+        assert log.quality_samples(per_category=10) == []
+
+
+def test_bad_feedback_is_a_400_and_an_unknown_id_a_404(tmp_path: Path) -> None:
+    log_rows(tmp_path / "traffic.sqlite3")
+    with Client(config(tmp_path)) as client:
+        for kwargs in ({}, {"score": 1.5}, {"score": True}, {"accepted": "yes"}, {"correction": "  "}):
+            with pytest.raises(BadRequestError):
+                client.feedback("chatcmpl-0", **kwargs)
+        with pytest.raises(NotFoundError):
+            client.feedback("chatcmpl-nope", accepted=True)
+
+
+def test_async_client_feedback(tmp_path: Path) -> None:
+    log_rows(tmp_path / "traffic.sqlite3")
+
+    async def run() -> None:
+        async with AsyncClient(config(tmp_path)) as client:
+            await client.feedback("chatcmpl-1", accepted=True)
+
+    asyncio.run(run())
+    with TrafficLog(tmp_path / "traffic.sqlite3") as log:
+        assert log.feedback()["chatcmpl-1"]["accepted"] is True
+
+
+def test_corrections_and_verdicts_reach_the_next_dataset(tmp_path: Path) -> None:
+    from finetune.datasets import examples_from_log
+
+    log_rows(tmp_path / "traffic.sqlite3")
+    with Client(config(tmp_path)) as client:
+        client.feedback("chatcmpl-0", correction="Your order left our warehouse today; mail jane@example.com for help.")
+        client.feedback("chatcmpl-1", accepted=True)
+        client.feedback("chatcmpl-3", accepted=False)  # a rejected cloud answer is not a teacher answer
+    examples = {e.source: e for e in examples_from_log(tmp_path / "traffic.sqlite3", include_local=True)}
+    assert set(examples) == {"log:chatcmpl-0:correction", "log:chatcmpl-1"}
+    assert examples["log:chatcmpl-0:correction"].answer.startswith("Your order left our warehouse")
+    from finetune.datasets import clean
+
+    (scrubbed, *_), _ = clean([examples["log:chatcmpl-0:correction"]])
+    assert "[EMAIL]" in scrubbed.answer and "jane@" not in scrubbed.answer  # scrubbed like all training data
+
+
+# The schema the first release wrote (user_version 1), verbatim.
+V1_SCHEMA = """
+CREATE TABLE requests (
+    id TEXT PRIMARY KEY, created_at TEXT NOT NULL, requested_model TEXT NOT NULL, tier TEXT, backend TEXT,
+    served_model TEXT, category TEXT, confidence REAL, reason TEXT NOT NULL, detail TEXT, fallback_from TEXT,
+    fallback_reason TEXT, adapter_version TEXT, stream INTEGER NOT NULL, messages TEXT, params TEXT, response TEXT,
+    finish_reason TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, latency_ms REAL, ttft_ms REAL,
+    classify_ms REAL, cost_usd REAL, cloud_cost_usd_estimate REAL, error_type TEXT, error_message TEXT, user TEXT,
+    metadata TEXT, redacted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX requests_created_at ON requests (created_at);
+CREATE INDEX requests_tier_category ON requests (tier, category);
+"""
+
+
+def test_a_log_written_by_the_previous_schema_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.execute(
+        "INSERT INTO requests (id, created_at, requested_model, reason, stream, tier, category, messages, response, finish_reason) "
+        "VALUES ('old-1', '2026-11-20T10:00:00', 'auto', 'edge_case', 0, 'cloud', 'ORDER', ?, 'It ships today.', 'stop')",
+        ('[{"role": "user", "content": "where is my order?"}]',),
+    )
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+
+    with TrafficLog(path) as log:
+        assert [r.id for r in log.records()] == ["old-1"]
+        log.record_feedback("old-1", score=None, accepted=True, correction=None)
+        assert log.feedback()["old-1"]["accepted"] is True
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    conn.close()

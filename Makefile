@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo demo-retrain quant-report test test-fast bench eval-classifier eval-guard clean
+.PHONY: install demo demo-retrain ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ demo: $(STAMP)
 # The retrain loop end to end (about an hour on 2 cores): writes evals/results/retrain.json.
 demo-retrain: $(STAMP)
 	$(PY) -m evals.demo_retrain
+
+# Copy the adapter demo-retrain promoted into evals/adapters/ with its evidence (what make demo serves).
+ship-adapter: $(STAMP)
+	$(PY) -m evals.ship_adapter
+
+# Rebuild the shipped adapter from scratch and check its metrics match the manifest within +-0.02 (about an hour).
+adapter-check: demo-retrain
+	$(PY) -m evals.ship_adapter --check
 
 # Merge the promoted adapter, re-quantize (Q8_0, Q5_K_M, Q4_K_M), compare answers with F16.
 quant-report: $(STAMP)

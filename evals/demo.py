@@ -1,11 +1,17 @@
-"""The offline main job (``make demo``): route a few hundred Bitext queries and report where they went.
+"""The offline main job (``make demo``): the journey from an untuned local model to a proven one.
 
-1. start the stand-in cloud (llama-cpp-python's OpenAI-compatible server on 127.0.0.1);
+1. start the stand-in cloud in recorded-answer mode (a real OpenAI-compatible server on
+   127.0.0.1 that answers each Bitext query with Bitext's reference answer: a strong cloud);
 2. train the query classifier on Bitext categories (two categories held out as out-of-scope);
-3. replay held-out Bitext queries through ``router.Client`` as an unchanged app would
-   (``model="gpt-4o"``, mapped by config to the stand-in, priced by litellm as gpt-4o);
-4. print share local vs cloud per category, p50/p95 latency per tier, cost against sending
-   everything to gpt-4o, and the traffic log's path; stop everything it started.
+3. **phase 1**, the untuned packaged model: replay held-out queries through ``router.Client`` as
+   an unchanged app would (``model="gpt-4o"``); the quality gate has no evidence for any category,
+   so every non-private query goes to the cloud and says why;
+4. **phase 2**, the adapter shipped from ``make demo-retrain`` registered with its evaluation:
+   the gate opens the categories whose evidence meets the floors, and the same kind of replay
+   (queries the adapter never trained on, full-length answers) is answered locally there;
+5. per phase, category and tier: share served and the mean similarity of the served answers to
+   Bitext's reference answer; savings count only answers actually served and accepted by the
+   guard; private answers are shown apart. Figures go to ``evals/results/demo.json``.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import json
 import os
+import shutil
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -74,112 +82,211 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def report(results: list[dict[str, Any]], log_path: Path) -> str:
-    lines = []
-    by_category: dict[str, Counter[str]] = defaultdict(Counter)
-    for r in results:
-        by_category[r["true_category"]][r["tier"]] += 1
-    lines.append(f"{'category':<18}{'queries':>8}{'local':>8}{'cloud':>8}{'error':>8}   routing")
-    for category in sorted(by_category):
-        counts = by_category[category]
-        n = sum(counts.values())
-        role = (
-            "served locally" if category in LOCAL_CATEGORIES else
-            "private: local only" if category in PRIVATE_CATEGORIES else
-            "cloud by config" if category in CLOUD_CATEGORIES else "out of scope → cloud"
-        )  # fmt: skip
-        lines.append(f"{category:<18}{n:>8}{counts['local'] / n:>8.0%}{counts['cloud'] / n:>8.0%}{counts['error'] / n:>8.0%}   {role}")
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "bitext-support"
+RESULTS = Path(__file__).resolve().parent / "results" / "demo.json"
+
+
+def quality_report(results: list[dict[str, Any]]) -> str:
+    """Per category and tier: queries served and mean similarity of those answers to the reference."""
+    lines = [f"{'category':<18}{'tier':<8}{'served':>7}{'share':>7}{'similarity':>11}   why (most common reason)"]
     total = len(results)
-    local = sum(r["tier"] == "local" for r in results)
-    cloud = sum(r["tier"] == "cloud" for r in results)
-    lines.append(f"{'ALL':<18}{total:>8}{local / total:>8.0%}{cloud / total:>8.0%}{(total - local - cloud) / total:>8.0%}")
-    lines.append("")
-    reasons = Counter(r["reason"] for r in results)
-    fallbacks = Counter(r["fallback_reason"].split(":")[0] for r in results if r["fallback_reason"])
-    lines.append("routing reasons: " + ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
-    if fallbacks:
-        lines.append("fallbacks local→cloud: " + ", ".join(f"{k} {v}" for k, v in fallbacks.most_common()))
-    lines.append("")
-    lines.append(f"{'tier':<8}{'requests':>10}{'p50 ms':>10}{'p95 ms':>10}")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        groups[(r["true_category"], r["tier"])].append(r)
+    for (category, tier), rows in sorted(groups.items()):
+        sims = [r["similarity"] for r in rows if r.get("similarity") is not None]
+        reason = Counter(r["reason"] for r in rows).most_common(1)[0][0]
+        sim = f"{sum(sims) / len(sims):.3f}" if sims else "-"
+        lines.append(f"{category:<18}{tier:<8}{len(rows):>7}{len(rows) / total:>7.0%}{sim:>11}   {reason}")
     for tier in ("local", "cloud"):
-        lat = [r["latency_ms"] for r in results if r["tier"] == tier]
-        lines.append(f"{tier:<8}{len(lat):>10}{percentile(lat, 50):>10.0f}{percentile(lat, 95):>10.0f}")
-    lines.append("")
-    spent = sum(r["cost_usd"] or 0.0 for r in results)
-    all_cloud = sum(r["all_cloud_cost"] for r in results)
-    lines.append(f"cost at gpt-4o prices (litellm): routed ${spent:.4f} vs all-cloud ${all_cloud:.4f}"
-                 f" → {1 - spent / all_cloud:.0%} saved" if all_cloud else "cost: n/a")  # fmt: skip
-    lines.append(f"traffic log: {log_path}")
+        lat = [r["latency_ms"] for r in results if r["tier"] == tier and r["latency_ms"] is not None]
+        if lat:
+            lines.append(f"latency {tier}: p50 {percentile(lat, 50):.0f} ms, p95 {percentile(lat, 95):.0f} ms ({len(lat)} answers)")
     return "\n".join(lines)
+
+
+def replay_queries(
+    client: Any, rows: list[dict[str, str]], *, max_tokens: int, desc: str
+) -> list[dict[str, Any]]:
+    """Send each query as an unchanged app would; keep what a report needs (text included)."""
+    from router import APIError
+
+    results = []
+    for row in tqdm(rows, unit="query", desc=desc):
+        base = {"true_category": row["category"], "question": row["instruction"], "reference": row["response"]}
+        try:
+            r = client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": row["instruction"]}], max_tokens=max_tokens
+            )
+        except APIError as err:  # e.g. a private query the local tier failed: no tier may serve it
+            results.append({**base, "tier": "error", "reason": type(err).__name__, "fallback_reason": None, "latency_ms": None,
+                            "cost_usd": 0.0, "all_cloud_cost": 0.0, "text": None, "private": False, "quality": None})  # fmt: skip
+            continue
+        info = r.router
+        results.append(
+            {
+                **base,
+                "tier": info.tier,
+                "reason": info.reason.value,
+                "fallback_reason": info.fallback_reason,
+                "latency_ms": info.latency_ms,
+                "cost_usd": info.cost_usd,
+                "all_cloud_cost": info.cloud_cost_usd_estimate or 0.0,
+                "text": r.choices[0].message.content,
+                "private": info.reason.value in ("private_category", "pii_match", "private_handoff"),
+                "quality": info.quality,
+                "degenerate": info.degenerate,
+            }
+        )
+    return results
+
+
+def score(results: list[dict[str, Any]]) -> None:
+    """Similarity of every served answer to its Bitext reference answer (all-MiniLM-L6-v2 cosine)."""
+    from finetune.evaluate import similarity_scores
+
+    served = [r for r in results if r["text"] is not None]
+    for r, sim in zip(served, similarity_scores([r["text"] for r in served], [r["reference"] for r in served]), strict=True):
+        r["similarity"] = sim
+
+
+def phase_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
+    total = len(results)
+    local = [r for r in results if r["tier"] == "local" and not r["private"]]
+    cloud = [r for r in results if r["tier"] == "cloud"]
+    private = [r for r in results if r["private"]]
+    spent = sum(r["cost_usd"] or 0.0 for r in results)
+    all_cloud = sum(r["all_cloud_cost"] for r in results if not r["private"])  # private queries could never go out
+    mean = lambda rows: sum(r["similarity"] for r in rows) / len(rows) if rows else None  # noqa: E731
+    return {
+        "queries": total,
+        "nonprivate_local": len(local),
+        "local_share": len(local) / total if total else 0.0,
+        "local_similarity": mean(local),
+        "cloud": len(cloud),
+        "cloud_similarity": mean(cloud),
+        "private": len(private),
+        "private_local_unproven": sum(1 for r in private if r["quality"]),
+        "private_similarity": mean([r for r in private if r["text"] is not None]),
+        "errors": sum(r["tier"] == "error" for r in results),
+        "cost_routed_usd": spent,
+        "cost_all_cloud_usd": all_cloud,
+        "saved_share": 1 - spent / all_cloud if all_cloud else 0.0,
+    }
+
+
+def register_shipped_adapter(registry: Path) -> str:
+    """Put the shipped adapter, with its evaluation, in a registry the phase-2 router follows."""
+    from finetune.registry import ModelRegistry
+    from hybrid_common.errors import ArtifactIntegrityError
+    from hybrid_common.files import sha256_file
+
+    manifest = json.loads((SHIPPED_ADAPTER / "manifest.json").read_text(encoding="utf-8"))
+    adapter = SHIPPED_ADAPTER / manifest["adapter_file"]
+    if sha256_file(adapter) != manifest["adapter_sha256"]:
+        raise ArtifactIntegrityError(f"{adapter} does not match the checksum in its manifest")
+    shutil.rmtree(registry, ignore_errors=True)
+    reg = ModelRegistry(registry)
+    version = reg.add(
+        adapter, metrics=manifest["metrics"], category_metrics=manifest["category_metrics"],
+        dataset_id=manifest["dataset_id"], notes="shipped by make demo-retrain (evals/adapters/bitext-support)",
+    )  # fmt: skip
+    reg.promote(version.version, reason="make demo phase 2")
+    return version.version
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=200, help="how many held-out queries to replay")
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--queries", type=int, default=150, help="held-out queries replayed in each phase")
+    parser.add_argument("--answer-tokens", type=int, default=256, help="local answer cap (full-length Bitext answers)")
     parser.add_argument("--workdir", type=Path, default=Path(".demo"))
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
 
     from evals.standin_cloud import StandinCloud
-    from router import APIError, Client, RouterConfig
+    from finetune.datasets import Example
+    from router import Client, RouterConfig
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    log_path = (args.workdir / "traffic.sqlite3").resolve()
-    for stale in args.workdir.glob("traffic.sqlite3*"):
-        stale.unlink()
-
+    manifest = json.loads((SHIPPED_ADAPTER / "manifest.json").read_text(encoding="utf-8"))
+    trained = set(manifest["train_prompt_keys"])
     rows = load_bitext()
     train, calibration, replay = split(rows)
-    replay = sorted(replay, key=lambda r: hashlib.sha256(r["instruction"].encode()).hexdigest())[: args.queries]
+    unseen = [r for r in replay if Example(({"role": "user", "content": r["instruction"]},), "x").prompt_key not in trained]
+    unseen = sorted(unseen, key=lambda r: hashlib.sha256(r["instruction"].encode()).hexdigest())
+    phases = {"phase1": unseen[: args.queries], "phase2": unseen[args.queries : 2 * args.queries]}
+    answers = args.workdir / "recorded-answers.jsonl"
+    with answers.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps({"query": r["instruction"], "answer": r["response"].replace("\r\n", "\n").strip()}) + "\n")
 
-    print("[1/4] starting the stand-in cloud on 127.0.0.1 (llama-cpp-python server, packaged model)")
-    with StandinCloud(n_threads=1, record=args.workdir / "standin-requests.jsonl") as cloud:
-        print(f"[2/4] training the classifier on {len(train)} Bitext queries, calibrating on {len(calibration)}")
-        t = time.perf_counter()
+    print("[1/5] stand-in cloud on 127.0.0.1 in recorded-answer mode (it answers with Bitext's reference answers)")
+    results: dict[str, list[dict[str, Any]]] = {}
+    with StandinCloud(answers=answers, record=args.workdir / "standin-requests.jsonl") as cloud:
+        print(f"[2/5] training the classifier on {len(train)} Bitext queries, calibrating on {len(calibration)}")
         train_classifier(train, calibration, args.workdir / "classifier")
-        print(f"      done in {time.perf_counter() - t:.0f} s")
-        config = RouterConfig(
-            models={"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
-            cloud={"default_model": "gpt-4o"},
-            classifier={"path": args.workdir / "classifier"},
-            # The untuned packaged model, whatever a retrain promoted in this machine's data directory.
-            local={"registry_path": None},
-            routing={"local_categories": LOCAL_CATEGORIES, "private_categories": PRIVATE_CATEGORIES},
-            log={"path": log_path},
-            warmup="eager",
+        base = {
+            "models": {"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
+            "cloud": {"default_model": "gpt-4o"},
+            "classifier": {"path": args.workdir / "classifier"},
+            "routing": {"local_categories": LOCAL_CATEGORIES, "private_categories": PRIVATE_CATEGORIES},
+            "quality": {"evidence_dir": args.workdir / "evidence"},
+            "warmup": "eager",
+        }
+        for phase, registry, label in (
+            ("phase1", None, "[3/5] phase 1: the untuned packaged model, no evidence yet"),
+            ("phase2", args.workdir / "registry", "[4/5] phase 2: the adapter shipped from make demo-retrain, with its evaluation"),
+        ):
+            print(label)
+            version = register_shipped_adapter(registry) if registry is not None else None
+            log_path = (args.workdir / f"traffic-{phase}.sqlite3").resolve()
+            for stale in args.workdir.glob(f"traffic-{phase}.sqlite3*"):
+                stale.unlink()
+            config = RouterConfig(
+                **base,
+                local={"registry_path": registry, "default_max_tokens": args.answer_tokens},
+                log={"path": log_path},
+            )
+            with Client(config) as client:
+                if version is not None:
+                    print(f"      serving registry version {version}")
+                results[phase] = replay_queries(client, phases[phase], max_tokens=args.answer_tokens, desc=phase)
+            print(f"      traffic log: {log_path}")
+
+    print("[5/5] scoring every served answer against Bitext's reference answer")
+    for phase_results in results.values():
+        score(phase_results)
+    figures = {phase: phase_figures(r) for phase, r in results.items()}
+    for phase, label in (("phase1", "PHASE 1: untuned base model"), ("phase2", "PHASE 2: shipped adapter, gate opened by its evidence")):
+        f = figures[phase]
+        print(f"\n{label}\n")
+        print(quality_report(results[phase]))
+        print(
+            f"\nnon-private queries answered locally: {f['nonprivate_local']} of {f['queries']} ({f['local_share']:.0%}),"
+            f" mean similarity {_fmt(f['local_similarity'])}; cloud answers {f['cloud']}, mean similarity {_fmt(f['cloud_similarity'])}"
+            f"\nprivate queries (never leave the machine): {f['private']}, {f['private_local_unproven']} answered by a model not proven"
+            f" for them (flagged), mean similarity {_fmt(f['private_similarity'])}"
+            f"\ncost at gpt-4o prices of the non-private queries: routed ${f['cost_routed_usd']:.4f} vs all-cloud"
+            f" ${f['cost_all_cloud_usd']:.4f} ({f['saved_share']:.0%} saved; only answers served and accepted by the guard count)"
         )
-        print(f"[3/4] replaying {len(replay)} held-out queries through router.Client (model='gpt-4o')")
-        results = []
-        with Client(config) as client:
-            for row in tqdm(replay, unit="query"):
-                try:
-                    r = client.chat.completions.create(
-                        model="gpt-4o", messages=[{"role": "user", "content": row["instruction"]}], max_tokens=args.max_tokens
-                    )
-                except APIError as err:  # e.g. a private query the local tier failed: no tier may serve it
-                    results.append({"true_category": row["category"], "tier": "error", "reason": type(err).__name__,
-                                    "fallback_reason": None, "latency_ms": None, "cost_usd": 0.0, "all_cloud_cost": 0.0})  # fmt: skip
-                    continue
-                info = r.router
-                results.append(
-                    {
-                        "true_category": row["category"],
-                        "tier": info.tier,
-                        "reason": info.reason.value,
-                        "fallback_reason": info.fallback_reason,
-                        "latency_ms": info.latency_ms,
-                        "cost_usd": info.cost_usd,
-                        "all_cloud_cost": info.cloud_cost_usd_estimate or 0.0,
-                    }
-                )
-    print("[4/4] summary (the stand-in cloud has stopped)\n")
-    print(report(results, log_path))
-    print(
-        "\nNote: the packaged local model is the *base* Gemma 3 270M; its answers often loop or echo the question,"
-        "\nand the degeneration guard sends those to the cloud. Fine-tuning it on the logged traffic (finetune/)"
-        "\nis what turns those fallbacks into local answers."
-    )
+    demo = {
+        "phase1_untuned_nonprivate_local": figures["phase1"]["nonprivate_local"],
+        "phase2_local_share": figures["phase2"]["local_share"],
+        "phase2_local_similarity": figures["phase2"]["local_similarity"],
+        "phase2_cloud_similarity": figures["phase2"]["cloud_similarity"],
+        "demo_minutes": (time.perf_counter() - started) / 60,
+        "phases": figures,
+        "shipped_adapter_sha256": manifest["adapter_sha256"],
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(demo, indent=2) + "\n")
+    print(f"\nwritten to {args.results}; the cloud's similarity is 1.0 by construction (the stand-in replays the references)")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from hybrid_common.errors import (
     APIConnectionError,
     APIError,
+    AuthenticationError,
     InternalServerError,
     MissingDependencyError,
     RateLimitError,
@@ -100,6 +101,21 @@ class CloudBackend:
             kwargs["stream_options"] = {"include_usage": True}  # usage feeds cost and the log
         return kwargs
 
+    def _check_credentials(self, route: ModelRoute, kwargs: dict[str, Any]) -> None:
+        """Report a missing API key as the 401 it is, before litellm turns it into a generic 500."""
+        if kwargs.get("api_key") or kwargs.get("api_base"):
+            return  # an explicit key, or a self-hosted endpoint that may need none
+        try:
+            missing = self.litellm.validate_environment(route.litellm_model).get("missing_keys") or []
+        except Exception:  # an unknown provider: let litellm itself say what is wrong
+            return
+        if missing:
+            raise AuthenticationError(
+                f"No API key for {route.litellm_model!r}: set {' or '.join(missing)} in the environment, or "
+                "api_key / api_key_env for this model in [models] (Client(api_key=...) sets it for every route).",
+                code="missing_api_key",
+            )
+
     def _backoff(self, attempt: int) -> float:
         delay = min(self._config.backoff_max_s, self._config.backoff_initial_s * 2**attempt)
         return delay * (0.5 + random.random() / 2)  # jitter: retries of many clients do not align
@@ -134,16 +150,18 @@ class CloudBackend:
         from openai.types.chat import ChatCompletion
 
         litellm = self.litellm
-        response = self._with_retries(lambda: litellm.completion(**self._kwargs(request, route, False, timeout_s)), self._retries(request))
+        kwargs = self._kwargs(request, route, False, timeout_s)
+        self._check_credentials(route, kwargs)
+        response = self._with_retries(lambda: litellm.completion(**kwargs), self._retries(request))
         return ChatCompletion.model_validate(response.model_dump())
 
     async def acomplete(self, request: ChatRequest, route: ModelRoute, timeout_s: float | None) -> Any:
         from openai.types.chat import ChatCompletion
 
         litellm = await asyncio.to_thread(_import_litellm)
-        response = await self._with_retries_async(
-            lambda: litellm.acompletion(**self._kwargs(request, route, False, timeout_s)), self._retries(request)
-        )
+        kwargs = self._kwargs(request, route, False, timeout_s)
+        self._check_credentials(route, kwargs)
+        response = await self._with_retries_async(lambda: litellm.acompletion(**kwargs), self._retries(request))
         return ChatCompletion.model_validate(response.model_dump())
 
     def stream(self, request: ChatRequest, route: ModelRoute, timeout_s: float | None) -> Iterator[Any]:
@@ -151,7 +169,9 @@ class CloudBackend:
         from openai.types.chat import ChatCompletionChunk
 
         litellm = self.litellm
-        chunks = self._with_retries(lambda: litellm.completion(**self._kwargs(request, route, True, timeout_s)), self._retries(request))
+        kwargs = self._kwargs(request, route, True, timeout_s)
+        self._check_credentials(route, kwargs)
+        chunks = self._with_retries(lambda: litellm.completion(**kwargs), self._retries(request))
         try:
             for chunk in chunks:
                 yield ChatCompletionChunk.model_validate(chunk.model_dump())
@@ -168,9 +188,9 @@ class CloudBackend:
         from openai.types.chat import ChatCompletionChunk
 
         litellm = await asyncio.to_thread(_import_litellm)
-        chunks = await self._with_retries_async(
-            lambda: litellm.acompletion(**self._kwargs(request, route, True, timeout_s)), self._retries(request)
-        )
+        kwargs = self._kwargs(request, route, True, timeout_s)
+        self._check_credentials(route, kwargs)
+        chunks = await self._with_retries_async(lambda: litellm.acompletion(**kwargs), self._retries(request))
         try:
             async for chunk in chunks:
                 yield ChatCompletionChunk.model_validate(chunk.model_dump())

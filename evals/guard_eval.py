@@ -33,12 +33,16 @@ RESULTS = HERE / "results" / "guard.json"
 
 
 def judge(rows: list[dict[str, str]]) -> dict[str, object]:
-    """Flag rate and flags by kind over ``{"question", "answer"}`` rows, judged as a stream."""
+    """Flag rate and flags by kind over ``{"question", "answer"}`` rows, judged as a stream.
+
+    A row generated through the guarded loop (the tuned corpus) holds the text *before* the piece
+    the guard stopped at, plus the verdict it gave then (``degenerate``): that verdict counts.
+    """
     from hybrid_common.guard import DegenerationGuard
 
     kinds: Counter[str] = Counter()
     for row in rows:
-        problem = DegenerationGuard(question=row["question"]).check_text(row["answer"])
+        problem = row.get("degenerate") or DegenerationGuard(question=row["question"]).check_text(row["answer"])
         if problem:
             kinds[problem] += 1
     flagged = sum(kinds.values())
@@ -54,7 +58,7 @@ def regenerate_base(count: int, max_tokens: int) -> None:
 
     _, _, replay = split(load_bitext())
     replay = sorted(replay, key=lambda r: r["instruction"])[:count]
-    backend = LlamaCppBackend(LocalConfig(registry_path=None, n_threads=1, timeout_s=600))
+    backend = LlamaCppBackend(LocalConfig(registry_path=None, n_threads=2, timeout_s=600))
     CORPORA.mkdir(parents=True, exist_ok=True)
     with backend, BASE_CORPUS.open("w", encoding="utf-8") as fh:
         for row in tqdm(replay, desc="base answers", unit="answer"):

@@ -118,7 +118,7 @@ def ship(registry: Path, version: str | None) -> dict[str, Any]:
     write_text_atomic(SHIPPED / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     TUNED_CORPUS.parent.mkdir(parents=True, exist_ok=True)
     lines = [
-        json.dumps({"question": e.query, "category": e.category, "answer": a.answer}, ensure_ascii=False)
+        json.dumps({"question": e.query, "category": e.category, "answer": a.answer, "degenerate": a.degenerate}, ensure_ascii=False)
         for e, a in zip(examples, report.answers, strict=True)
     ]
     write_text_atomic(TUNED_CORPUS, "\n".join(lines) + "\n")

@@ -16,7 +16,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from hybrid_common.errors import APIError, APITimeoutError, BadRequestError, InternalServerError, RouterError
@@ -30,7 +30,7 @@ from router.config import RouterConfig
 from router.policy import Decision, RoutingPolicy
 from router.quality import GateVerdict, QualityGate, evidence_reader, model_key
 from router.traffic_log import TrafficLog
-from router.types import Reason
+from router.types import Reason, Tier
 
 __all__ = ["Engine"]
 
@@ -106,8 +106,11 @@ class Engine:
         """
         local = self.config.local
         if local.followed_registry is not None and self.local.name == "llama_cpp":
-            self.local.load()  # reads the registry's promoted version (once; later promotions via refresh)
-            self.local.refresh()
+            try:
+                self.local.load()  # reads the registry's promoted version (once; later promotions via refresh)
+                self.local.refresh()
+            except Exception as err:  # a broken model is the local tier's failure to report when it is used
+                logger.debug("local model not loaded for the quality gate: %s", err)
         version = self.local.adapter_version if local.followed_registry is not None else None
         if version is None and local.adapter_path is not None and self._adapter_sha is None:
             from hybrid_common.files import sha256_file
@@ -363,16 +366,30 @@ class Engine:
             self._write_log(exchange)
         return result
 
-    def _serve(self, exchange: Exchange) -> Any:
+    def _drive(self, exchange: Exchange, attempts: Mapping[Tier, Callable[[Exchange], Any]]) -> Any:
+        """Run the fallback plan's tiers with ``attempts`` until one answers (the sync drivers)."""
         run = self._fallback_run(exchange)
         for tier in run:
             try:
-                if tier == "handoff":
-                    return self._answer_handoff(exchange)
-                return self._answer_locally(exchange) if tier == "local" else self._answer_from_cloud(exchange)
+                return attempts[tier](exchange)
             except TierFailure as failure:
                 self._fall_back(exchange, run, failure)
         raise AssertionError("unreachable: the fallback run raises once every tier has failed")
+
+    async def _adrive(self, exchange: Exchange, attempts: Mapping[Tier, Callable[[Exchange], Awaitable[Any]]]) -> Any:
+        """The async twin of :meth:`_drive`."""
+        run = self._fallback_run(exchange)
+        for tier in run:
+            try:
+                return await attempts[tier](exchange)
+            except TierFailure as failure:
+                self._fall_back(exchange, run, failure)
+        raise AssertionError("unreachable: the fallback run raises once every tier has failed")
+
+    def _serve(self, exchange: Exchange) -> Any:
+        return self._drive(
+            exchange, {"handoff": self._answer_handoff, "local": self._answer_locally, "cloud": self._answer_from_cloud}
+        )
 
     def _answer_from_cloud(self, exchange: Exchange) -> Any:
         route = self._cloud_route(exchange)
@@ -394,17 +411,13 @@ class Engine:
         return result
 
     async def _aserve(self, exchange: Exchange) -> Any:
-        run = self._fallback_run(exchange)
-        for tier in run:
-            try:
-                if tier == "handoff":
-                    return self._answer_handoff(exchange)
-                if tier == "local":
-                    return await asyncio.to_thread(self._answer_locally, exchange)
-                return await self._aanswer_from_cloud(exchange)
-            except TierFailure as failure:
-                self._fall_back(exchange, run, failure)
-        raise AssertionError("unreachable: the fallback run raises once every tier has failed")
+        async def handoff(e: Exchange) -> Any:
+            return self._answer_handoff(e)
+
+        async def local(e: Exchange) -> Any:
+            return await asyncio.to_thread(self._answer_locally, e)
+
+        return await self._adrive(exchange, {"handoff": handoff, "local": local, "cloud": self._aanswer_from_cloud})
 
     async def _aanswer_from_cloud(self, exchange: Exchange) -> Any:
         route = self._cloud_route(exchange)
@@ -464,15 +477,9 @@ class Engine:
         return self._logged(exchange, source)
 
     def _primed_stream(self, exchange: Exchange) -> Iterator[Any]:
-        run = self._fallback_run(exchange)
-        for tier in run:
-            try:
-                if tier == "handoff":
-                    return self._open_handoff_stream(exchange)
-                return self._open_local_stream(exchange) if tier == "local" else self._open_cloud_stream(exchange)
-            except TierFailure as failure:
-                self._fall_back(exchange, run, failure)
-        raise AssertionError("unreachable: the fallback run raises once every tier has failed")
+        return self._drive(
+            exchange, {"handoff": self._open_handoff_stream, "local": self._open_local_stream, "cloud": self._open_cloud_stream}
+        )
 
     def _open_local_stream(self, exchange: Exchange) -> Iterator[Any]:
         """Generate up to the first piece (so a failure can still fall back), then stream the rest."""
@@ -524,17 +531,13 @@ class Engine:
         return self._alogged(exchange, source)
 
     async def _aprimed_stream(self, exchange: Exchange) -> AsyncIterator[Any]:
-        run = self._fallback_run(exchange)
-        for tier in run:
-            try:
-                if tier == "handoff":
-                    return _threaded(self._open_handoff_stream(exchange))
-                if tier == "local":
-                    return _threaded(await asyncio.to_thread(self._open_local_stream, exchange))
-                return await self._aopen_cloud_stream(exchange)
-            except TierFailure as failure:
-                self._fall_back(exchange, run, failure)
-        raise AssertionError("unreachable: the fallback run raises once every tier has failed")
+        async def handoff(e: Exchange) -> AsyncIterator[Any]:
+            return _threaded(self._open_handoff_stream(e))
+
+        async def local(e: Exchange) -> AsyncIterator[Any]:
+            return _threaded(await asyncio.to_thread(self._open_local_stream, e))
+
+        return await self._adrive(exchange, {"handoff": handoff, "local": local, "cloud": self._aopen_cloud_stream})
 
     async def _aopen_cloud_stream(self, exchange: Exchange) -> AsyncIterator[Any]:
         route = self._cloud_route(exchange)

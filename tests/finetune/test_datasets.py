@@ -331,10 +331,10 @@ def test_frozen_eval_set_survives_new_data(tmp_path: Path, unique_bitext: list[E
 
 def test_uncategorised_traffic_gets_one_block_and_categories_join_later(tmp_path: Path, unique_bitext: list[Example]) -> None:
     filters = DatasetFilters(eval_percent=20, max_eval_examples=25)
-    plain = [Example(e.messages, e.answer, None, e.source) for e in unique_bitext[:600]]
-    first = build_snapshot(plain, tmp_path, filters=filters)
+    plain = [Example(e.messages, e.answer, None, e.source) for e in unique_bitext[:300]]
+    first = build_snapshot(plain, tmp_path, filters=filters.model_copy(update={"near_duplicate_threshold": 1.0}))
     assert len(first.eval) == 25 and all(e.category is None for e in first.eval)
-    labelled = build_snapshot(plain + unique_bitext[600:2400], tmp_path, filters=filters)
+    labelled = build_snapshot(plain + unique_bitext[300:1500], tmp_path, filters=filters.model_copy(update={"near_duplicate_threshold": 1.0}))
     assert labelled.eval[:25] == first.eval
     assert {e.category for e in labelled.eval[25:]} and None not in {e.category for e in labelled.eval[25:]}
 

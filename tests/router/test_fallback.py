@@ -57,9 +57,16 @@ def test_streaming_falls_back_before_the_first_chunk(make_config) -> None:
 
 def test_cloud_failure_falls_back_to_local_or_raises(make_config) -> None:
     dead = {"litellm_model": "openai/standin", "api_base": "http://127.0.0.1:9/v1", "api_key": "x", "pricing_model": "gpt-4o"}
-    with Client(make_config(models={"gpt-4o": dead}, cloud={"default_model": "gpt-4o", "backoff_initial_s": 0.0, "max_retries": 1})) as client:
-        # An edge case whose cloud is down is answered locally rather than failing ...
-        r = client.chat.completions.create(model="gpt-4o", messages=user("I want to leave a review about your service"), max_tokens=4)
+    cloud = {"default_model": "gpt-4o", "backoff_initial_s": 0.0, "max_retries": 1}
+    review = user("I want to leave a review about your service")
+    with Client(make_config(models={"gpt-4o": dead}, cloud=cloud)) as client:
+        # A category the local model has no evidence for gets the cloud's error, not an unchecked local answer ...
+        with pytest.raises((APIConnectionError, InternalServerError)):
+            client.chat.completions.create(model="gpt-4o", messages=review, max_tokens=4)
+    trusted = {"overrides": {"FEEDBACK": "trust", "ORDER": "trust"}}
+    with Client(make_config(models={"gpt-4o": dead}, cloud=cloud, quality=trusted)) as client:
+        # ... while a proven (here: trusted) category whose cloud is down is answered locally rather than failing ...
+        r = client.chat.completions.create(model="gpt-4o", messages=review, max_tokens=4)
         assert (r.router.tier, r.router.fallback_from, r.router.category) == ("local", "cloud", "FEEDBACK")
         # ... unless the local tier cannot serve it: then the OpenAI-style error surfaces (litellm
         # reports a refused connection as a 500, others as a connection error).
@@ -107,7 +114,7 @@ class _CountingCloud:
 
 
 @pytest.mark.parametrize("mode", ["complete", "stream", "acomplete", "astream"])
-def test_cloud_then_local_failure_is_one_path_in_every_driver(mode, tmp_path) -> None:
+def test_cloud_then_local_failure_is_one_path_in_every_driver(mode, tmp_path, classifier_path) -> None:
     """Cloud refuses, the local fallback fails: every driver tries the cloud once and reports the cloud's
     error chained to the local failure (the async stream used to fall back to the cloud a second time)."""
     import asyncio
@@ -122,10 +129,14 @@ def test_cloud_then_local_failure_is_one_path_in_every_driver(mode, tmp_path) ->
         models={"gpt-4o": {"litellm_model": "openai/refuser", "api_base": cloud.api_base, "api_key": "sk-test-000000000000"}},
         cloud={"default_model": "gpt-4o", "max_retries": 0, "backoff_initial_s": 0.0, "preimport": False},
         local={"model_path": broken},
+        classifier={"path": classifier_path},
+        routing={"local_categories": ["ORDER"]},
+        # A cloud-routed category the local tier may answer if the cloud fails (the gate must allow it).
+        quality={"overrides": {"FEEDBACK": "trust"}},
         log={"path": tmp_path / "traffic.sqlite3"},
         warmup="lazy",
     )
-    kwargs = {"model": "gpt-4o", "messages": user("hello there"), "max_tokens": 4}
+    kwargs = {"model": "gpt-4o", "messages": user("I want to leave a review about your service"), "max_tokens": 4}
     try:
         with pytest.raises(BadRequestError) as info:
             if mode in ("complete", "stream"):
@@ -146,7 +157,7 @@ def test_cloud_then_local_failure_is_one_path_in_every_driver(mode, tmp_path) ->
         assert isinstance(info.value.__cause__, LocalFailure) and info.value.__cause__.kind == "error"
         with Client(config) as reader:
             row = list(reader.traffic_log.records())[-1]
-        assert (row.reason, row.fallback_from, row.error_type) == ("no_classifier", "cloud", "BadRequestError")
+        assert (row.reason, row.category, row.fallback_from, row.error_type) == ("category_not_local", "FEEDBACK", "cloud", "BadRequestError")
     finally:
         cloud.close()
 
@@ -156,5 +167,5 @@ def test_a_stream_whose_opening_degenerates_is_answered_by_the_cloud(make_config
     with Client(make_config(local={"reject_echo": True, "degenerate_min_span": 48})) as client:
         chunks = list(client.chat.completions.create(model="auto", messages=user("Where is my order?"), max_tokens=60, stream=True))
         assert chunks[0].router.tier == "cloud" and chunks[0].router.fallback_from == "local"
-        assert chunks[0].router.fallback_reason.startswith("degenerate")
-        assert "mendatang" not in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert chunks[0].router.fallback_reason == "degenerate: echoed the question"
+        assert {c.router.tier for c in chunks} == {"cloud"}  # nothing of the local echo was sent

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hybrid_common.errors import ConfigError
 
@@ -90,12 +90,15 @@ def evaluate_served(
     return EvidenceResult(key, where, report)
 
 
-def format_report(result: EvidenceResult, config: Any) -> str:
-    """The per-category table ``router evaluate`` prints, with the gate's verdict for each."""
-    q = config.quality
+def format_report(result: EvidenceResult, config: RouterConfig) -> str:
+    """The per-category table ``router evaluate`` prints, with the verdict the router's gate gives on it."""
+    from router.quality import QualityGate, evidence_from_metrics
+
+    evidence = evidence_from_metrics(result.report.by_category, f"evaluation {result.recorded_in.name}")
+    gate = QualityGate(config.quality, lambda _key: evidence)
     lines = [f"{result.key}: recorded in {result.recorded_in}", f"  {'category':<20}{'n':>5}{'similarity':>12}{'degenerate':>12}  gate"]
     for category, m in result.report.by_category.items():
-        ok = m["examples"] >= q.min_samples and m["similarity"] >= q.min_similarity and m["degenerate_rate"] <= q.max_degenerate_rate
-        verdict = "open" if ok else ("unproven" if m["examples"] < q.min_samples else "below floor")
-        lines.append(f"  {category:<20}{m['examples']:>5.0f}{m['similarity']:>12.3f}{m['degenerate_rate']:>12.1%}  {verdict}")
+        verdict = gate.verdict(result.key, category)
+        state = "open" if verdict.open else (verdict.reason.value if verdict.reason else "closed")
+        lines.append(f"  {category:<20}{m['examples']:>5.0f}{m['similarity']:>12.3f}{m['degenerate_rate']:>12.1%}  {state}")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """The routing engine: classify, decide, serve with fallback, log. Shared by the sync and async clients.
 
-Which tier is tried next after a failure is decided in one place, :mod:`router._fallback`; the four
-drivers here (``_serve``, ``_aserve``, ``_primed_stream``, ``_aprimed_stream``) only run the tier
-it names, turn a tier's failure into a :class:`~router._fallback.TierFailure`, and report it back.
+Which tier is tried next after a failure is decided in one place, :mod:`router._fallback`; the two
+drivers here (``_drive`` and its async twin ``_adrive``, given the plain or streaming attempt of
+each tier) only run the tier it names, turn a tier's failure into a
+:class:`~router._fallback.TierFailure`, and report it back.
 
 Streams are *primed*: ``create(stream=True)`` runs until the first token before it returns, so a
 failure of the chosen tier can still fall back, and errors surface at ``create`` as they do with
@@ -239,15 +240,13 @@ class Engine:
         plan = fallback_plan(
             exchange.decision,
             cloud_to_local=self.config.cloud.fallback_to_local,
-            local_servable=self._local_may_answer(exchange),
+            local_servable=not exchange.request.local_blockers,
         )
-        return FallbackRun(plan)
+        return FallbackRun(plan, allowed=lambda tier: tier != "local" or self._gate_allows_fallback(exchange))
 
-    def _local_may_answer(self, exchange: Exchange) -> bool:
-        """Whether a failed cloud call may fall back to the local tier: it can serve the request, and the
-        gate has the category open (an unproven category gets the cloud's error, never an unchecked answer)."""
-        if exchange.request.local_blockers or exchange.decision.tier != "cloud" or exchange.decision.forced:
-            return False
+    def _gate_allows_fallback(self, exchange: Exchange) -> bool:
+        """A failed cloud call falls back to the local tier only for a category the gate has open: an
+        unproven category gets the cloud's error, never an unchecked local answer."""
         return exchange.category is not None and self.gate_verdict(exchange.category).open
 
     def _fall_back(self, exchange: Exchange, run: FallbackRun, failure: TierFailure) -> None:

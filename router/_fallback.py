@@ -14,7 +14,7 @@ the tier this machine names and report failures back, so every rule lives here o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from hybrid_common.errors import APIError
@@ -43,7 +43,7 @@ def stays_local(decision: Decision) -> bool:
 def fallback_plan(decision: Decision, *, cloud_to_local: bool, local_servable: bool) -> tuple[Tier, ...]:
     """The tiers to try, in order, for a request routed by ``decision``.
 
-    ``local_servable``: the local tier can serve this request and the quality gate has it open.
+    ``local_servable``: the local tier can serve this request (no tools, images, ...).
     """
     if decision.tier == "handoff":  # a private request with a configured hand-off: nothing to try
         return ("handoff",)
@@ -54,11 +54,20 @@ def fallback_plan(decision: Decision, *, cloud_to_local: bool, local_servable: b
     return ("cloud",)
 
 
+def _always(tier: Tier) -> bool:
+    return True
+
+
 @dataclass
 class FallbackRun:
-    """One request's walk through its plan: iterate for the next tier, report each failure."""
+    """One request's walk through its plan: iterate for the next tier, report each failure.
+
+    ``allowed(tier)`` is asked only when a failure would move to ``tier`` (so a check that costs
+    something, such as the quality gate's verdict, is paid only when a fallback happens).
+    """
 
     plan: tuple[Tier, ...]
+    allowed: Callable[[Tier], bool] = _always
     failures: list[TierFailure] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Tier]:
@@ -75,7 +84,7 @@ class FallbackRun:
     def failed(self, failure: TierFailure) -> Tier:
         """Record ``failure``; return the tier to try next, or raise the error the caller should see."""
         self.failures.append(failure)
-        if len(self.failures) < len(self.plan):
+        if len(self.failures) < len(self.plan) and self.allowed(self.plan[len(self.failures)]):
             return self.plan[len(self.failures)]
         raise self.final_error()
 

@@ -36,6 +36,7 @@ __all__ = [
     "GateVerdict",
     "QualityGate",
     "evidence_file",
+    "evidence_from_metrics",
     "read_evidence_store",
     "read_registry_evidence",
     "write_evidence",
@@ -73,7 +74,7 @@ def read_registry_evidence(registry: Path, version: str) -> dict[str, CategoryEv
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return _evidence_from(data.get("category_metrics"), f"registry {version}")
+    return evidence_from_metrics(data.get("category_metrics"), f"registry {version}")
 
 
 def model_key(*, registry_version: str | None = None, adapter_sha256: str | None = None, model_name: str) -> str:
@@ -112,7 +113,7 @@ def read_evidence_store(evidence_dir: Path, key: str) -> dict[str, CategoryEvide
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return _evidence_from(data.get("category_metrics"), f"evaluation {path.name}")
+    return evidence_from_metrics(data.get("category_metrics"), f"evaluation {path.name}")
 
 
 def write_evidence(
@@ -135,7 +136,8 @@ def write_evidence(
     return path
 
 
-def _evidence_from(metrics: object, source: str) -> dict[str, CategoryEvidence]:
+def evidence_from_metrics(metrics: object, source: str) -> dict[str, CategoryEvidence]:
+    """Per-category evidence from ``{category: {"similarity", "degenerate_rate", "examples"}}`` (an evaluation's ``by_category``)."""
     out: dict[str, CategoryEvidence] = {}
     if not isinstance(metrics, Mapping):
         return out

@@ -109,3 +109,18 @@ def test_errors_that_are_not_tier_failures_are_not_the_machine_s_business() -> N
     assert not issubclass(BadRequestError, TierFailure)
     with pytest.raises(RuntimeError):
         FallbackRun(("local",)).final_error()
+
+
+def test_a_fallback_tier_the_run_may_not_use_ends_it_with_the_first_error() -> None:
+    asked: list[str] = []
+
+    def allowed(tier: str) -> bool:
+        asked.append(tier)
+        return False
+
+    run = FallbackRun(("cloud", "local"), allowed=allowed)
+    assert next(iter(run)) == "cloud" and asked == []  # not asked until a fallback would happen
+    failure = cloud_failure()
+    with pytest.raises(APIConnectionError) as info:
+        run.failed(failure)
+    assert info.value is failure.error and asked == ["local"]

@@ -158,3 +158,14 @@ def test_offline_evidence_is_reread_so_new_figures_reach_a_running_router(tmp_pa
     before = len(reads)
     cached.verdict("model:m", "ORDER")
     assert len(reads) == before  # within the refresh interval: no file read
+
+
+def test_router_evaluate_prints_the_gate_s_own_verdicts(tmp_path: Path) -> None:
+    from finetune.evaluate import EvalReport
+    from finetune.evidence import EvidenceResult, format_report
+
+    report = EvalReport(metrics=GOOD, answers=[], by_category={"ORDER": GOOD, "REFUND": POOR, "INVOICE": FEW})
+    text = format_report(EvidenceResult("model:m", tmp_path / "model_m.json", report), RouterConfig(quality={"overrides": {"INVOICE": "trust"}}))
+    lines = {line.split()[0]: line for line in text.splitlines()[2:]}
+    assert lines["ORDER"].endswith("open") and lines["REFUND"].endswith("local_quality_below_floor")
+    assert lines["INVOICE"].endswith("open")  # the override applies here too: one rule

@@ -319,6 +319,20 @@ class EmbeddingClassifier(ParamsMixin):
             raise ConfigError(f"classify expects a str, got {type(text).__name__}")
         return self._predictions([text])[0]
 
+    def embed(self, text: str) -> np.ndarray:
+        """The encoder's L2-normalised embedding of ``text``: cosine between two texts is a dot product."""
+        self._check_fitted()
+        return self.encoder_.embed(text)
+
+    @property
+    def encoder_is_base(self) -> bool:
+        """Whether the encoder is its source model unchanged (not fine-tuned on the labels).
+
+        Only then do its cosines match a score computed with the source model elsewhere (the
+        answer similarity of offline evaluations, for instance).
+        """
+        return self.fine_tune_epochs == 0
+
     def score(self, texts: Sequence[str], labels: Sequence[str | None]) -> float:
         """Routed accuracy, with ``None`` predictions matching ``None`` labels (scikit-learn's ``score``)."""
         texts, labels = _check_texts_labels(texts, labels)

@@ -8,7 +8,11 @@ Measures, side by side in one run on this machine:
   encoder and, side by side, the opt-in int8 one (``quantize=True``);
 * local-tier overhead: ``Client(model="local")`` against calling llama-cpp-python directly
   on the same prompt and settings, in adjacent pairs (median of the per-pair ratios);
-* process RSS with the classifier and the local model loaded (plus the side-by-side int8 classifier, so an upper bound).
+* process RSS with the classifier and the local model loaded (plus the side-by-side int8 classifier, so an upper bound);
+* shadow answers' cost to the foreground: two routers side by side, shadow sampling at 100 % and
+  off, replaying the same cycle in interleaved pairs (a cloud-answered query in a gated-off
+  category, which queues a shadow answer; a pause, during which the shadow answer generates; a
+  local query, which preempts it): local-request latency and classification latency.
 
 Writes ``evals/results/bench.json``.
 """
@@ -28,7 +32,10 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROMPT = [{"role": "user", "content": "Write a few sentences about the history of the postal service."}]
+# The local tier serves the adapter make demo ships: the base model loops on most prompts, and the
+# guard would cut the routed side short of the direct one (both sides must do the same work).
+PROMPT = [{"role": "user", "content": "I need help closing my account, what do I have to do?"}]
+ADAPTER = Path(__file__).resolve().parent / "adapters" / "bitext-support" / "adapter.gguf"
 
 
 def _median_import_seconds(statement: str, runs: int) -> float:
@@ -80,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--overhead-runs", type=int, default=16, help="direct/routed pairs")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--shadow-pairs", type=int, default=40, help="shadow on/off cycle pairs")
     parser.add_argument("--classifier", type=Path, default=None, help="an existing classifier artifact")
     parser.add_argument("--classifier-int8", type=Path, default=None, help="an existing int8 classifier artifact")
     args = parser.parse_args(argv)
@@ -104,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _classifier(int8_path, quantize=True)
         env = {**os.environ, "_ROUTER_BENCH_CHILD": "1"}
         cmd = [sys.executable, "-m", "evals.bench", "--classifier", str(classifier_path), "--classifier-int8", str(int8_path),
-               "--queries", str(args.queries), "--overhead-runs", str(args.overhead_runs), "--max-tokens", str(args.max_tokens)]  # fmt: skip
+               "--queries", str(args.queries), "--overhead-runs", str(args.overhead_runs), "--max-tokens", str(args.max_tokens),
+               "--shadow-pairs", str(args.shadow_pairs)]  # fmt: skip
         child = subprocess.run(cmd, env=env, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
         if child.returncode != 0:
             sys.stderr.write(child.stderr)
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # guard still runs its check on every token). Everything else is the default configuration.
     config = RouterConfig(
         classifier={"path": classifier_path},
-        local={"degenerate_min_span": 100_000, "reject_echo": False},
+        local={"degenerate_min_span": 100_000, "reject_echo": False, "adapter_path": ADAPTER},
         routing={"local_categories": "*"},
         log={"path": work / "traffic.sqlite3"},
         warmup="eager",
@@ -207,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loaded = sorted(m for m in ("torch", "transformers", "sentence_transformers", "sklearn") if m in sys.modules)
     print(f"  training libraries in the serving process: {loaded or 'none'}")
     client.close()
+    shadow = _shadow_overhead(classifier_path, work, pairs=args.shadow_pairs, max_tokens=args.max_tokens)
 
     results = {
         "classify_p50_ms": round(_percentile(quiet, 50), 3),
@@ -225,10 +235,106 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "queries": len(queries),
         "cpu_count": os.cpu_count(),
         "local_n_threads": llm.n_threads,
+        **shadow,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+SHADOWED, TRUSTED = "REFUND", "ACCOUNT"  # a gated-off category (shadow answers) and an open one
+
+
+def _shadow_overhead(classifier_path: Path, work: Path, *, pairs: int, max_tokens: int) -> dict[str, Any]:
+    """Foreground latency with shadow sampling at 100 % against sampling off, in interleaved pairs."""
+    from classifiers import EmbeddingClassifier
+    from evals.demo import load_bitext, split
+    from evals.standin_cloud import StandinCloud
+    from router import Client, RouterConfig
+
+    classifier = EmbeddingClassifier.load(classifier_path)
+    _, _, replay = split(load_bitext())
+    picked: dict[str, list[dict[str, str]]] = {SHADOWED: [], TRUSTED: []}
+    for row in replay:
+        bucket = picked.get(row["category"])
+        if bucket is not None and len(bucket) < pairs and classifier.classify(row["instruction"]).category == row["category"]:
+            bucket.append(row)
+    answers = work / "recorded-answers.jsonl"
+    answers.write_text("".join(json.dumps({"query": r["instruction"], "answer": r["response"]}) + "\n" for r in picked[SHADOWED]))
+    idle_s = 0.25
+    print(f"shadow answers and the foreground ({pairs} interleaved pairs: sampling 100 % vs off)")
+    with StandinCloud(answers=answers) as cloud:
+
+        def router(rate: float, name: str) -> Any:
+            return Client(RouterConfig(
+                models={"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
+                cloud={"default_model": "gpt-4o"},
+                classifier={"path": classifier_path},
+                routing={"local_categories": "*"},
+                local={"degenerate_min_span": 100_000, "reject_echo": False, "adapter_path": ADAPTER},
+                quality={"overrides": {TRUSTED: "trust"}, "shadow_rate": rate, "audit_rate": 0.0, "idle_s": idle_s,
+                         "evidence_dir": work / f"{name}-evidence"},
+                log={"path": work / f"{name}.sqlite3"},
+                warmup="eager",
+            ))  # fmt: skip
+
+        on, off = router(1.0, "shadow-on"), router(0.0, "shadow-off")
+
+        def cycle(client: Any, i: int) -> tuple[float, list[float], int]:
+            """One cloud answer that queues a shadow answer, a pause, then a local answer."""
+            cloud_query, local_query = picked[SHADOWED][i]["instruction"], picked[TRUSTED][i]["instruction"]
+            r = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": cloud_query}], max_tokens=256)
+            assert r.router.tier == "cloud" and r.router.category == SHADOWED, r.router
+            time.sleep(idle_s + 0.35)  # the shadow answer is generating now (sampling on)
+            start = time.perf_counter()
+            local = client.chat.completions.create(
+                model="local", messages=[{"role": "user", "content": local_query}], max_tokens=max_tokens, temperature=0.0
+            )
+            elapsed = time.perf_counter() - start
+            assert local.router.tier == "local"
+            assert client.wait_for_samples(60)  # nothing left running in the background for the other router
+            return elapsed, [r.router.classify_ms, local.router.classify_ms], local.usage.completion_tokens
+
+        cycle(on, 0), cycle(off, 0)  # warm both
+        lat = {"on": [], "off": []}
+        classify = {"on": [], "off": []}
+        ratios, tokens = [], set()
+        for i in range(pairs):
+            order = (("on", on), ("off", off)) if i % 2 == 0 else (("off", off), ("on", on))
+            got = {}
+            for name, client in order:
+                got[name] = cycle(client, i)
+                lat[name].append(got[name][0])
+                classify[name].extend(got[name][1])
+            ratios.append(got["on"][0] / got["off"][0])
+            tokens.add((got["on"][2], got["off"][2]))
+        stats, activity = on.sampling_stats(), on._engine.activity
+        on.close()
+        off.close()
+    p50 = {k: statistics.median(v) for k, v in lat.items()}
+    c99 = {k: _percentile(v, 99) for k, v in classify.items()}
+    c50 = {k: _percentile(v, 50) for k, v in classify.items()}
+    print(f"  local request p50: shadow on {p50['on'] * 1000:.0f} ms, off {p50['off'] * 1000:.0f} ms;"
+          f" median pair ratio {statistics.median(ratios):.3f} (quartiles {_percentile(ratios, 25):.3f}-{_percentile(ratios, 75):.3f})")
+    print(f"  classification: p50 on {c50['on']:.2f} / off {c50['off']:.2f} ms; p99 on {c99['on']:.2f} / off {c99['off']:.2f} ms"
+          f" (ratio {c99['on'] / c99['off']:.3f}, {len(classify['on'])} queries each)")
+    print(f"  shadow answers: {stats.offered} queued, {stats.preempted} preempted by a foreground request, {stats.completed} completed,"
+          f" {stats.expired} expired, {stats.dropped_queue_full} dropped; foreground waits for a shadow to step aside:"
+          f" {activity.yield_waits}, longest {activity.yield_wait_s_max * 1000:.1f} ms;"
+          f" pieces generated after an arrival: at most {stats.preempt_late_pieces_max}; completion tokens on/off: {sorted(tokens)}")  # fmt: skip
+    return {
+        "shadow_local_p50_ratio": round(statistics.median(ratios), 4),
+        "shadow_local_p50_on_s": round(p50["on"], 4),
+        "shadow_local_p50_off_s": round(p50["off"], 4),
+        "shadow_classify_p99_ratio": round(c99["on"] / c99["off"], 4),
+        "shadow_classify_p99_on_ms": round(c99["on"], 3),
+        "shadow_classify_p99_off_ms": round(c99["off"], 3),
+        "shadow_classify_p50_on_ms": round(c50["on"], 3),
+        "shadow_classify_p50_off_ms": round(c50["off"], 3),
+        "shadow_pairs": pairs,
+        "shadow_preempted": stats.preempted,
+        "shadow_yield_wait_max_ms": round(activity.yield_wait_s_max * 1000, 2),
+    }
 
 
 if __name__ == "__main__":

@@ -253,6 +253,11 @@ def main(argv: list[str] | None = None) -> None:
                 if version is not None:
                     print(f"      serving registry version {version}")
                 results[phase] = replay_queries(client, phases[phase], max_tokens=args.answer_tokens, desc=phase)
+                sampled = client.sampling_stats()
+                if sampled is not None:
+                    print(f"      background answers (shadow {config.quality.shadow_rate:.0%} of gated-off cloud answers, audit"
+                          f" {config.quality.audit_rate:.0%} of local ones): {sampled.offered} queued, {sampled.completed} scored,"
+                          f" {sampled.preempted} stopped for a foreground request, {sampled.expired + sampled.dropped_queue_full} dropped")  # fmt: skip
             print(f"      traffic log: {log_path}")
 
     print("[5/5] scoring every served answer against Bitext's reference answer")

@@ -81,6 +81,8 @@ class DegenerationGuard:
         self._allowed_scripts = {name for name, pattern in _SCRIPTS.items() if pattern.search(question)}
         self._echo_checked = False
         self.problem: str | None = None
+        self.rejected_text: str | None = None
+        """The text in which ``problem`` was found (live evidence scores it against the answer served instead)."""
 
     # -- the public checks ----------------------------------------------------------------------
 
@@ -94,6 +96,8 @@ class DegenerationGuard:
                 or self._adjacent_repeat(text)
                 or self._covered_by_repeats(text)
             )
+            if self.problem is not None:
+                self.rejected_text = text
         return self.problem
 
     def check_final(self, text: str) -> str | None:
@@ -103,6 +107,8 @@ class DegenerationGuard:
                 self.problem = "empty answer"
             else:
                 self.problem = self._echo(text, final=True)
+            if self.problem is not None:
+                self.rejected_text = text
         return self.problem
 
     def check_text(self, text: str) -> str | None:

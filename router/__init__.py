@@ -25,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "ClassifierConfig": "router.config",
     "RoutingConfig": "router.config",
     "LogConfig": "router.config",
+    "QualityConfig": "router.config",
+    "SamplerStats": "router._sampling",
     "ModelRoute": "router.config",
     "load_config": "router.config",
     "RouteInfo": "router.types",
@@ -86,10 +88,12 @@ if TYPE_CHECKING:  # static analysers see the real names
         LocalConfig,
         LogConfig,
         ModelRoute,
+        QualityConfig,
         RouterConfig,
         RoutingConfig,
         load_config,
     )
+    from router._sampling import SamplerStats
     from router.policy import RoutingPolicy
     from router.traffic_log import LogRecord, TrafficLog
     from router.types import Reason, RouteInfo

@@ -13,19 +13,35 @@ the OpenAI SDK, rather than halfway through the application's loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
-from hybrid_common.errors import APIError, APITimeoutError, BadRequestError, InternalServerError, RouterError
+from hybrid_common.errors import (
+    APIError,
+    APITimeoutError,
+    BadRequestError,
+    InternalServerError,
+    RouterError,
+)
 from hybrid_common.generation import guarded_pieces
 from hybrid_common.pii import PiiMatcher
 from router._exchange import Exchange, attach
 from router._fallback import FallbackRun, TierFailure, fallback_plan, stays_local
 from router._request import ChatRequest
+from router._sampling import (
+    ForegroundActivity,
+    LocalShadow,
+    QualitySampler,
+    SampleJob,
+    SamplerStats,
+    ScoredSample,
+)
 from router.backends import CloudBackend, LocalFailure, create_local_backend
 from router.config import RouterConfig
 from router.policy import Decision, RoutingPolicy
@@ -37,6 +53,8 @@ __all__ = ["Engine"]
 
 logger = logging.getLogger("router")
 _END = object()
+# Cloud answers in these categories are the ones a shadow answer can prove the local model for.
+_SHADOWED = frozenset({Reason.LOCAL_QUALITY_UNPROVEN, Reason.LOCAL_QUALITY_BELOW_FLOOR})
 
 
 class Engine:
@@ -57,6 +75,19 @@ class Engine:
         self._adapter_sha: str | None = None
         self._announced_key: str | None = None
         self._restore_live_samples()
+        # Shadow and audit answers run in the background and yield to foreground work.
+        self.activity = ForegroundActivity()
+        self.sampler: QualitySampler | None = None
+        quality = config.quality
+        if self.log is not None and quality.enabled and (quality.shadow_rate > 0 or quality.audit_rate > 0):
+            self.sampler = QualitySampler(
+                quality, self.activity, shadow=self._shadow_answer, audit=self._audit_answer,
+                score=self._answer_similarity, record=self._record_sample,
+            )  # fmt: skip
+        self._rng = random.Random()
+        self._embed: Callable[[str], Any] | None = None
+        self._scorer_checked = False
+        self._scorer_lock = threading.Lock()
         self._warm: threading.Thread | None = None
         if config.warmup == "eager":
             self.warmup()
@@ -161,11 +192,124 @@ class Engine:
         self.log.record_feedback(request_id, score=score, accepted=accepted, correction=correction)
         if row.tier == "local" and row.category is not None and (score is not None or accepted is not None):
             value = float(score) if score is not None else (1.0 if accepted else 0.0)
-            key = f"registry:{row.adapter_version}" if self.config.local.followed_registry and row.adapter_version else self.served_key()
+            key = self._key_of(row.adapter_version)
             self.gate.record(key, row.category, value, degenerate=False)
             self.log.record_quality_sample(
                 kind="feedback", category=row.category, served_key=key, similarity=value, degenerate=False, request_id=request_id
             )
+
+    def _key_of(self, adapter_version: str | None) -> str:
+        """The gate's key for the model that produced a logged answer (``adapter_version`` as logged)."""
+        if self.config.local.followed_registry is not None and adapter_version:
+            return f"registry:{adapter_version}"
+        return self.served_key()
+
+    # -- shadow and audit answers (router._sampling runs them off the request path) --------------
+
+    def sampler_stats(self) -> SamplerStats | None:
+        return self.sampler.stats if self.sampler is not None else None
+
+    def _offer_sample(self, exchange: Exchange) -> None:
+        """Maybe queue a shadow (cloud answer, gated-off category) or audit (local answer) job."""
+        sampler = self.sampler
+        request = exchange.request
+        if sampler is None or exchange.error is not None or exchange.category is None or not exchange.text.strip():
+            return
+        if request.n != 1 or request.local_blockers or request.cloud_extra.get("store") is False:
+            return  # the local tier cannot answer it; or the app asked that it not be stored
+        decision, quality = exchange.decision, self.config.quality
+        if exchange.fallback_from == "local" and exchange.rejected_local_text is not None:
+            # A degenerate local answer in an open category: free evidence (no extra call), always kept.
+            if decision.reason is not Reason.LOCAL_CATEGORY or self._scorer() is None:
+                return
+            sampler.offer(SampleJob(
+                "fallback", request, exchange.request_id, exchange.category, exchange.text, decision.cloud_model,
+                self._key_of(exchange.adapter_version), local_answer=exchange.rejected_local_text,
+                problem=exchange.fallback_reason,
+            ))  # fmt: skip
+            return
+        if exchange.fallback_from:
+            return
+        if exchange.tier == "cloud" and decision.reason in _SHADOWED:
+            kind, rate, key = "shadow", quality.shadow_rate, None
+        elif (
+            exchange.tier == "local" and decision.reason is Reason.LOCAL_CATEGORY
+            and not stays_local(decision) and exchange.degenerate is None
+        ):  # fmt: skip
+            kind, rate, key = "audit", quality.audit_rate, self._key_of(exchange.adapter_version)
+        else:
+            return
+        if rate <= 0 or self._rng.random() >= rate or self._scorer() is None:
+            return
+        plain = dataclasses.replace(request, stream=False, include_usage=False)
+        sampler.offer(SampleJob(kind, plain, exchange.request_id, exchange.category, exchange.text, decision.cloud_model, key))  # type: ignore[arg-type]
+
+    def _scorer(self) -> Callable[[str], Any] | None:
+        """The encoder that scores answer pairs: it must be the one the offline evidence used."""
+        if self._scorer_checked:
+            return self._embed
+        with self._scorer_lock:
+            if not self._scorer_checked:
+                path = self.config.quality.scorer_path
+                if path is not None:
+                    from classifiers import OnnxEncoder
+
+                    self._embed = OnnxEncoder.from_dir(path, num_threads=1).embed
+                elif self.classifier is not None and self.classifier.encoder_is_base:
+                    self._embed = self.classifier.embed
+                else:
+                    logger.warning(
+                        "quality gate: shadow and audit answers are off: the classifier's encoder is fine-tuned, so its "
+                        "similarities are not comparable with the offline evidence; set quality.scorer_path to an ONNX "
+                        "export of the evaluation encoder (all-MiniLM-L6-v2 by default)"
+                    )
+                self._scorer_checked = True
+        return self._embed
+
+    def _answer_similarity(self, a: str, b: str) -> float:
+        embed = self._scorer()
+        if embed is None:
+            raise RouterError("no encoder to score answers with")
+        return float(max(0.0, float(embed(a) @ embed(b))))
+
+    def _shadow_answer(self, job: SampleJob, interrupted: Callable[[], bool]) -> LocalShadow | None:
+        """Answer ``job`` locally as served (guard included); ``None`` once ``interrupted()`` says stop."""
+        local, request = self.config.local, job.request
+        self.local.refresh()
+        key = self.served_key()
+        max_tokens = local.answer_tokens(request.params.max_tokens)
+        if not self.local.fits(request.messages, max_tokens):
+            raise RouterError("the prompt is longer than the local context window")
+        guard = local.new_guard(request.query)
+        stream = self.local.generate(request.messages, request.params, max_tokens=max_tokens, deadline=time.monotonic() + local.timeout_s)
+        parts: list[str] = []
+        try:
+            for piece in guarded_pieces(stream, guard):
+                parts.append(piece)
+                if interrupted():
+                    return None
+        finally:
+            stream.close()
+        return LocalShadow("".join(parts), guard.problem, key)
+
+    def _audit_answer(self, job: SampleJob) -> tuple[str, float | None]:
+        """The cloud's answer to a request the local tier answered, and what it cost."""
+        route = self.config.route_for(job.cloud_model)
+        completion = self.cloud.complete(job.request, route, job.request.timeout_s)
+        choice = completion.choices[0] if completion.choices else None
+        usage = completion.usage
+        cost = self.cloud.cost(route.price_as, usage.prompt_tokens, usage.completion_tokens) if usage is not None else None
+        return ((choice.message.content or "") if choice else ""), cost
+
+    def _record_sample(self, sample: ScoredSample) -> None:
+        job = sample.job
+        self.gate.record(sample.served_key, job.category, sample.similarity, sample.degenerate)
+        if self.log is not None:
+            self.log.record_quality_sample(
+                kind=job.kind, category=job.category, served_key=sample.served_key, similarity=sample.similarity,
+                degenerate=sample.degenerate, request_id=job.request_id, answer=sample.answer, cost_usd=sample.cost_usd,
+                detail=sample.detail,
+            )  # fmt: skip
 
     def _announce_gate(self, key: str) -> None:
         """Say loudly which configured local categories the gate keeps in the cloud, and how to change that."""
@@ -182,6 +326,8 @@ class Engine:
             logger.info("quality gate: all %d local categories open for %s", len(categories), key)
 
     def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
         self.local.close()
         if self.log is not None:
             self.log.close()
@@ -193,9 +339,10 @@ class Engine:
         category = confidence = classify_ms = None
         classifier = self.classifier
         if classifier is not None and request.query:
-            start = time.perf_counter()
-            prediction = classifier.classify(request.query)
-            classify_ms = (time.perf_counter() - start) * 1000
+            with self.activity.running():
+                start = time.perf_counter()
+                prediction = classifier.classify(request.query)
+                classify_ms = (time.perf_counter() - start) * 1000
             category, confidence = prediction.category, float(prediction.confidence)
         try:
             decision = self.policy.decide(
@@ -211,6 +358,7 @@ class Engine:
     def _write_log(self, exchange: Exchange) -> None:
         if self.log is not None:
             self.log.record(exchange.log_record())
+            self._offer_sample(exchange)
 
     def _local_deadline(self, request: ChatRequest) -> float:
         timeout = self.config.local.timeout_s
@@ -265,7 +413,15 @@ class Engine:
     # -- local tier -----------------------------------------------------------------------------
 
     def _local_pieces(self, exchange: Exchange) -> Iterator[str]:
-        """Generate locally, guarded; raises LocalFailure before or while yielding text."""
+        """Generate locally, guarded; raises LocalFailure before or while yielding text.
+
+        Marked as foreground work from the start: a shadow answer holding the model stops within
+        one token and lets this request have it.
+        """
+        with self.activity.running():
+            yield from self._guarded_local_pieces(exchange)
+
+    def _guarded_local_pieces(self, exchange: Exchange) -> Iterator[str]:
         request = exchange.request
         self.local.refresh()
         self._check_local_fits(exchange)
@@ -288,6 +444,7 @@ class Engine:
                 yield piece
             if guard.problem is not None:
                 if not stays_local(exchange.decision):
+                    exchange.rejected_local_text = guard.rejected_text or ""
                     raise LocalFailure("degenerate", guard.problem)
                 # A private or forced-local request cannot fall back: serve the text before the problem, flagged.
                 exchange.degenerate = guard.problem
@@ -348,6 +505,8 @@ class Engine:
         exchange.text = (choice.message.content or "") if choice else ""
         exchange.finish_reason = choice.finish_reason if choice else None
         exchange.model = completion.model or exchange.model
+        # One id per request on every tier: what the log, feedback and support tickets refer to.
+        exchange.provider_id, completion.id = completion.id, exchange.request_id
         exchange.mark_first_token()
         self._finish_cloud(exchange, route, completion.usage)
         return attach(completion, exchange.info())
@@ -462,6 +621,8 @@ class Engine:
                     return None
                 chunk.usage = None
         exchange.model = chunk.model or exchange.model
+        exchange.provider_id = exchange.provider_id or chunk.id
+        chunk.id = exchange.request_id
         return attach(chunk, exchange.info(final=chunk.usage is not None or any(c.finish_reason for c in chunk.choices)))
 
     def stream(self, request: ChatRequest) -> Iterator[Any]:

@@ -50,6 +50,8 @@ class Exchange:
     fallback_reason: str | None = None
     degenerate: str | None = None
     error: BaseException | None = None
+    rejected_local_text: str | None = None  # a local answer the guard rejected before this one was served
+    provider_id: str | None = None  # the cloud's own response id; responses carry request_id on every tier
 
     def serve_with(self, tier: Tier, backend: str, model: str, adapter_version: str | None = None) -> None:
         self.tier, self.backend, self.model, self.adapter_version = tier, backend, model, adapter_version
@@ -88,6 +90,7 @@ class Exchange:
             latency_ms=self.latency_ms if final else None,
             cost_usd=self.cost_usd if final else None,
             cloud_cost_usd_estimate=self.cloud_cost_usd_estimate if final else None,
+            provider_response_id=self.provider_id,
         )
 
     def log_record(self) -> LogRecord:

@@ -102,27 +102,32 @@ def _print_gate(config: Any, log: Any, seen: list[str]) -> None:
     categories = sorted(set(seen) | (set() if local == "*" else set(local)) | set(gate.offline(key)))
     if not categories:
         return
-    kinds: dict[str, dict[str, int]] = {}
+    by_kind: dict[str, dict[str, list[float]]] = {}  # category -> kind -> similarities (this model's window)
+    audit_cost = audit_calls = 0
     for sample in samples:
         if sample["served_key"] == key:
-            kinds.setdefault(sample["category"], {}).setdefault(sample["kind"], 0)
-            kinds[sample["category"]][sample["kind"]] += 1
+            by_kind.setdefault(sample["category"], {}).setdefault(sample["kind"], []).append(sample["similarity"])
+            if sample.get("cost_usd") is not None:
+                audit_cost += sample["cost_usd"]
+                audit_calls += 1
     print(f"\nquality gate for {key} (floors: similarity >= {config.quality.min_similarity:.2f}, "
           f"degenerate <= {config.quality.max_degenerate_rate:.0%}, {config.quality.min_samples} samples)")  # fmt: skip
-    print(f"{'category':<20}{'gate':<10}{'offline sim':>12}{'n':>5}{'live sim':>10}{'n':>5}  live samples / reason")
+    print(f"{'category':<20}{'gate':<10}{'offline sim':>12}{'n':>5}{'live sim':>10}{'n':>5}  live samples (mean similarity) / reason")
     for category in categories:
         verdict = gate.verdict(key, category)
         offline = gate.offline(key).get(category)
-        window = gate.evidence(key, category) if kinds.get(category) else None
-        live = window if window is not None and window.source == "live" else None
+        kinds = by_kind.get(category, {})
+        live = [s for sims in kinds.values() for s in sims]
         state = "open" if verdict.open else "closed"
-        note = ", ".join(f"{k} {n}" for k, n in sorted(kinds.get(category, {}).items()))
+        note = ", ".join(f"{k} {len(v)} ({sum(v) / len(v):.2f})" for k, v in sorted(kinds.items()))
         if not verdict.open and verdict.reason is not None:
             note = f"{note + '; ' if note else ''}{verdict.reason.value}"
         print(
             f"{category:<20}{state:<10}{_num(offline.similarity if offline else None):>12}{offline.samples if offline else 0:>5}"
-            f"{_num(live.similarity if live else None):>10}{live.samples if live else 0:>5}  {note}"
+            f"{_num(sum(live) / len(live) if live else None):>10}{len(live):>5}  {note}"
         )
+    if audit_calls:
+        print(f"audit answers: {audit_calls} cloud calls, ${audit_cost:.4f} (quality.audit_rate = {config.quality.audit_rate:g})")
 
 
 def _num(value: float | None) -> str:

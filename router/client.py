@@ -21,6 +21,7 @@ from router.config import RouterConfig, load_config
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+    from router._sampling import SamplerStats
     from router.traffic_log import TrafficLog
 
 __all__ = ["AsyncClient", "AsyncStream", "Client", "RawResponse", "Stream"]
@@ -282,8 +283,20 @@ class Client(_ClientBase):
         """
         self._engine.feedback(response_id, score=score, accepted=accepted, correction=correction)
 
+    def sampling_stats(self) -> SamplerStats | None:
+        """Shadow and audit answers since this client started (``None`` when sampling is off)."""
+        return self._engine.sampler_stats()
+
+    def wait_for_samples(self, timeout: float = 60.0) -> bool:
+        """Block until queued shadow and audit answers are scored and logged; ``False`` on timeout.
+
+        For batch jobs that exit right after their last request: :meth:`close` drops queued samples.
+        """
+        sampler = self._engine.sampler
+        return sampler.drain(timeout) if sampler is not None else True
+
     def close(self) -> None:
-        """Free the local model and close the traffic log."""
+        """Free the local model and close the traffic log (queued shadow and audit jobs are dropped)."""
         self._engine.close()
 
     def __enter__(self) -> Client:
@@ -363,6 +376,17 @@ class AsyncClient(_ClientBase):
         import asyncio
 
         await asyncio.to_thread(self._engine.feedback, response_id, score=score, accepted=accepted, correction=correction)
+
+    def sampling_stats(self) -> SamplerStats | None:
+        """Shadow and audit answers since this client started (``None`` when sampling is off)."""
+        return self._engine.sampler_stats()
+
+    async def wait_for_samples(self, timeout: float = 60.0) -> bool:
+        """Async twin of :meth:`Client.wait_for_samples`."""
+        import asyncio
+
+        sampler = self._engine.sampler
+        return await asyncio.to_thread(sampler.drain, timeout) if sampler is not None else True
 
     async def close(self) -> None:
         self._engine.close()

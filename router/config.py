@@ -240,6 +240,32 @@ class QualityConfig(_Section):
         default_factory=lambda: data_dir() / "evidence",
         description="Where `router evaluate` records per-category evidence for models and adapters outside a registry.",
     )
+    shadow_rate: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of cloud answers in gated-off local categories the local tier also answers in the background "
+        "(only while it is idle), scored against the cloud's answer: live evidence that can open the category.",
+    )
+    audit_rate: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Share of local answers (never private or forced ones) also sent to the cloud in the background and "
+        "scored the same way, so an open category keeps being measured. Each audit is a paid cloud call.",
+    )
+    sample_queue: int = Field(32, ge=1, description="Shadow and audit jobs waiting at most; more are dropped, never queued.")
+    sample_max_age_s: float = Field(
+        120.0, gt=0, description="A job not started within this many seconds (a busy router) is dropped."
+    )
+    idle_s: float = Field(
+        0.25, ge=0, description="How long the local tier must have been idle before a shadow answer starts."
+    )
+    scorer_path: Path | None = Field(
+        None,
+        description="ONNX sentence encoder (model.onnx + tokenizer.json) that scores shadow and audit pairs; it must be "
+        "the encoder the offline evidence used. Default: the classifier's encoder when it is not fine-tuned.",
+    )
 
 
 class LogConfig(_Section):

@@ -31,10 +31,11 @@ __all__ = ["LogRecord", "TrafficLog"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Version 1: requests. Version 2 adds feedback (client.feedback) and quality_samples (live evidence
-# for the quality gate). Each migration step only adds; a log written by an older release opens,
-# is migrated in place, and keeps every row.
+# for the quality gate). Version 3 gives a quality sample the answer it scored (shadow: the local
+# answer; audit: the cloud's), what it cost and a detail line. Each migration step only adds; a log
+# written by an older release opens, is migrated in place, and keeps every row.
 _SCHEMA_V2 = """
 CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -56,6 +57,11 @@ CREATE TABLE IF NOT EXISTS quality_samples (
     degenerate INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quality_samples_key ON quality_samples (served_key, category, id);
+"""
+_SCHEMA_V3 = """
+ALTER TABLE quality_samples ADD COLUMN answer TEXT;
+ALTER TABLE quality_samples ADD COLUMN cost_usd REAL;
+ALTER TABLE quality_samples ADD COLUMN detail TEXT;
 """
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -187,6 +193,10 @@ class TrafficLog:
                 if version == 1:
                     logger.info("traffic log %s: migrating schema 1 -> 2 (feedback, quality samples)", self.path)
                 conn.executescript(_SCHEMA_V2)
+            if version < 3:
+                if version in (1, 2):
+                    logger.info("traffic log %s: migrating schema %d -> 3 (answers and cost of quality samples)", self.path, max(version, 2))
+                conn.executescript(_SCHEMA_V3)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._conn = conn
         return self._conn
@@ -304,15 +314,30 @@ class TrafficLog:
         return _record(rows[0]) if rows else None
 
     def record_quality_sample(
-        self, *, kind: str, category: str, served_key: str, similarity: float, degenerate: bool, request_id: str | None = None
+        self,
+        *,
+        kind: str,
+        category: str,
+        served_key: str,
+        similarity: float,
+        degenerate: bool,
+        request_id: str | None = None,
+        answer: str | None = None,
+        cost_usd: float | None = None,
+        detail: str | None = None,
     ) -> bool:
-        """One scored live sample (shadow, audit, feedback); never raises, like :meth:`record`."""
+        """One scored live sample (shadow, audit, feedback); never raises, like :meth:`record`.
+
+        ``answer`` is the text that was scored against the logged one (kept, scrubbed, only when
+        messages are stored), so the pair can be read back like any logged answer.
+        """
+        stored = self._scrub(answer) if answer is not None and self._store_messages else None
         try:
             with self._lock:
                 self._connection().execute(
-                    "INSERT INTO quality_samples (created_at, request_id, kind, category, served_key, similarity, degenerate) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (_now(), request_id, kind, category, served_key, float(similarity), int(degenerate)),
+                    "INSERT INTO quality_samples (created_at, request_id, kind, category, served_key, similarity, degenerate,"
+                    " answer, cost_usd, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (_now(), request_id, kind, category, served_key, float(similarity), int(degenerate), stored, cost_usd, detail),
                 )
             return True
         except Exception as err:

@@ -59,3 +59,5 @@ class RouteInfo(BaseModel):
     latency_ms: float | None = None
     cost_usd: float | None = None
     cloud_cost_usd_estimate: float | None = None
+    provider_response_id: str | None = None
+    """The cloud provider's own id for its answer; ``id`` is always ``request_id``, the key of the log and feedback."""

@@ -79,7 +79,8 @@ def make_config(standin: Any, classifier_path: Path, tmp_path: Path) -> Callable
             "routing": {"local_categories": LOCAL_CATEGORIES, "private_categories": PRIVATE_CATEGORIES},
             # The untuned model has no evidence: routing tests trust their categories by hand (an
             # operator override), so they exercise routing; the gate itself is tested on its own.
-            "quality": {"overrides": dict.fromkeys(LOCAL_CATEGORIES + PRIVATE_CATEGORIES, "trust")},
+            # Shadow and audit answers are off unless a test turns them on (tests/router/test_sampling*).
+            "quality": {"overrides": dict.fromkeys(LOCAL_CATEGORIES + PRIVATE_CATEGORIES, "trust"), "shadow_rate": 0.0, "audit_rate": 0.0},
             # The packaged model is a *base* model; echo/loop fallbacks are tested on their own.
             "local": {"reject_echo": False, "degenerate_min_span": 4000, "n_threads": 1},
             "log": {"path": tmp_path / "traffic.sqlite3"},

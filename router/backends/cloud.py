@@ -99,6 +99,12 @@ class CloudBackend:
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         if stream:
             kwargs["stream_options"] = {"include_usage": True}  # usage feeds cost and the log
+        tools = kwargs.get("tools") or ()
+        if tools and not any(isinstance(t, dict) and t.get("type") == "mcp" for t in tools):
+            # litellm 1.106 imports its MCP gateway, and with it the optional `mcp` package, for any
+            # request with tools; plain function tools never need it (without this they fail with
+            # "No module named 'mcp'").
+            kwargs["_skip_mcp_handler"] = True
         return kwargs
 
     def _check_credentials(self, route: ModelRoute, kwargs: dict[str, Any]) -> None:

@@ -77,6 +77,10 @@ def test_stats_shows_the_gate_and_live_quality_per_category(tmp_path, capsys) ->
         log.record(LogRecord(id="b", requested_model="auto", reason="local_quality_unproven", stream=False, tier="cloud", category="REFUND"))
         for _ in range(3):
             log.record_quality_sample(kind="shadow", category="REFUND", served_key="model:gemma-3-270m-q4_k_m", similarity=0.4, degenerate=True)
+        log.record_quality_sample(
+            kind="audit", category="ORDER", served_key="model:gemma-3-270m-q4_k_m", similarity=0.9, degenerate=False, cost_usd=0.0125
+        )
+        log.record_quality_sample(kind="audit", category="ORDER", served_key="registry:v0009", similarity=0.1, degenerate=False, cost_usd=5.0)
     evidence = tmp_path / "evidence"
     write_evidence(evidence, "model:gemma-3-270m-q4_k_m", category_metrics={"ORDER": {"similarity": 0.83, "degenerate_rate": 0.0, "examples": 30}}, metrics={}, source="test")
     config = tmp_path / "r.toml"
@@ -90,4 +94,6 @@ def test_stats_shows_the_gate_and_live_quality_per_category(tmp_path, capsys) ->
     order = next(line for line in out.splitlines() if line.startswith("ORDER") and "open" in line)
     assert "0.830" in order
     refund = next(line for line in out.splitlines() if line.startswith("REFUND") and "closed" in line)
-    assert "0.400" in refund and "shadow 3" in refund and "local_quality_below_floor" in refund
+    assert "0.400" in refund and "shadow 3 (0.40)" in refund and "local_quality_below_floor" in refund
+    assert "audit 1 (0.90)" in order  # only the serving model's samples count
+    assert "audit answers: 1 cloud calls, $0.0125" in out

@@ -148,5 +148,63 @@ def test_a_log_written_by_the_previous_schema_is_migrated(tmp_path: Path) -> Non
         log.record_feedback("old-1", score=None, accepted=True, correction=None)
         assert log.feedback()["old-1"]["accepted"] is True
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     conn.close()
+
+
+# What schema 2 added (feedback, quality samples without their answer), verbatim.
+V2_ADDITIONS = """
+CREATE TABLE feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, created_at TEXT NOT NULL, score REAL,
+    accepted INTEGER, correction TEXT
+);
+CREATE INDEX feedback_request ON feedback (request_id);
+CREATE TABLE quality_samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, request_id TEXT, kind TEXT NOT NULL,
+    category TEXT NOT NULL, served_key TEXT, similarity REAL NOT NULL, degenerate INTEGER NOT NULL
+);
+CREATE INDEX quality_samples_key ON quality_samples (served_key, category, id);
+"""
+
+
+def test_a_schema_2_log_keeps_its_samples_and_gains_their_answers(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA + V2_ADDITIONS)
+    conn.execute(
+        "INSERT INTO quality_samples (created_at, request_id, kind, category, served_key, similarity, degenerate) "
+        "VALUES ('2026-11-28T10:00:00', 'old-1', 'feedback', 'ORDER', 'registry:v0001', 0.9, 0)"
+    )
+    conn.execute("PRAGMA user_version=2")
+    conn.commit()
+    conn.close()
+
+    with TrafficLog(path) as log:
+        log.record_quality_sample(
+            kind="shadow", category="ORDER", served_key="registry:v0001", similarity=0.5, degenerate=True,
+            request_id="new-1", answer="Your order ships today.", cost_usd=None, detail="guard: echo",
+        )  # fmt: skip
+        samples = log.quality_samples(per_category=10)
+    assert [(s["kind"], s["similarity"], s["answer"]) for s in samples] == [
+        ("feedback", 0.9, None),
+        ("shadow", 0.5, "Your order ships today."),
+    ]
+    assert samples[1]["detail"] == "guard: echo" and samples[1]["degenerate"] == 1
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    conn.close()
+
+
+@pytest.mark.slow
+def test_a_cloud_answer_carries_the_logged_request_id_so_feedback_finds_it(make_config) -> None:
+    from tests.conftest import user
+
+    with Client(make_config(quality={"overrides": {}})) as client:
+        r = client.chat.completions.create(model="auto", messages=user("I want to cancel the order I placed yesterday"), max_tokens=8)
+        assert r.router.tier == "cloud" and r.id == r.router.request_id
+        assert r.router.provider_response_id and r.router.provider_response_id != r.id
+        client.feedback(r.id, accepted=True)
+        chunks = list(client.chat.completions.create(model="auto", messages=user("I want to cancel my order"), max_tokens=8, stream=True))
+        assert {c.id for c in chunks} == {chunks[-1].router.request_id}
+        assert chunks[-1].router.tier == "cloud"
+        assert client.traffic_log.feedback()[r.id]["accepted"] is True

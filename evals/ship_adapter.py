@@ -139,6 +139,10 @@ def check(registry: Path, version: str | None) -> int:
         print(f"{key:<20} shipped {shipped['metrics'][key]:.3f}  rebuilt {report.metrics[key]:.3f}  delta {delta:+.3f}  {status}")
         if status != "ok":
             failures.append(key)
+    for category, metrics in sorted(report.by_category.items()):  # shown, not judged: 30 answers each
+        was = shipped["category_metrics"].get(category, {}).get("similarity")
+        if was is not None:
+            print(f"  {category:<18} similarity shipped {was:.3f}  rebuilt {metrics['similarity']:.3f}  delta {metrics['similarity'] - was:+.3f}")
     print("reproduced within ±0.02" if not failures else f"not reproduced: {', '.join(failures)}")
     return 1 if failures else 0
 

@@ -30,6 +30,7 @@ from hybrid_common.errors import (
     RouterError,
 )
 from hybrid_common.generation import guarded_pieces
+from hybrid_common.guard import DegenerationGuard
 from hybrid_common.pii import PiiMatcher
 from router._exchange import Exchange, attach
 from router._fallback import FallbackRun, TierFailure, fallback_plan, stays_local
@@ -42,7 +43,7 @@ from router._sampling import (
     SamplerStats,
     ScoredSample,
 )
-from router.backends import CloudBackend, LocalFailure, create_local_backend
+from router.backends import CloudBackend, GenerationStream, LocalFailure, create_local_backend
 from router.config import RouterConfig
 from router.policy import Decision, RoutingPolicy
 from router.quality import GateVerdict, QualityGate, evidence_reader, model_key
@@ -277,11 +278,9 @@ class Engine:
         local, request = self.config.local, job.request
         self.local.refresh()
         key = self.served_key()
-        max_tokens = local.answer_tokens(request.params.max_tokens)
-        if not self.local.fits(request.messages, max_tokens):
+        if not self.local.fits(request.messages, local.answer_tokens(request.params.max_tokens)):
             raise RouterError("the prompt is longer than the local context window")
-        guard = local.new_guard(request.query)
-        stream = self.local.generate(request.messages, request.params, max_tokens=max_tokens, deadline=time.monotonic() + local.timeout_s)
+        stream, guard = self._start_local(request, deadline=time.monotonic() + local.timeout_s)
         parts: list[str] = []
         try:
             for piece in guarded_pieces(stream, guard):
@@ -421,6 +420,14 @@ class Engine:
         with self.activity.running():
             yield from self._guarded_local_pieces(exchange)
 
+    def _start_local(self, request: ChatRequest, *, deadline: float) -> tuple[GenerationStream, DegenerationGuard]:
+        """Start generating ``request`` as served (token cap, guard): for answers and shadow answers alike."""
+        local = self.config.local
+        stream = self.local.generate(
+            request.messages, request.params, max_tokens=local.answer_tokens(request.params.max_tokens), deadline=deadline
+        )
+        return stream, local.new_guard(request.query)
+
     def _guarded_local_pieces(self, exchange: Exchange) -> Iterator[str]:
         request = exchange.request
         self.local.refresh()
@@ -429,13 +436,7 @@ class Engine:
         local = self.config.local
         adapter_version = self.local.adapter_version if local.followed_registry else local.adapter_version
         exchange.serve_with("local", self.local.name, self.local.model_name, adapter_version)
-        guard = local.new_guard(request.query)
-        stream = self.local.generate(
-            request.messages,
-            request.params,
-            max_tokens=local.answer_tokens(request.params.max_tokens),
-            deadline=self._local_deadline(request),
-        )
+        stream, guard = self._start_local(request, deadline=self._local_deadline(request))
         # A stream that may fall back holds its opening back until the guard has judged it.
         hold_back = local.hold_back_for(request.query) if request.stream and not stays_local(exchange.decision) else 0
         try:

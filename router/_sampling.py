@@ -313,9 +313,8 @@ class QualitySampler:
             late = _LatePieces(self.activity, mark, self._stop)
             with self.activity.background():
                 shadow = self._shadow(job, late)
-            if late.late:
-                with self._stats_lock:
-                    self._stats.preempt_late_pieces_max = max(self._stats.preempt_late_pieces_max, late.late_pieces)
+            with self._stats_lock:
+                self._stats.preempt_late_pieces_max = max(self._stats.preempt_late_pieces_max, late.late_pieces)
             if shadow is None:
                 raise _Preempted
             local, cloud, key, degenerate, cost = shadow.text, job.answer, shadow.served_key, shadow.degenerate, None
@@ -360,7 +359,6 @@ class _LatePieces:
         self._mark = mark
         self._stop = stop
         self._finished: list[float] = []
-        self.late = False
         self.late_pieces = 0
 
     def __call__(self) -> bool:
@@ -370,6 +368,5 @@ class _LatePieces:
         if not self._activity.interrupted_since(self._mark):
             return False
         arrival = self._activity.last_arrival
-        self.late = True
         self.late_pieces = sum(1 for t in self._finished if t > arrival)
         return True

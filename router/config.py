@@ -263,8 +263,9 @@ class QualityConfig(_Section):
     )
     scorer_path: Path | None = Field(
         None,
-        description="ONNX sentence encoder (model.onnx + tokenizer.json) that scores shadow and audit pairs; it must be "
-        "the encoder the offline evidence used. Default: the classifier's encoder when it is not fine-tuned.",
+        description="The encoder that scores shadow and audit pairs: the 'encoder' directory of a classifier artifact "
+        "fitted with fine_tune_epochs=0 (the encoder the offline evidence used, in this library's ONNX serving graph). "
+        "Default: the classifier's own encoder when it is not fine-tuned.",
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 
 import pytest
 
@@ -56,22 +57,20 @@ class Work:
         self.audits += 1
         return "It left the warehouse today.", 0.001
 
-    def sampler(self, activity: ForegroundActivity, **config: object) -> QualitySampler:
+    def sampler(self, activity: ForegroundActivity, **config: object) -> closing[QualitySampler]:
+        """The sampler under test, closed when the ``with`` block ends."""
         settings = {"idle_s": 0.0, **config}
-        return QualitySampler(
+        return closing(QualitySampler(
             QualityConfig(**settings), activity, shadow=self.shadow, audit=self.audit,
             score=lambda a, b: 0.5, record=self.recorded.append,
-        )  # fmt: skip
+        ))  # fmt: skip
 
 
 def test_a_shadow_answer_is_scored_and_recorded_when_the_router_is_idle() -> None:
     work, activity = Work(), ForegroundActivity()
-    sampler = work.sampler(activity)
-    try:
+    with work.sampler(activity) as sampler:
         assert sampler.offer(job())
         assert sampler.drain(5)
-    finally:
-        sampler.close()
     (sample,) = work.recorded
     assert (sample.job.kind, sample.served_key, sample.similarity, sample.degenerate) == ("shadow", "model:test", 0.5, False)
     assert sample.answer == "Your order ships today." and sample.cost_usd is None
@@ -80,8 +79,7 @@ def test_a_shadow_answer_is_scored_and_recorded_when_the_router_is_idle() -> Non
 
 def test_a_shadow_answer_waits_until_the_foreground_has_been_idle() -> None:
     work, activity = Work(), ForegroundActivity()
-    sampler = work.sampler(activity, idle_s=0.2)
-    try:
+    with work.sampler(activity, idle_s=0.2) as sampler:
         with activity.running():
             sampler.offer(job())
             assert not work.shadow_started.wait(0.3), "started while a foreground request was running"
@@ -89,15 +87,12 @@ def test_a_shadow_answer_waits_until_the_foreground_has_been_idle() -> None:
         assert work.shadow_started.wait(5)
         assert time.monotonic() - left >= 0.2  # and only after idle_s of quiet
         assert sampler.drain(5)
-    finally:
-        sampler.close()
     assert len(work.recorded) == 1
 
 
 def test_a_foreground_request_preempts_a_shadow_within_one_piece() -> None:
     work, activity = Work(pieces=500, piece_s=0.005), ForegroundActivity()
-    sampler = work.sampler(activity)
-    try:
+    with work.sampler(activity) as sampler:
         sampler.offer(job())
         assert work.shadow_started.wait(5)
         time.sleep(0.05)
@@ -107,8 +102,6 @@ def test_a_foreground_request_preempts_a_shadow_within_one_piece() -> None:
             stopped_at = work.generated
             assert sampler.drain(5)
             assert work.generated == stopped_at  # and did not start again while it ran
-    finally:
-        sampler.close()
     stats = sampler.stats
     assert stats.preempted == 1 and stats.completed == 0 and work.recorded == []
     assert stats.preempt_late_pieces_max <= 1
@@ -126,14 +119,11 @@ def test_foreground_work_waits_for_background_work_at_most_max_yield_wait() -> N
 
 def test_the_queue_is_bounded_and_drops_what_does_not_fit() -> None:
     work, activity = Work(), ForegroundActivity()
-    sampler = work.sampler(activity, sample_queue=2)
-    try:
+    with work.sampler(activity, sample_queue=2) as sampler:
         with activity.running():  # the worker holds one job waiting for idle; two more fit
             accepted = [sampler.offer(job(request_id=f"chatcmpl-{i}")) for i in range(6)]
             time.sleep(0.05)
         assert sampler.drain(5)
-    finally:
-        sampler.close()
     stats = sampler.stats
     assert accepted.count(False) == stats.dropped_queue_full >= 3
     assert stats.completed == accepted.count(True) == len(work.recorded)
@@ -141,20 +131,16 @@ def test_the_queue_is_bounded_and_drops_what_does_not_fit() -> None:
 
 def test_a_job_not_started_in_time_is_dropped_under_load() -> None:
     work, activity = Work(), ForegroundActivity()
-    sampler = work.sampler(activity, sample_max_age_s=0.2)
-    try:
+    with work.sampler(activity, sample_max_age_s=0.2) as sampler:
         with activity.running():
             sampler.offer(job())
             assert sampler.drain(5)  # expires while the foreground keeps the local tier busy
-    finally:
-        sampler.close()
     assert sampler.stats.expired == 1 and work.recorded == [] and not work.shadow_started.is_set()
 
 
 def test_an_audit_calls_the_cloud_without_waiting_but_scores_when_idle() -> None:
     work, activity = Work(), ForegroundActivity()
-    sampler = work.sampler(activity, idle_s=10.0)  # idle_s applies to shadow answers only
-    try:
+    with work.sampler(activity, idle_s=10.0) as sampler:  # idle_s applies to shadow answers only
         with activity.running():
             sampler.offer(job("audit", served_key="registry:v0002"))
             deadline = time.monotonic() + 5
@@ -162,8 +148,6 @@ def test_an_audit_calls_the_cloud_without_waiting_but_scores_when_idle() -> None
                 time.sleep(0.01)
             assert work.audits == 1 and work.recorded == []  # asked, not yet scored
         assert sampler.drain(5)
-    finally:
-        sampler.close()
     (sample,) = work.recorded
     assert (sample.job.kind, sample.served_key, sample.answer, sample.cost_usd) == (
         "audit", "registry:v0002", "It left the warehouse today.", 0.001,
@@ -176,27 +160,24 @@ def test_a_failing_job_is_counted_and_the_worker_goes_on() -> None:
     def broken(j: SampleJob, interrupted: Callable[[], bool]) -> LocalShadow | None:
         raise RuntimeError("native crash")
 
-    sampler = QualitySampler(
+    with closing(QualitySampler(
         QualityConfig(idle_s=0.0), activity, shadow=broken, audit=work.audit, score=lambda a, b: 0.5, record=work.recorded.append
-    )
-    try:
+    )) as sampler:
         sampler.offer(job())
         sampler.offer(job("audit"))
         assert sampler.drain(5)
-    finally:
-        sampler.close()
     assert sampler.stats.failed == 1 and sampler.stats.completed == 1
 
 
 def test_close_stops_a_running_shadow_before_returning_and_refuses_new_jobs() -> None:
     work, activity = Work(pieces=20_000, piece_s=0.001), ForegroundActivity()  # 20 s unless stopped
-    sampler = work.sampler(activity)
-    sampler.offer(job())
-    assert work.shadow_started.wait(5)
-    sampler.close(timeout=15)
-    assert not work.in_shadow  # the model may be freed now: nothing generates on it
-    assert work.generated < 20_000
-    assert not sampler.offer(job())
+    with work.sampler(activity) as sampler:
+        sampler.offer(job())
+        assert work.shadow_started.wait(5)
+        sampler.close(timeout=15)
+        assert not work.in_shadow  # the model may be freed now: nothing generates on it
+        assert work.generated < 20_000
+        assert not sampler.offer(job())
 
 
 @pytest.mark.parametrize("field", ["shadow_rate", "audit_rate"])
@@ -205,3 +186,20 @@ def test_rates_are_shares(field: str) -> None:
 
     with pytest.raises(ValidationError):
         QualityConfig(**{field: 1.5})
+
+
+def test_scorer_path_scores_with_an_untuned_classifier_s_encoder(classifier_path, tmp_path) -> None:
+    """A router whose own classifier is fine-tuned can still score with a separate, untuned encoder."""
+    from router._engine import Engine
+    from router.config import RouterConfig
+
+    config = RouterConfig(
+        quality={"scorer_path": classifier_path / "encoder"}, log={"path": tmp_path / "log.db"}, warmup="lazy"
+    )
+    engine = Engine(config)
+    try:
+        same = engine._answer_similarity("Your order ships today.", "Your order ships today.")
+        other = engine._answer_similarity("Your order ships today.", "The weather in Lisbon is sunny.")
+    finally:
+        engine.close()
+    assert same == pytest.approx(1.0, abs=1e-3) and other < 0.5

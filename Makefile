@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo demo-retrain ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard clean
+.PHONY: install demo demo-retrain ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ eval-classifier: $(STAMP)
 # The degeneration guard on base-model, reference and tuned answers: writes evals/results/guard.json.
 eval-guard: $(STAMP)
 	$(PY) -m evals.guard_eval
+
+# Category discovery: Banking77 clustering vs k-means at the true k, Bitext proposals, 100k-query scale
+# (about 15 minutes): writes evals/results/discover.json.
+eval-discover: $(STAMP)
+	$(PY) -m evals.discover_eval
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -43,6 +43,8 @@ _EXPORTS: dict[str, str] = {
     "ModelVersion": "finetune.registry",
     "NoRollbackTargetError": "finetune.registry",
     "BASE_VERSION": "finetune.registry",
+    "ClassifierRegistry": "finetune.classifier_registry",
+    "ClassifierVersion": "finetune.classifier_registry",
     "split_bucket": "finetune.datasets",
     "update_classifier": "finetune.classifier_update",
     "evaluate_served": "finetune.evidence",
@@ -56,6 +58,7 @@ __all__, __getattr__, __dir__ = lazy_exports("finetune", _EXPORTS, globals())
 
 
 if TYPE_CHECKING:
+    from finetune.classifier_registry import ClassifierRegistry, ClassifierVersion
     from finetune.classifier_update import update_classifier
     from finetune.config import RetrainConfig
     from finetune.datasets import (

@@ -1,4 +1,4 @@
-"""The ``router models`` and ``router retrain`` subcommands, added to the ``router`` command by entry point.
+"""The ``router models``, ``router classifiers`` and ``router retrain`` subcommands, added by entry point.
 
 Registered under ``hybrid_router.commands`` in ``pyproject.toml``, so the router's own CLI
 discovers them without importing this package by name.
@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_evaluate_command", "add_models_command", "add_retrain_command"]
+__all__ = ["add_classifiers_command", "add_evaluate_command", "add_models_command", "add_retrain_command"]
 
 _REGISTRY_HELP = "model registry directory (default: local.registry_path, else the data directory's registry)"
+_CLASSIFIER_REGISTRY_HELP = "classifier registry directory (default: classifier.registry_path, else the data directory's)"
 
 
 def _registry(args: argparse.Namespace) -> Any:
@@ -30,37 +31,67 @@ def _registry(args: argparse.Namespace) -> Any:
     return ModelRegistry(path)
 
 
+def _classifier_registry(args: argparse.Namespace) -> Any:
+    from finetune.classifier_registry import ClassifierRegistry
+    from router.config import default_classifier_registry_path, load_config
+
+    path = args.registry or load_config(args.config).classifier.registry_path or default_classifier_registry_path()
+    return ClassifierRegistry(path)
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _models_list(args: argparse.Namespace) -> int:
-    registry = _registry(args)
+def _list_versions(args: argparse.Namespace, *, what: str, none_yet: str, nothing: str, header: str, row: Any) -> int:
+    """Print every version of the registry ``args`` names, ``*`` marking the one serving; ``row(v)`` ends its line."""
+    registry = args.open_registry(args)
     if not registry.root.is_dir():
-        print(f"no model registry at {registry.root}", file=sys.stderr)
+        print(f"no {what} registry at {registry.root}", file=sys.stderr)
         return 1
     versions = registry.versions()
     if not versions:
-        print(f"{registry.root}: no model versions yet (run `router retrain`)")
+        print(f"{registry.root}: {none_yet}")
         return 0
     state = registry.serving_state()
     serving = state["version"] if state else None
-    print(f"{registry.root}: {len(versions)} versions, serving {serving or 'nothing (the configured model)'}")
-    print(f"  {'version':<10}{'created (UTC)':<18}{'similarity':>11}{'rouge_l':>9}{'degenerate':>11}  dataset")
+    print(f"{registry.root}: {len(versions)} versions, serving {serving or nothing}")
+    print(f"  {'version':<10}{'created (UTC)':<18}{header}")
     for v in versions:
-        m = v.metrics
         marker = "*" if v.version == serving else " "
-        print(
-            f"{marker} {v.version:<10}{v.created_at.strftime('%Y-%m-%d %H:%M'):<18}{_fmt(m.get('similarity'), '.3f'):>11}"
-            f"{_fmt(m.get('rouge_l'), '.3f'):>9}{_fmt(m.get('degenerate_rate'), '.1%'):>11}  {v.dataset_id or '-'}"
-        )
+        print(f"{marker} {v.version:<10}{v.created_at.strftime('%Y-%m-%d %H:%M'):<18}{row(v)}")
     return 0
 
 
-def _models_promote(args: argparse.Namespace) -> int:
-    registry = _registry(args)
+def _models_list(args: argparse.Namespace) -> int:
+    def row(v: Any) -> str:
+        m = v.metrics
+        return (
+            f"{_fmt(m.get('similarity'), '.3f'):>11}{_fmt(m.get('rouge_l'), '.3f'):>9}"
+            f"{_fmt(m.get('degenerate_rate'), '.1%'):>11}  {v.dataset_id or '-'}"
+        )
+
+    return _list_versions(
+        args, what="model", none_yet="no model versions yet (run `router retrain`)",
+        nothing="nothing (the configured model)", header=f"{'similarity':>11}{'rouge_l':>9}{'degenerate':>11}  dataset", row=row,
+    )  # fmt: skip
+
+
+def _classifiers_list(args: argparse.Namespace) -> int:
+    def row(v: Any) -> str:
+        note = f" / {v.note}" if v.note else ""
+        return f"{len(v.categories):>11}{_fmt(v.metrics.get('accuracy'), '.3f'):>10}  {v.source}{note}"
+
+    return _list_versions(
+        args, what="classifier", none_yet="no classifier versions yet", nothing="nothing (no classifier)",
+        header=f"{'categories':>11}{'accuracy':>10}  source / note", row=row,
+    )  # fmt: skip
+
+
+def _promote(args: argparse.Namespace) -> int:
+    registry = args.open_registry(args)
     state = registry.serving_state()
-    record = registry.promote(args.version, reason=args.reason or "manual promotion (router models promote)")
+    record = registry.promote(args.version, reason=args.reason or f"manual promotion (router {args.noun} promote)")
     before = state["version"] if state else None
     if before == record.version:
         print(f"{record.version} is already serving")
@@ -69,10 +100,10 @@ def _models_promote(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models_rollback(args: argparse.Namespace) -> int:
-    registry = _registry(args)
+def _rollback(args: argparse.Namespace) -> int:
+    registry = args.open_registry(args)
     state = registry.serving_state()
-    record = registry.rollback(reason=args.reason or "manual rollback (router models rollback)")
+    record = registry.rollback(reason=args.reason or f"manual rollback (router {args.noun} rollback)")
     print(f"rolled back: {record.version} now serving (was {state['version'] if state else 'nothing'})")
     return 0
 
@@ -93,21 +124,38 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_registry_actions(command: Any, *, noun: str, what: str, listing: Any, open_registry: Any, registry_help: str) -> None:
+    """``list``, ``promote VERSION`` and ``rollback`` under ``command``, on the registry ``open_registry(args)`` names."""
+    command.set_defaults(noun=noun, open_registry=open_registry)
+    actions = command.add_subparsers(dest="action", required=True)
+    list_ = actions.add_parser("list", help="every version with its figures; * marks the one serving")
+    list_.set_defaults(run=listing)
+    promote = actions.add_parser("promote", help=f"serve VERSION (its {what} checksums are verified first)")
+    promote.add_argument("version")
+    promote.set_defaults(run=_promote)
+    rollback = actions.add_parser("rollback", help="serve again the version that served before the current one")
+    rollback.set_defaults(run=_rollback)
+    for sub in (list_, promote, rollback):
+        sub.add_argument("--registry", type=Path, help=registry_help)
+    for sub in (promote, rollback):
+        sub.add_argument("--reason", help="why, recorded in the registry's history")
+
+
 def add_models_command(commands: Any) -> None:
     """``router models list|promote|rollback``."""
     models = commands.add_parser("models", help="list, promote and roll back local model versions")
-    actions = models.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="every version with its metrics; * marks the one serving")
-    listing.set_defaults(run=_models_list)
-    promote = actions.add_parser("promote", help="serve VERSION (its adapter checksum is verified first)")
-    promote.add_argument("version")
-    promote.set_defaults(run=_models_promote)
-    rollback = actions.add_parser("rollback", help="serve again the version that served before the current one")
-    rollback.set_defaults(run=_models_rollback)
-    for sub in (listing, promote, rollback):
-        sub.add_argument("--registry", type=Path, help=_REGISTRY_HELP)
-    for sub in (promote, rollback):
-        sub.add_argument("--reason", help="why, recorded in the registry's history")
+    _add_registry_actions(
+        models, noun="models", what="adapter", listing=_models_list, open_registry=_registry, registry_help=_REGISTRY_HELP
+    )
+
+
+def add_classifiers_command(commands: Any) -> None:
+    """``router classifiers list|promote|rollback``: a router following the registry switches within a poll."""
+    classifiers = commands.add_parser("classifiers", help="list, promote and roll back query classifier versions")
+    _add_registry_actions(
+        classifiers, noun="classifiers", what="artifact", listing=_classifiers_list,
+        open_registry=_classifier_registry, registry_help=_CLASSIFIER_REGISTRY_HELP,
+    )  # fmt: skip
 
 
 def add_retrain_command(commands: Any) -> None:

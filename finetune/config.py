@@ -38,9 +38,14 @@ class RetrainConfig(BaseModel):
         None, description="Categories to learn; default: those the local tier serves, or every category when none is set."
     )
     include_local_accepted: bool = Field(True, description="Also learn from local answers users marked accepted.")
+    label_with: Path | None = Field(
+        None,
+        description="Classifier artifact that labels rows logged without a category (traffic from before any "
+        "classifier, e.g. categories found by `router discover`); default: the router's serving classifier.",
+    )
     extra_sources: list[Path] = Field(default_factory=list, description="User JSONL (OpenAI messages) or CSV (query, answer) files.")
     min_new_examples: int = Field(50, ge=1, description="Fewer new training examples than this: nothing to do.")
-    max_train_examples: int = Field(1000, ge=1, description="Cap on examples per training run (the newest are kept).")
+    max_train_examples: int = Field(1000, ge=1, description="Cap on examples per training run (a seeded random choice from the snapshot).")
     measure_logits_speedup: bool = Field(False, description="Also time naive vs response-only logits (about a minute).")
     filters: DatasetFilters = Field(default_factory=DatasetFilters)
     training: TrainConfig = Field(default_factory=TrainConfig)
@@ -64,6 +69,9 @@ class RetrainConfig(BaseModel):
             values["registry_path"] = router_config.local.registry_path
         if router_config.local.model_path is not None:
             values["base_model"] = router_config.local.model_path
+        serving_classifier = _serving_classifier(router_config)
+        if serving_classifier is not None:
+            values["label_with"] = serving_classifier
         local_categories = router_config.routing.local_categories
         if local_categories != "*" and local_categories:
             values["categories"] = list(local_categories)
@@ -74,6 +82,19 @@ class RetrainConfig(BaseModel):
         except ValidationError as err:
             problems = "; ".join(f"retrain.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
             raise ConfigError(f"invalid retrain configuration: {problems}") from err
+
+
+def _serving_classifier(config: RouterConfig) -> Path | None:
+    """The classifier artifact the router serves: its configured path, or its registry's promoted version."""
+    if config.classifier.path is not None:
+        return Path(config.classifier.path)
+    if config.classifier.registry_path is not None:
+        from finetune.classifier_registry import ClassifierRegistry
+
+        registry = ClassifierRegistry(config.classifier.registry_path)
+        serving = registry.serving()
+        return registry.artifact_path(serving.version) if serving is not None else None
+    return None
 
 
 def validate_retrain_table(config: RouterConfig) -> None:

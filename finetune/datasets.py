@@ -22,7 +22,7 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -203,8 +203,13 @@ def examples_from_log(
     *,
     categories: Iterable[str] | None = None,
     include_local: bool = False,
+    label_unlabelled: Callable[[list[str]], Sequence[str | None]] | None = None,
 ) -> list[Example]:
     """Teacher examples from the traffic log: complete, error-free cloud answers, and corrections.
+
+    ``label_unlabelled`` (a classifier's ``predict``) labels rows logged without a category:
+    traffic logged before any classifier existed, which ``router categories apply`` has since
+    given categories. Rows it sends to ``None`` stay out-of-scope.
 
     Local answers are included only with ``include_local`` and only when someone accepted them
     (``client.feedback(id, accepted=True)``, or the older ``metadata["feedback"] == "accepted"``):
@@ -216,7 +221,10 @@ def examples_from_log(
 
     def collect(log: TrafficLog) -> list[Example]:
         feedback = log.feedback()
-        return [e for r in log.records() if (e := _log_example(r, wanted, include_local, feedback.get(r.id))) is not None]
+        records = list(log.records())
+        if label_unlabelled is not None:
+            _label(records, label_unlabelled)
+        return [e for r in records if (e := _log_example(r, wanted, include_local, feedback.get(r.id))) is not None]
 
     if isinstance(log_or_path, TrafficLog):
         return collect(log_or_path)
@@ -225,6 +233,23 @@ def examples_from_log(
         raise ArtifactError(f"no traffic log at {path}")
     with TrafficLog(path) as log:
         return collect(log)
+
+
+def _label(records: list[LogRecord], predict: Callable[[list[str]], Sequence[str | None]]) -> None:
+    """Set the category of rows logged without one, from their last user message, in one batch."""
+    unlabelled, queries = [], []
+    for record in records:
+        if record.category is None and record.messages:
+            try:
+                query = last_user_text(record.messages).strip()
+            except (TypeError, ValueError, KeyError):
+                continue
+            if query:
+                unlabelled.append(record)
+                queries.append(query)
+    if queries:
+        for record, label in zip(unlabelled, predict(queries), strict=True):
+            record.category = label
 
 
 def _log_example(

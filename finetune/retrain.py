@@ -61,7 +61,14 @@ def _load_sources(config: RetrainConfig) -> tuple[list[Example], list[str]]:
     examples: list[Example] = []
     sources: list[str] = []
     if Path(config.log_path).exists():
-        examples += examples_from_log(config.log_path, categories=config.categories, include_local=config.include_local_accepted)
+        label = None
+        if config.label_with is not None:
+            from classifiers import EmbeddingClassifier
+
+            label = EmbeddingClassifier.load(config.label_with).predict
+        examples += examples_from_log(
+            config.log_path, categories=config.categories, include_local=config.include_local_accepted, label_unlabelled=label
+        )  # fmt: skip
         sources.append(f"log:{config.log_path}")
     for path in config.extra_sources:
         reader = examples_from_jsonl if path.suffix == ".jsonl" else examples_from_csv

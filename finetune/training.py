@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,6 +69,12 @@ class TrainConfig(BaseModel):
         description="Loss weight of the end-of-turn token. It is one token in ~170 of a support answer; unweighted, "
         "a short run teaches the content but not where to stop, and the served model rambles to max_tokens.",
     )
+    category_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Passes per epoch over one category's examples (default 1): 2.0 trains each twice, 1.5 repeats a "
+        "reproducible half. Focuses a retrain on categories the quality gate keeps closed without training the "
+        "open ones longer; validation examples are never repeated.",
+    )
     seed: int = Field(0, description="Seeds data order, LoRA initialisation and dropout.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses a GPU (bf16) when there is one.")
@@ -76,6 +82,8 @@ class TrainConfig(BaseModel):
     def fingerprint(self) -> str:
         """Settings that change the result (not threads or device), for checkpoint compatibility."""
         fields = self.model_dump(exclude={"threads", "device"})
+        if not fields["category_weights"]:  # unset: fingerprints of runs from before the setting stay valid
+            del fields["category_weights"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -293,6 +301,24 @@ def train_lora(
         model.unload()
 
 
+def _oversampled(indices: list[int], categories: Sequence[str | None], config: TrainConfig) -> list[int]:
+    """``indices`` with each example repeated by its category's weight (after the validation split,
+    so no validation example is ever trained on); fractional parts pick a seeded share."""
+    weights = config.category_weights
+    if not weights:
+        return indices
+    unknown = sorted(set(weights) - set(categories))
+    if unknown:
+        raise ValueError(f"category_weights names categories with no training examples: {', '.join(unknown)}")
+    rng = random.Random(config.seed + 1)
+    out: list[int] = []
+    for i in indices:
+        weight = weights.get(categories[i] or "", 1.0)
+        repeats = int(weight) + (1 if rng.random() < weight - int(weight) else 0)
+        out.extend([i] * repeats)
+    return out
+
+
 def _with_lora(base: BaseModelBundle, config: TrainConfig) -> Any:
     """Wrap the shared base model with fresh LoRA layers (undo with ``.unload()``)."""
     from peft import LoraConfig, get_peft_model
@@ -316,9 +342,10 @@ def _train(torch, model, base, examples, output_dir, checkpoints, config, device
     encoded = [encode_example(base.tokenizer, example, config) for example in examples]
     data_fingerprint = hashlib.sha256(json.dumps([e[0] for e in encoded]).encode()).hexdigest()[:16]
     n_val = min(config.validation_examples, len(encoded) // 5)
-    shuffled = list(encoded)
-    random.Random(config.seed).shuffle(shuffled)
-    validation, training = shuffled[:n_val], shuffled[n_val:]
+    order = list(range(len(encoded)))
+    random.Random(config.seed).shuffle(order)
+    validation = [encoded[i] for i in order[:n_val]]
+    training = [encoded[i] for i in _oversampled(order[n_val:], [e.category for e in examples], config)]
     val_batches = [_collate(torch, validation[i : i + config.batch_size], pad_id, device) for i in range(0, n_val, config.batch_size)]
 
     rng = random.Random(config.seed)

@@ -19,19 +19,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hybrid_common.errors import ArtifactError
+from hybrid_common.errors import ArtifactError, ArtifactIntegrityError
 
 __all__ = [
     "MANIFEST_DIGEST_KEY",
+    "MANIFEST_FILE",
     "fsync_dir",
     "manifest_digest",
     "publish_numbered_dir",
+    "read_manifest",
     "sha256_file",
     "write_text_atomic",
 ]
 
 # A manifest carries the digest of its own other fields, so an edited manifest is detected too.
 MANIFEST_DIGEST_KEY = "manifest_sha256"
+MANIFEST_FILE = "manifest.json"
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -47,6 +50,24 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
     """sha256 of a manifest's canonical JSON, leaving out its own ``manifest_sha256`` field."""
     body = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST_KEY}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``manifest.json`` of an artifact directory, with its own digest checked.
+
+    Cheap (no listed file is hashed): it says which artifact a directory holds and that the
+    manifest was not edited; whoever loads the files checks them against it.
+    """
+    path = Path(directory) / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"no artifact at {directory} (missing {MANIFEST_FILE})") from None
+    except (OSError, ValueError) as err:
+        raise ArtifactIntegrityError(f"{path} is unreadable: {err}") from err
+    if not isinstance(manifest, dict) or manifest.get(MANIFEST_DIGEST_KEY) != manifest_digest(manifest):
+        raise ArtifactIntegrityError(f"{path} was modified after it was written (digest mismatch)")
+    return manifest
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

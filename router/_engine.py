@@ -20,6 +20,7 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from hybrid_common.errors import (
@@ -44,6 +45,7 @@ from router._sampling import (
     ScoredSample,
 )
 from router.backends import CloudBackend, GenerationStream, LocalFailure, create_local_backend
+from router.classifier_watch import ClassifierWatch, FollowedClassifier
 from router.config import RouterConfig
 from router.policy import Decision, RoutingPolicy
 from router.quality import GateVerdict, QualityGate, evidence_reader, model_key
@@ -72,6 +74,10 @@ class Engine:
             self.log = TrafficLog(config.log.path, store_messages=config.log.store_messages, redact_patterns=redact)
         self._classifier: Any = None
         self._classifier_lock = threading.Lock()
+        self._followed: FollowedClassifier | None = None
+        if config.classifier.registry_path is not None:
+            watch = ClassifierWatch(config.classifier.registry_path, poll_s=config.classifier.registry_poll_s)
+            self._followed = FollowedClassifier(watch, self._load_classifier, on_swap=lambda state: self.gate.set_aliases(dict(state.aliases)))
         self.gate = QualityGate(config.quality, evidence_reader(config.local.followed_registry, config.quality.evidence_dir))
         self._adapter_sha: str | None = None
         self._announced_key: str | None = None
@@ -114,20 +120,38 @@ class Engine:
 
     @property
     def classifier(self) -> Any:
-        """The loaded classifier artifact, or None when none is configured."""
+        """The classifier serving now, or None when none is configured (or none promoted yet)."""
+        return self.classifier_and_version()[0]
+
+    def classifier_and_version(self) -> tuple[Any, str | None]:
+        """The classifier serving now and its registry version (None for a configured ``path``)."""
+        classifier, version, _ = self._serving_classifier()
+        return classifier, version
+
+    def _serving_classifier(self) -> tuple[Any, str | None, frozenset[str]]:
+        """(classifier, registry version, categories the version marks private), read as one.
+
+        A followed registry's new promotion loads in the background and is swapped in whole, so
+        this returns at once after the first load.
+        """
+        if self._followed is not None:
+            return self._followed.get()
         path = self.config.classifier.path
         if path is None:
-            return None
+            return None, None, frozenset()
         if self._classifier is None:
             with self._classifier_lock:
                 if self._classifier is None:
-                    from classifiers import EmbeddingClassifier
+                    self._classifier = self._load_classifier(path)
+        return self._classifier, None, frozenset()
 
-                    classifier = EmbeddingClassifier.load(path, threads=self.config.classifier.threads)
-                    if self.config.classifier.threshold is not None:
-                        classifier.threshold_ = self.config.classifier.threshold
-                    self._classifier = classifier
-        return self._classifier
+    def _load_classifier(self, path: Path) -> Any:
+        from classifiers import EmbeddingClassifier
+
+        classifier = EmbeddingClassifier.load(path, threads=self.config.classifier.threads)
+        if self.config.classifier.threshold is not None:
+            classifier.threshold_ = self.config.classifier.threshold
+        return classifier
 
     # -- the quality gate -------------------------------------------------------------------------
 
@@ -336,7 +360,7 @@ class Engine:
     def plan(self, request: ChatRequest) -> Exchange:
         """Classify and decide; a refused request is logged whole, then raised."""
         category = confidence = classify_ms = None
-        classifier = self.classifier
+        classifier, classifier_version, private = self._serving_classifier()
         if classifier is not None and request.query:
             with self.activity.running():
                 start = time.perf_counter()
@@ -345,14 +369,18 @@ class Engine:
             category, confidence = prediction.category, float(prediction.confidence)
         try:
             decision = self.policy.decide(
-                request, category=category, has_classifier=classifier is not None, gate=self.gate_verdict
-            )
+                request, category=category, has_classifier=classifier is not None, gate=self.gate_verdict,
+                private_categories=private,
+            )  # fmt: skip
         except RouterError as err:
-            refused = Exchange(request, Decision("local", Reason.REFUSED, str(err)), category, confidence, classify_ms)
+            refused = Exchange(
+                request, Decision("local", Reason.REFUSED, str(err)), category, confidence, classify_ms,
+                classifier_version=classifier_version,
+            )  # fmt: skip
             refused.error = err
             self._write_log(refused)
             raise
-        return Exchange(request, decision, category, confidence, classify_ms)
+        return Exchange(request, decision, category, confidence, classify_ms, classifier_version=classifier_version)
 
     def _write_log(self, exchange: Exchange) -> None:
         if self.log is not None:

@@ -32,6 +32,7 @@ class Exchange:
     category: str | None
     confidence: float | None
     classify_ms: float | None
+    classifier_version: str | None = None  # the classifier registry version that classified it
     request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.perf_counter)
     created: int = field(default_factory=lambda: int(time.time()))
@@ -81,6 +82,7 @@ class Exchange:
             detail=self.decision.detail,
             category=self.category,
             confidence=self.confidence,
+            classifier_version=self.classifier_version,
             fallback_from=self.fallback_from,
             fallback_reason=self.fallback_reason,
             degenerate=self.degenerate,
@@ -118,6 +120,7 @@ class Exchange:
             fallback_from=self.fallback_from,
             fallback_reason=self.fallback_reason,
             adapter_version=self.adapter_version,
+            classifier_version=self.classifier_version,
             messages=self.request.messages,
             params={k: v for k, v in params.items() if v is not None},
             response=self.text if error is None else (self.text or None),

@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hybrid_common.errors import ConfigError
@@ -39,6 +39,7 @@ __all__ = [
     "RouterConfig",
     "RoutingConfig",
     "data_dir",
+    "default_classifier_registry_path",
     "default_log_path",
     "default_registry_path",
     "legacy_path_notes",
@@ -64,6 +65,14 @@ def default_log_path() -> Path:
 
 def default_registry_path() -> Path:
     return data_dir() / "registry"
+
+
+def default_classifier_registry_path() -> Path:
+    """Where `router categories apply` and `router classifiers` look when no registry is configured.
+
+    The router follows a classifier registry only when ``classifier.registry_path`` names it.
+    """
+    return data_dir() / "classifiers"
 
 
 def legacy_path_notes(log_path: Path, registry_path: Path, *, cwd: Path | None = None) -> list[str]:
@@ -185,13 +194,28 @@ class CloudConfig(_Section):
 
 
 class ClassifierConfig(_Section):
-    """Where the query classifier artifact lives."""
+    """Where the query classifier artifact lives: one fixed directory, or a registry's promoted version."""
 
     path: Path | None = Field(None, description="Classifier artifact directory; without one every 'auto' query is an edge case.")
+    registry_path: Path | None = Field(
+        None,
+        description="Follow this classifier registry's serving version (`router classifiers`); a promotion or "
+        "rollback is picked up without a restart. Excludes path.",
+    )
+    registry_poll_s: float = Field(1.0, gt=0, description="Seconds between checks of the classifier registry.")
     threshold: float | None = Field(None, ge=0, le=1, description="Override the artifact's calibrated edge threshold.")
     threads: int | None = Field(
         None, ge=1, description="ONNX threads per classification; default min(2, cores), non-spinning."
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ClassifierConfig:
+        if self.path is not None and self.registry_path is not None:
+            raise ValueError(
+                "classifier.path and classifier.registry_path are mutually exclusive: set path to serve one fixed "
+                "artifact, or registry_path to serve whatever version the registry promotes"
+            )
+        return self
 
 
 class RoutingConfig(_Section):
@@ -319,6 +343,10 @@ class RouterConfig(BaseSettings):
     retrain: dict[str, Any] = Field(
         default_factory=dict,
         description="The [retrain] table: settings of `router retrain`, validated by finetune.RetrainConfig.",
+    )
+    discover: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The [discover] table: settings of `router discover`, validated by classifiers.discovery.DiscoveryConfig.",
     )
     warmup: Literal["lazy", "background", "eager"] = Field(
         "background", description="When models load: on first use, in a background thread at start, or before returning."

@@ -72,17 +72,20 @@ class RoutingPolicy:
         category: str | None,
         has_classifier: bool,
         gate: Callable[[str], GateVerdict] | None = None,
+        private_categories: frozenset[str] = frozenset(),
     ) -> Decision:
         """Apply the rules in order; raise when no tier may serve the request.
 
         ``gate(category)`` is the quality gate's verdict for the model serving now; without one,
         every local category is served (the behaviour before the gate existed).
+        ``private_categories`` adds to the configured ones (those the serving classifier version
+        marks private: categories found by ``router discover`` and marked private there).
         """
         cloud_model = self.cloud_model_for(request.model)
         blockers = ", ".join(request.local_blockers)
 
         private_reason: tuple[Reason, str] | None = None
-        if category is not None and category in self._private_categories:
+        if category is not None and (category in self._private_categories or category in private_categories):
             private_reason = (Reason.PRIVATE_CATEGORY, category)
         elif (pii := self.pii_match(request.all_text)) is not None:
             private_reason = (Reason.PII_MATCH, pii)

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +186,7 @@ class QualityGate:
         self._refresh_s = refresh_s
         self._offline: dict[str | None, tuple[float, Mapping[str, CategoryEvidence]]] = {}
         self._live: dict[tuple[str | None, str], _LiveWindow] = {}
+        self._aliases: dict[str, tuple[str, ...]] = {}
         self._state: dict[tuple[str | None, str], bool] = {}
         self._lock = threading.Lock()
 
@@ -212,17 +213,29 @@ class QualityGate:
             window.samples.append((max(0.0, min(1.0, float(similarity))), bool(degenerate)))
         return self.verdict(version, category)
 
-    def evidence(self, version: str | None, category: str) -> CategoryEvidence | None:
-        """The evidence that decides: live once it has enough samples, else offline."""
+    def set_aliases(self, aliases: Mapping[str, Sequence[str]]) -> None:
+        """Earlier names of each category (a renamed or merged discovered category): evidence recorded
+        under one of them counts for the category until it has enough of its own."""
         with self._lock:
-            window = self._live.get((version, category))
-        live = window.evidence() if window else None
-        if live is not None and live.samples >= self._config.min_samples:
-            return live
-        offline = self.offline(version).get(category)
-        if offline is not None and offline.samples >= self._config.min_samples:
-            return offline
-        return live or offline
+            self._aliases = {k: tuple(v) for k, v in aliases.items()}
+
+    def evidence(self, version: str | None, category: str) -> CategoryEvidence | None:
+        """The evidence that decides: live once it has enough samples, else offline; then the same
+        under the category's earlier names."""
+        with self._lock:
+            names = (category, *self._aliases.get(category, ()))
+        found: list[CategoryEvidence] = []
+        for name in names:
+            with self._lock:
+                window = self._live.get((version, name))
+            live = window.evidence() if window else None
+            if live is not None and live.samples >= self._config.min_samples:
+                return live
+            offline = self.offline(version).get(name)
+            if offline is not None and offline.samples >= self._config.min_samples:
+                return offline
+            found += [e for e in (live, offline) if e is not None]
+        return found[0] if found else None
 
     # -- decisions --------------------------------------------------------------------------------
 

@@ -31,10 +31,11 @@ __all__ = ["LogRecord", "TrafficLog"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Version 1: requests. Version 2 adds feedback (client.feedback) and quality_samples (live evidence
 # for the quality gate). Version 3 gives a quality sample the answer it scored (shadow: the local
-# answer; audit: the cloud's), what it cost and a detail line. Each migration step only adds; a log
+# answer; audit: the cloud's), what it cost and a detail line. Version 4 records which classifier
+# registry version classified a request. Each migration step only adds; a log
 # written by an older release opens, is migrated in place, and keeps every row.
 _SCHEMA_V2 = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -62,6 +63,9 @@ _SCHEMA_V3 = """
 ALTER TABLE quality_samples ADD COLUMN answer TEXT;
 ALTER TABLE quality_samples ADD COLUMN cost_usd REAL;
 ALTER TABLE quality_samples ADD COLUMN detail TEXT;
+"""
+_SCHEMA_V4 = """
+ALTER TABLE requests ADD COLUMN classifier_version TEXT;
 """
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -123,6 +127,7 @@ class LogRecord:
     fallback_from: str | None = None
     fallback_reason: str | None = None
     adapter_version: str | None = None
+    classifier_version: str | None = None
     messages: list[dict[str, Any]] | None = None
     params: dict[str, Any] | None = None
     response: str | None = None
@@ -149,7 +154,10 @@ def _now() -> str:
 
 
 def _record(row: sqlite3.Row) -> LogRecord:
-    values = dict(row)
+    return _record_from(dict(row))
+
+
+def _record_from(values: dict[str, Any]) -> LogRecord:
     for column in _JSON_COLUMNS:
         if values[column] is not None:
             values[column] = json.loads(values[column])
@@ -197,6 +205,10 @@ class TrafficLog:
                 if version in (1, 2):
                     logger.info("traffic log %s: migrating schema %d -> 3 (answers and cost of quality samples)", self.path, max(version, 2))
                 conn.executescript(_SCHEMA_V3)
+            if version < 4:
+                if version in (1, 2, 3):
+                    logger.info("traffic log %s: migrating schema %d -> 4 (classifier version per request)", self.path, version)
+                conn.executescript(_SCHEMA_V4)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._conn = conn
         return self._conn
@@ -266,6 +278,25 @@ class TrafficLog:
             sql += f" LIMIT {int(limit)}"
         for row in self._read(sql, tuple(args)):
             yield _record(row)
+
+    def pages(self, *, page_size: int = 1000, after_rowid: int = 0) -> Iterator[list[tuple[int, LogRecord]]]:
+        """All logged requests oldest first as ``(rowid, record)`` pages, read by rowid ranges.
+
+        Memory stays bounded by one page however long the log, and the lock that writers need is
+        held for one page at a time, never for the whole scan (unlike :meth:`records`).
+        """
+        last = after_rowid
+        while True:
+            rows = self._read("SELECT rowid AS _rowid, * FROM requests WHERE rowid > ? ORDER BY rowid LIMIT ?", (last, page_size))
+            if not rows:
+                return
+            page = []
+            for row in rows:
+                values = dict(row)
+                rowid = values.pop("_rowid")
+                page.append((rowid, _record_from(values)))
+            last = page[-1][0]
+            yield page
 
     def summary(self) -> list[dict[str, Any]]:
         """Requests, latency and cost per tier and category."""

@@ -50,6 +50,8 @@ class RouteInfo(BaseModel):
     detail: str = ""
     category: str | None = None
     confidence: float | None = None
+    classifier_version: str | None = None
+    """The classifier registry version that chose ``category`` (None with a fixed ``classifier.path``)."""
     fallback_from: Tier | None = None
     fallback_reason: str | None = None
     degenerate: str | None = None  # set when a request that could not fall back got a cut-short answer

@@ -34,3 +34,17 @@ def make_adapter(tmp_path: Path) -> Callable[..., Path]:
         return write_tiny_adapter(tmp_path / f"adapter-{next(counter)}.gguf", seed=seed, **kwargs)
 
     return build
+
+
+def write_classifier_variant(source: Path, path: Path, *, prefix: str = "", threshold: float = 0.0) -> Path:
+    """A real classifier artifact derived from ``source`` without refitting: classes renamed ``prefix + class``.
+
+    The renamed classes make an answer tell which version classified it; threshold 0 gives every
+    query a category, so no request needs the cloud.
+    """
+    from classifiers import EmbeddingClassifier
+
+    classifier = EmbeddingClassifier.load(source)
+    classifier.classes_ = np.array([prefix + str(c) for c in classifier.classes_], dtype=object)
+    classifier.threshold_ = threshold
+    return classifier.save(path)

@@ -78,3 +78,39 @@ def test_retrain_without_data_exits_2(tmp_path, capsys) -> None:
     config.write_text(f'[log]\npath = "{tmp_path / "missing.sqlite3"}"\n[local]\nregistry_path = "{tmp_path / "reg"}"\n')
     assert main(["--config", str(config), "retrain", "--dry-run"]) == 2
     assert "no traffic log" in capsys.readouterr().err
+
+
+def test_classifiers_list_promote_rollback(tmp_path, capsys, classifier_path) -> None:
+    from finetune.classifier_registry import ClassifierRegistry
+
+    registry = ClassifierRegistry(tmp_path / "classifiers")
+    for note in ("first", "second"):
+        registry.add(classifier_path, categories=["ORDER", "PAYMENT"], source="test", metrics={"accuracy": 0.875}, note=note)
+    reg = ["--registry", str(registry.root)]
+    assert main(["classifiers", "list", *reg]) == 0
+    out = capsys.readouterr().out
+    assert "2 versions, serving nothing" in out and "  v0001" in out and "0.875" in out and "test / second" in out
+
+    assert main(["classifiers", "promote", "v0001", *reg]) == 0
+    assert "v0001 now serving (was nothing)" in capsys.readouterr().out
+    assert main(["classifiers", "promote", "v0002", *reg, "--reason", "better"]) == 0
+    assert registry.serving_state()["version"] == "v0002" and registry.history()[-1]["reason"] == "better"
+    # Without --registry: classifier.registry_path from the configuration.
+    config = tmp_path / "r.toml"
+    config.write_text(f'[classifier]\nregistry_path = "{registry.root}"\n')
+    assert main(["--config", str(config), "classifiers", "list"]) == 0
+    assert "* v0002" in capsys.readouterr().out
+    assert main(["--config", str(config), "classifiers", "rollback"]) == 0
+    assert "v0001 now serving (was v0002)" in capsys.readouterr().out
+    assert registry.history()[-1]["reason"] == "manual rollback (router classifiers rollback)"
+    assert main(["classifiers", "rollback", *reg]) == 1
+    assert "nothing to roll back" in capsys.readouterr().err
+    assert main(["classifiers", "promote", "v0042", *reg]) == 1
+    assert "no version 'v0042'" in capsys.readouterr().err
+
+
+def test_classifiers_default_to_the_data_directory_s_registry(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["classifiers", "list"]) == 1
+    assert f"no classifier registry at {tmp_path / 'data' / 'hybrid-router' / 'classifiers'}" in capsys.readouterr().err

@@ -35,3 +35,19 @@ def test_default_retrain_learns_every_category_and_old_eval_keys_say_where_they_
     path.write_text("[retrain.evaluation]\nmax_tokens = 256\n")
     with pytest.raises(ConfigError, match="local.default_max_tokens"):
         RetrainConfig.from_router_config(path)
+
+
+def test_rows_without_a_category_are_labelled_by_the_classifier_the_router_serves(tmp_path, classifier_path) -> None:
+    from finetune.classifier_registry import ClassifierRegistry
+    from finetune.config import RetrainConfig
+    from router import RouterConfig
+
+    fixed = RouterConfig(classifier={"path": classifier_path}, log={"path": tmp_path / "log.db"})
+    assert RetrainConfig.from_router_config(fixed).label_with == classifier_path
+    registry = ClassifierRegistry(tmp_path / "classifiers")
+    followed = RouterConfig(classifier={"registry_path": registry.root}, log={"path": tmp_path / "log.db"})
+    assert RetrainConfig.from_router_config(followed).label_with is None  # nothing promoted yet
+    version = registry.add(classifier_path, categories=["A", "B"], source="test")
+    registry.promote(version.version)
+    assert RetrainConfig.from_router_config(followed).label_with == registry.artifact_path(version.version)
+    assert RetrainConfig.from_router_config(followed, label_with=None).label_with is None  # a user can turn it off

@@ -148,7 +148,7 @@ def test_a_log_written_by_the_previous_schema_is_migrated(tmp_path: Path) -> Non
         log.record_feedback("old-1", score=None, accepted=True, correction=None)
         assert log.feedback()["old-1"]["accepted"] is True
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     conn.close()
 
 
@@ -191,8 +191,22 @@ def test_a_schema_2_log_keeps_its_samples_and_gains_their_answers(tmp_path: Path
     ]
     assert samples[1]["detail"] == "guard: echo" and samples[1]["degenerate"] == 1
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
     conn.close()
+
+
+def test_a_schema_3_log_gains_the_classifier_version_of_each_request(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA + V2_ADDITIONS + "ALTER TABLE quality_samples ADD COLUMN answer TEXT;"
+                       "ALTER TABLE quality_samples ADD COLUMN cost_usd REAL; ALTER TABLE quality_samples ADD COLUMN detail TEXT;")  # fmt: skip
+    conn.execute("INSERT INTO requests (id, created_at, requested_model, reason, stream) VALUES ('old-1', '2026-11-28', 'auto', 'edge_case', 0)")
+    conn.execute("PRAGMA user_version=3")
+    conn.commit()
+    conn.close()
+    with TrafficLog(path) as log:
+        log.record(LogRecord(id="new-1", requested_model="auto", reason="local_category", stream=False, classifier_version="v0002"))
+        assert [(r.id, r.classifier_version) for r in log.records()] == [("old-1", None), ("new-1", "v0002")]
 
 
 @pytest.mark.slow

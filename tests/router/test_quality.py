@@ -169,3 +169,15 @@ def test_router_evaluate_prints_the_gate_s_own_verdicts(tmp_path: Path) -> None:
     lines = {line.split()[0]: line for line in text.splitlines()[2:]}
     assert lines["ORDER"].endswith("open") and lines["REFUND"].endswith("local_quality_below_floor")
     assert lines["INVOICE"].endswith("open")  # the override applies here too: one rule
+
+
+def test_a_renamed_or_merged_category_keeps_the_evidence_of_its_earlier_names() -> None:
+    gate = gate_over({"v1": {"REFUND_MONEY": GOOD, "DOLLARS_EXPECT": POOR}})
+    assert gate.verdict("v1", "REFUNDS").reason is Reason.LOCAL_QUALITY_UNPROVEN
+    gate.set_aliases({"REFUNDS": ["REFUND_MONEY"], "TRACKING": ["DOLLARS_EXPECT"]})
+    assert gate.verdict("v1", "REFUNDS").open
+    tracking = gate.verdict("v1", "TRACKING")
+    assert not tracking.open and tracking.reason is Reason.LOCAL_QUALITY_BELOW_FLOOR
+    for _ in range(30):  # live evidence under the new name takes over once there is enough
+        gate.record("v1", "TRACKING", 0.9, False)
+    assert gate.verdict("v1", "TRACKING").open

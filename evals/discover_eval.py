@@ -154,7 +154,7 @@ def bitext_proposals(workdir: Path, encoder: Any) -> dict[str, Any]:
     members = vectors["members"]
     request_ids = vectors["request_ids"]
     covered = sum(1 for m in members if int(m) in accepted)
-    purity, intent_hits, category_majority = {}, 0, {}
+    purity, intent_hits, intent_pure90, category_majority = {}, 0, 0, {}
     for index, category in accepted.items():
         ids = [request_ids[i] for i in np.flatnonzero(members == index)]
         cats = Counter(truth[i]["category"] for i in ids)
@@ -162,6 +162,8 @@ def bitext_proposals(workdir: Path, encoder: Any) -> dict[str, Any]:
         purity[category.name] = cats.most_common(1)[0][1] / len(ids)
         category_majority[category.name] = cats.most_common(1)[0][0]
         intent_hits += intents.most_common(1)[0][1]
+        if intents.most_common(1)[0][1] / len(ids) >= 0.9:  # the measure: queries in clusters >= 90 % pure by intent
+            intent_pure90 += len(ids)
     proposed_bitext = set(category_majority.values())
     unproposed = sorted({r["category"] for r in rows} - proposed_bitext)
     applied = apply_categories(workdir / "categories", log_path, workdir / "classifiers")
@@ -183,6 +185,7 @@ def bitext_proposals(workdir: Path, encoder: Any) -> dict[str, Any]:
         "bitext_categories_accepted": len(accepted), "bitext_clusters_found": run.clusters_found,
         "bitext_coverage": covered / len(members), "bitext_min_purity": min(purity.values()),
         "bitext_intent_purity": intent_hits / max(covered, 1), "bitext_unproposed_categories": unproposed,
+        "bitext_queries_in_intent_pure90_clusters": intent_pure90 / len(members),
         "bitext_unproposed_edge_recall": recall, "bitext_unproposed_held_out": len(edge),
         "bitext_proposed_held_out_local_share": in_scope_local, "bitext_discover_seconds": run.seconds,
         "bitext_purity_by_category": purity, "bitext_majority_category": category_majority,

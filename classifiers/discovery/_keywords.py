@@ -8,11 +8,12 @@ more frequent there. A name built from the top keywords is a suggestion the revi
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["class_keywords", "name_from_keywords"]
+__all__ = ["class_keywords", "name_from_keywords", "proper_nouns"]
 
 
 def class_keywords(texts: Sequence[str], labels: Sequence[int], *, top: int = 5) -> dict[int, list[str]]:
@@ -25,7 +26,8 @@ def class_keywords(texts: Sequence[str], labels: Sequence[int], *, top: int = 5)
         return {}
     docs = [" ".join(t for t, lab in zip(texts, labels_arr, strict=True) if lab == c) for c in ids]
     vectorizer = CountVectorizer(
-        ngram_range=(1, 2), stop_words=sorted(ENGLISH_STOP_WORDS | _CHAT_WORDS), token_pattern=r"(?u)\b[a-z][a-z]+\b",
+        ngram_range=(1, 2), stop_words=sorted(ENGLISH_STOP_WORDS | _CHAT_WORDS | proper_nouns(texts)),
+        token_pattern=r"(?u)\b[a-z][a-z]+\b",
         min_df=1, lowercase=True,
     )  # fmt: skip
     try:
@@ -53,6 +55,23 @@ def class_keywords(texts: Sequence[str], labels: Sequence[int], *, top: int = 5)
     return out
 
 
+def proper_nouns(texts: Sequence[str], *, share: float = 0.5) -> set[str]:
+    """Words written capitalised mid-sentence in at least ``share`` of their uses: names of people and
+    places ("Ms Hawkings", "to Toronto"). Kept out of keywords, so a category is not named after a
+    customer and a proposal does not repeat names the PII patterns do not catch."""
+    capitalised: Counter[str] = Counter()
+    seen: Counter[str] = Counter()
+    for text in texts:
+        for i, word in enumerate(re.findall(r"[A-Za-z][A-Za-z']+", text)):
+            if i == 0:
+                continue  # a sentence's first word is capitalised anyway
+            lower = word.lower()
+            seen[lower] += 1
+            if word[0].isupper() and not word.isupper():
+                capitalised[lower] += 1
+    return {w for w, n in capitalised.items() if n >= share * seen[w]}
+
+
 def name_from_keywords(keywords: Sequence[str], taken: set[str], *, words: int = 2) -> str:
     """``["refund", "money back"]`` -> ``REFUND_MONEY``; unique against ``taken``."""
     parts: list[str] = []
@@ -72,5 +91,5 @@ def name_from_keywords(keywords: Sequence[str], taken: set[str], *, words: int =
 # Words every support query has: they would name every cluster alike.
 _CHAT_WORDS = frozenset(
     "help want need like know tell pls please hi hello hey could would can ll ve im id dont cant wanna gotta "
-    "trying try possible assistance assist way ask asking information info".split()
+    "trying try possible assistance assist way ask asking information info mr mrs ms dr miss sir madam".split()
 )

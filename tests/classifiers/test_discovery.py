@@ -124,3 +124,12 @@ def test_without_a_classifier_the_packaged_encoder_is_exported_once_and_cached(t
     texts = ["where is my refund", "I want to change my shipping address"]
     reference = SentenceTransformerEncoder().encode(texts)
     assert np.all(np.sum(second.encode(texts) * reference, axis=1) > 0.999)
+
+
+def test_names_of_people_and_places_never_become_keywords() -> None:
+    texts = ["I need the invoice for Ms Hawkings", "download the invoice of Mr Miller", "invoice from David Miller please",
+             "ship my order to Toronto", "order shipping to Toronto please", "where does my order ship"]  # fmt: skip
+    keywords = class_keywords(texts, [0, 0, 0, 1, 1, 1])
+    assert keywords[0][0] == "invoice" and keywords[1]
+    flat = " ".join(k for ks in keywords.values() for k in ks)
+    assert not any(name in flat for name in ("hawkings", "miller", "david", "toronto", "ms", "mr"))

@@ -110,15 +110,13 @@ def split(store: ProposalStore, name: str, *, log_path: str | Path, encoder: Any
     """Split one category in two (k-means on its queries' embeddings); the larger part keeps the id."""
     from sklearn.cluster import KMeans
 
-    from router.traffic_log import TrafficLog
-
     def change(proposal: Proposal, vectors: dict[str, Any]) -> dict[str, Any]:
         category = proposal.find(name)
         row = vectors["ids"].index(category.id)
         member_rows = np.flatnonzero(vectors["members"] == row)
         if len(member_rows) < 4:
             raise ProposalError(f"{category.name} has {len(member_rows)} queries: too few to split")
-        texts = _texts_for(TrafficLog, log_path, [vectors["request_ids"][i] for i in member_rows])
+        texts = _texts_for(log_path, [vectors["request_ids"][i] for i in member_rows])
         kept = [i for i in member_rows if vectors["request_ids"][i] in texts]
         points = normalise(np.asarray(encoder.encode([texts[vectors["request_ids"][i]] for i in kept]), dtype=np.float32))
         parts = KMeans(2, n_init=4, random_state=seed).fit_predict(points)
@@ -155,20 +153,18 @@ def _free_name(proposal: Proposal, base: str) -> str:
     return name
 
 
-def _texts_for(log_cls: Any, log_path: str | Path, request_ids: list[str]) -> dict[str, str]:
+def _texts_for(log_path: str | Path, request_ids: list[str]) -> dict[str, str]:
     """Query text per request id, read page by page from the log."""
-    from hybrid_common.chat import last_user_text
+    from hybrid_common.chat import logged_query
+    from router.traffic_log import TrafficLog
 
     wanted = set(request_ids)
     out: dict[str, str] = {}
-    with log_cls(log_path) as log:
+    with TrafficLog(log_path) as log:
         for page in log.pages():
             for _, record in page:
-                if record.id in wanted and record.messages:
-                    try:
-                        out[record.id] = last_user_text(record.messages).strip()
-                    except (TypeError, ValueError, KeyError):
-                        continue
+                if record.id in wanted and (query := logged_query(record.messages)):
+                    out[record.id] = query
     return out
 
 
@@ -215,7 +211,6 @@ def apply_categories(
     """Fit, calibrate and promote a classifier for the accepted categories of the proposal in ``store_dir``."""
     from finetune.classifier_registry import ClassifierRegistry
     from finetune.classifier_update import update_classifier
-    from router.traffic_log import TrafficLog
 
     store = ProposalStore(store_dir)
     proposal = store.load()
@@ -226,7 +221,7 @@ def apply_categories(
             f"accept at least two categories before applying (accepted: {', '.join(names) or 'none'}); "
             "`router categories accept NAME ...` or `router discover --auto`"
         )
-    texts = _texts_for(TrafficLog, log_path, vectors["request_ids"])
+    texts = _texts_for(log_path, vectors["request_ids"])
     pairs = labelled_queries(proposal, vectors, texts)
     rng = random.Random(seed)
     by_label: dict[str | None, list[str]] = defaultdict(list)

@@ -55,11 +55,9 @@ def _discover(args: argparse.Namespace) -> int:
     config, store, log, _ = _paths(args)
     from finetune.discovery import cloud_namer
 
-    classifier = config.classifier.path
-    if classifier is None and config.classifier.registry_path is not None:
-        from finetune.config import RetrainConfig
+    from finetune.config import serving_classifier_path
 
-        classifier = RetrainConfig.from_router_config(config).label_with  # the serving version's artifact
+    classifier = serving_classifier_path(config)
     namer = cloud_namer(config, args.name_with_cloud or None) if args.name_with_cloud is not None else None
     run = discover(
         log, store, config=_discover_config(config, args), classifier_path=classifier, pii_patterns=config.routing.pii_patterns,

@@ -21,7 +21,7 @@ from finetune.training import TrainConfig
 from hybrid_common.errors import ConfigError
 from router.config import LocalConfig, RouterConfig, default_log_path, default_registry_path, load_config
 
-__all__ = ["RetrainConfig", "validate_retrain_table"]
+__all__ = ["RetrainConfig", "serving_classifier_path", "validate_retrain_table"]
 
 
 class RetrainConfig(BaseModel):
@@ -69,7 +69,7 @@ class RetrainConfig(BaseModel):
             values["registry_path"] = router_config.local.registry_path
         if router_config.local.model_path is not None:
             values["base_model"] = router_config.local.model_path
-        serving_classifier = _serving_classifier(router_config)
+        serving_classifier = serving_classifier_path(router_config)
         if serving_classifier is not None:
             values["label_with"] = serving_classifier
         local_categories = router_config.routing.local_categories
@@ -84,7 +84,7 @@ class RetrainConfig(BaseModel):
             raise ConfigError(f"invalid retrain configuration: {problems}") from err
 
 
-def _serving_classifier(config: RouterConfig) -> Path | None:
+def serving_classifier_path(config: RouterConfig) -> Path | None:
     """The classifier artifact the router serves: its configured path, or its registry's promoted version."""
     if config.classifier.path is not None:
         return Path(config.classifier.path)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hybrid_common.chat import is_text_only, last_user_text, message_text
+from hybrid_common.chat import is_text_only, last_user_text, logged_query, message_text
 from hybrid_common.errors import ArtifactError, ArtifactIntegrityError, ConfigError
 from hybrid_common.files import MANIFEST_DIGEST_KEY, fsync_dir, manifest_digest, sha256_file, write_text_atomic
 from hybrid_common.guard import DegenerationGuard
@@ -239,14 +239,10 @@ def _label(records: list[LogRecord], predict: Callable[[list[str]], Sequence[str
     """Set the category of rows logged without one, from their last user message, in one batch."""
     unlabelled, queries = [], []
     for record in records:
-        if record.category is None and record.messages:
-            try:
-                query = last_user_text(record.messages).strip()
-            except (TypeError, ValueError, KeyError):
-                continue
-            if query:
-                unlabelled.append(record)
-                queries.append(query)
+        query = logged_query(record.messages) if record.category is None else None
+        if query:
+            unlabelled.append(record)
+            queries.append(query)
     if queries:
         for record, label in zip(unlabelled, predict(queries), strict=True):
             record.category = label

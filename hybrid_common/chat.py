@@ -18,6 +18,7 @@ __all__ = [
     "STOP_SEQUENCES",
     "is_text_only",
     "last_user_text",
+    "logged_query",
     "message_text",
     "render_prompt",
     "render_turn",
@@ -59,6 +60,19 @@ def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
         if message.get("role") == "user":
             return message_text(message.get("content"))
     return ""
+
+
+def logged_query(messages: Any) -> str | None:
+    """The query of a logged conversation (its last user message, stripped), or None when there is
+    none or a user message is not text only (images, tool parts): discovery, dataset labelling and
+    category apply read logged rows by this one rule."""
+    if not isinstance(messages, Sequence) or not messages:
+        return None
+    if not all(isinstance(m, Mapping) for m in messages):
+        return None
+    if any(not is_text_only(m.get("content")) for m in messages if m.get("role") == "user"):
+        return None
+    return last_user_text(messages).strip() or None
 
 
 def render_turn(role: str, text: str) -> str:

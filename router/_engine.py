@@ -121,12 +121,11 @@ class Engine:
     @property
     def classifier(self) -> Any:
         """The classifier serving now, or None when none is configured (or none promoted yet)."""
-        return self.classifier_and_version()[0]
+        return self._serving_classifier()[0]
 
     def classifier_and_version(self) -> tuple[Any, str | None]:
         """The classifier serving now and its registry version (None for a configured ``path``)."""
-        classifier, version, _ = self._serving_classifier()
-        return classifier, version
+        return self._serving_classifier()[:2]
 
     def _serving_classifier(self) -> tuple[Any, str | None, frozenset[str]]:
         """(classifier, registry version, categories the version marks private), read as one.

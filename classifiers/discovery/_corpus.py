@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid_common.chat import last_user_text
+from hybrid_common.chat import logged_query
 from hybrid_common.errors import ArtifactError
 from hybrid_common.pii import PiiMatcher
 
@@ -39,16 +39,6 @@ class LoggedQueries:
     skipped: int = 0
 
 
-def _query_of(messages: Any) -> str | None:
-    if not messages or any(not isinstance(m.get("content"), str) for m in messages if m.get("role") == "user"):
-        return None  # images or other parts: not a text query
-    try:
-        text = last_user_text(messages)
-    except (TypeError, ValueError, KeyError):
-        return None
-    return text.strip() or None
-
-
 def read_logged_queries(
     pages: Iterable[list[tuple[int, Any]]],
     encode: Callable[[list[str]], np.ndarray],
@@ -66,7 +56,7 @@ def read_logged_queries(
     for page in pages:
         texts, ids, private = [], [], []
         for _, record in page:
-            query = _query_of(record.messages) if record.error_type is None else None
+            query = logged_query(record.messages) if record.error_type is None else None
             if query is None:
                 out.skipped += 1
                 continue

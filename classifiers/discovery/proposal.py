@@ -141,6 +141,10 @@ class ProposalStore:
         return self.yaml_path.is_file()
 
     def load(self) -> Proposal:
+        """The validated proposal (its vectors are read to check it; :meth:`edit` keeps them)."""
+        return self._load()[0]
+
+    def _load(self) -> tuple[Proposal, dict[str, Any]]:
         import yaml
 
         if not self.yaml_path.is_file():
@@ -163,7 +167,7 @@ class ProposalStore:
                 f"{self.yaml_path}: categories {', '.join(missing)} have no vectors in {self.vectors_path.name} "
                 "(ids must not be edited; add categories by `router discover`, not by hand)"
             )
-        return proposal
+        return proposal, vectors
 
     def load_vectors(self) -> dict[str, Any]:
         """``ids`` (category ids), ``centroids``, ``thresholds``, ``request_ids`` and ``members`` (category index per request)."""
@@ -196,8 +200,7 @@ class ProposalStore:
 
     def edit(self, change: Any) -> Proposal:
         """Load, apply ``change(proposal, vectors)`` (which may return new vectors, a dict), validate, save."""
-        proposal = self.load()
-        vectors = self.load_vectors()
+        proposal, vectors = self._load()
         returned = change(proposal, vectors)
         new_vectors = returned if isinstance(returned, dict) else None
         try:

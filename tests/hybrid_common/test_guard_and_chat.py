@@ -103,3 +103,12 @@ def test_check_text_is_the_streaming_checks_in_one_go() -> None:
     assert DegenerationGuard(min_span=12).check_text("fine, " + "ab" * 6) == "repetition loop"
     assert DegenerationGuard(question="Where is my order?").check_text("where is my order") == "echoed the question"
     assert DegenerationGuard().check_text("Your order left the warehouse today.") is None
+
+
+def test_logged_query_is_the_last_text_user_message_or_none() -> None:
+    from hybrid_common.chat import logged_query
+
+    assert logged_query([{"role": "user", "content": " where is my order? "}]) == "where is my order?"
+    assert logged_query([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]) is None
+    assert logged_query([{"role": "system", "content": "be brief"}]) is None
+    assert logged_query(None) is None and logged_query(["not a message"]) is None

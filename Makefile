@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo demo-retrain ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover clean
+.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(STAMP)
 # The retrain loop end to end (about an hour on 2 cores): writes evals/results/retrain.json.
 demo-retrain: $(STAMP)
 	$(PY) -m evals.demo_retrain
+
+# From zero labels: all-cloud collection, router discover --auto, apply, retrain, replay (about an hour).
+demo-discover: $(STAMP)
+	$(PY) -m evals.demo_discover
 
 # Copy the adapter demo-retrain promoted into evals/adapters/ with its evidence (what make demo serves).
 ship-adapter: $(STAMP)

@@ -120,13 +120,14 @@ def replay_queries(
             )
         except APIError as err:  # e.g. a private query the local tier failed: no tier may serve it
             results.append({**base, "tier": "error", "reason": type(err).__name__, "fallback_reason": None, "latency_ms": None,
-                            "cost_usd": 0.0, "all_cloud_cost": 0.0, "text": None, "private": False, "quality": None})  # fmt: skip
+                            "cost_usd": 0.0, "all_cloud_cost": 0.0, "text": None, "private": False, "quality": None, "category": None})  # fmt: skip
             continue
         info = r.router
         results.append(
             {
                 **base,
                 "tier": info.tier,
+                "category": info.category,
                 "reason": info.reason.value,
                 "fallback_reason": info.fallback_reason,
                 "latency_ms": info.latency_ms,

@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "RoutingConfig": "router.config",
     "LogConfig": "router.config",
     "QualityConfig": "router.config",
+    "ServerConfig": "router.config",
     "SamplerStats": "router._sampling",
     "ModelRoute": "router.config",
     "load_config": "router.config",
@@ -91,6 +92,7 @@ if TYPE_CHECKING:  # static analysers see the real names
         QualityConfig,
         RouterConfig,
         RoutingConfig,
+        ServerConfig,
         load_config,
     )
     from router._sampling import SamplerStats

@@ -134,6 +134,25 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from router.client import Client
+    from router.server import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    client = Client(args.config)
+    settings = client.config.server
+    host, port = args.host or settings.host, settings.port if args.port is None else args.port
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
+        print(f"router serve: listening on {host} without server.api_keys: anyone who can reach it can spend your cloud budget", file=sys.stderr)
+    try:
+        run(client, host=host, port=port, log_level=args.log_level)
+    finally:
+        client.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command line: built-in commands plus every installed plugin's."""
     parser = argparse.ArgumentParser(prog="router", description="hybrid-router: local-first LLM routing")
@@ -143,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="summarise the traffic log per tier and category")
     stats.add_argument("--log", type=Path, help="traffic log path (default: from the configuration)")
     stats.set_defaults(run=_stats)
+    serve = commands.add_parser("serve", help="serve the routing as an OpenAI-compatible HTTP API (/v1/chat/completions)")
+    serve.add_argument("--host", help="interface to bind (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (default: server.port, 8000)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(run=_serve)
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         add_command: Callable[[Any], None] = entry.load()
         add_command(commands)

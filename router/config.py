@@ -19,25 +19,38 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from hybrid_common.errors import ConfigError
 from hybrid_common.guard import DegenerationGuard
 from hybrid_common.pii import DEFAULT_PII_PATTERNS, validate_patterns
 
 __all__ = [
-    "ClassifierConfig",
-    "CloudConfig",
     "DEFAULT_PII_PATTERNS",
     "LEGACY_LOG",
     "LEGACY_REGISTRY",
+    "ClassifierConfig",
+    "CloudConfig",
     "LocalConfig",
     "LogConfig",
     "ModelRoute",
     "QualityConfig",
     "RouterConfig",
     "RoutingConfig",
+    "ServerConfig",
     "data_dir",
     "default_classifier_registry_path",
     "default_log_path",
@@ -304,6 +317,25 @@ class LogConfig(_Section):
     redact_pii: bool = Field(False, description="Replace PII pattern matches with [NAME] before storing.")
 
 
+class ServerConfig(_Section):
+    """``router serve``: the same routing behind an OpenAI-compatible HTTP API."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind: loopback unless told otherwise.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens a caller must present (Authorization: Bearer ...); empty: no authentication. "
+        "Set them with ROUTER_SERVER__API_KEYS='[\"...\"]' rather than in a file you commit.",
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused with a 413.")
+    max_concurrency: int = Field(8, ge=1, description="Requests handled at once (each holds one worker thread).")
+    max_waiting: int = Field(
+        64, ge=0, description="Requests waiting for a free slot; beyond this a request gets 503 'overloaded' at once."
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with a 503 'overloaded'.")
+    drain_s: float = Field(30.0, ge=0, description="On SIGTERM, how long requests in flight may take to finish.")
+
+
 # The TOML file for the config being built; a ContextVar keeps from_toml free of global state.
 _toml_file: ContextVar[Path | None] = ContextVar("_toml_file", default=None)
 
@@ -339,6 +371,7 @@ class RouterConfig(BaseSettings):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
     models: dict[str, ModelRoute] = Field(default_factory=dict, description="Requested model name → cloud route.")
     retrain: dict[str, Any] = Field(
         default_factory=dict,

@@ -1,0 +1,322 @@
+"""The ASGI app behind ``router serve``: OpenAI's chat-completions HTTP API over a :class:`router.Client`.
+
+Built on what llama-cpp-python's own server already installs (FastAPI, uvicorn, sse-starlette).
+Each request holds one of ``server.max_concurrency`` slots for its whole life and runs the
+(blocking) router call on a worker thread bounded by the same number, so the event loop never
+blocks and the executor never grows; past ``server.max_waiting`` queued requests a new one gets
+an immediate 503 "overloaded" with ``Retry-After`` instead of a silent wait.
+
+Liveness (``/health``) is up as soon as the process serves; readiness (``/ready``) only once the
+models are warm, and it turns 503 again while the server drains on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from router.server.errors import error_body, error_for_exception
+from router.server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from router.client import Client
+    from router.config import RouterConfig
+
+__all__ = ["ServerState", "create_app"]
+
+logger = logging.getLogger("router.server")
+
+
+@dataclass
+class ServerState:
+    """What the endpoints share: the client, its limits, and whether the server is ready."""
+
+    client: Client
+    config: RouterConfig
+    metrics: Metrics = field(default_factory=Metrics)
+    ready: bool = False
+    draining: bool = False
+    waiting: int = 0
+    in_flight: int = 0
+    secrets: tuple[str, ...] = ()
+    slots: asyncio.Semaphore | None = None
+    limiter: Any = None
+
+    def redact(self, text: str) -> str:
+        """No configured key or token in anything the server sends or logs."""
+        for secret in self.secrets:
+            text = text.replace(secret, "[REDACTED]")
+        return text
+
+
+def _secrets(config: RouterConfig) -> tuple[str, ...]:
+    values = [key.get_secret_value() for key in config.server.api_keys]
+    keys = [config.cloud.api_key, *(route.api_key for route in config.models.values())]
+    values += [k.get_secret_value() for k in keys if k is not None and hasattr(k, "get_secret_value")]
+    return tuple(v for v in values if len(v) >= 4)
+
+
+def create_app(client: Client, *, warm: bool = True) -> FastAPI:
+    """The FastAPI app serving ``client``'s routing; ``warm`` loads the models at start-up (readiness waits)."""
+    from contextlib import asynccontextmanager
+
+    config = client.config
+    state = ServerState(client=client, config=config, secrets=_secrets(config))
+    _register_gauges(state)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.slots = asyncio.Semaphore(config.server.max_concurrency)
+        state.limiter = anyio.CapacityLimiter(config.server.max_concurrency)
+        warming = asyncio.create_task(_warm(state)) if warm else None
+        if not warm:
+            state.ready = True
+        try:
+            yield
+        finally:
+            state.draining, state.ready = True, False
+            if warming is not None:
+                warming.cancel()
+
+    app = FastAPI(title="hybrid-router", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.router = state
+
+    def error(status: int, message: str, *, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> Response:
+        state.metrics.inc("router_http_errors_total", "Requests answered with an error status.", status=str(status))
+        return JSONResponse(error_body(status, state.redact(message), param=param, code=code), status_code=status, headers=headers)
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Response:
+        if request.url.path.startswith("/v1/") and config.server.api_keys:
+            given = request.headers.get("authorization", "")
+            token = given[7:].strip() if given.lower().startswith("bearer ") else ""
+            import hmac
+
+            if not any(hmac.compare_digest(token.encode(), key.get_secret_value().encode()) for key in config.server.api_keys):
+                return error(401, "missing or invalid bearer token (Authorization: Bearer <key>)", code="invalid_api_key")
+        response: Response = await call_next(request)
+        return response
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        if state.ready and not state.draining:
+            return JSONResponse({"status": "ready"})
+        status = "draining" if state.draining else "warming up"
+        return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": str(config.server.retry_after_s)})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return PlainTextResponse(state.redact(state.metrics.render()), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        names = ["auto", "local", *config.models]
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "hybrid-router"} for n in names]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body, failure = await _read_json(request, config.server.max_body_bytes)
+        if failure is not None:
+            return error(*failure)
+        if state.draining:
+            return error(503, "the server is shutting down", code="draining", headers={"Retry-After": str(config.server.retry_after_s)})
+        if state.slots is not None and state.slots.locked() and state.waiting >= config.server.max_waiting:
+            state.metrics.inc("router_overloaded_total", "Requests refused at once because every slot and the queue were full.")
+            return error(503, "the router is overloaded; retry shortly", code="overloaded", headers={"Retry-After": str(config.server.retry_after_s)})
+        return await _answer(state, body, error)
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Response:
+        body, failure = await _read_json(request, config.server.max_body_bytes)
+        if failure is not None:
+            return error(*failure)
+        response_id = body.pop("response_id", None)
+        if not isinstance(response_id, str) or not response_id:
+            return error(400, "'response_id' (the id of a chat completion) is required", param="response_id")
+        unknown = set(body) - {"score", "accepted", "correction"}
+        if unknown:
+            return error(400, f"unknown feedback fields: {sorted(unknown)}", param=min(unknown))
+        try:
+            await anyio.to_thread.run_sync(lambda: client.feedback(response_id, **body), limiter=state.limiter)
+        except Exception as err:  # noqa: BLE001 - mapped to an OpenAI-shaped error
+            status, payload = error_for_exception(err)
+            return error(status, payload["error"]["message"], param=payload["error"]["param"], code=payload["error"]["code"])
+        return Response(status_code=204)
+
+    return app
+
+
+def _version() -> str:
+    from router import __version__
+
+    return __version__
+
+
+async def _warm(state: ServerState) -> None:
+    started = time.perf_counter()
+    try:
+        await anyio.to_thread.run_sync(state.client.warmup)
+    except Exception as err:  # noqa: BLE001 - a failed warm-up still serves; the tier that failed raises per request
+        logger.warning("warm-up failed (%s); serving anyway, the failing tier reports per request", state.redact(str(err)))
+    state.ready = not state.draining
+    logger.info("models warm in %.1f s; ready", time.perf_counter() - started)
+
+
+async def _read_json(request: Any, limit: int) -> tuple[dict[str, Any], tuple[int, str] | None]:
+    """The request body as a JSON object, or (status, message) saying why not."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return {}, (413, f"request body of {declared} bytes is over the {limit}-byte limit")
+    raw = bytearray()
+    async for piece in request.stream():
+        raw += piece
+        if len(raw) > limit:
+            return {}, (413, f"request body is over the {limit}-byte limit")
+    try:
+        body = json.loads(bytes(raw).decode("utf-8"))
+    except UnicodeDecodeError:
+        return {}, (400, "request body is not valid UTF-8")
+    except json.JSONDecodeError as err:
+        return {}, (400, f"request body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}")
+    if not isinstance(body, dict):
+        return {}, (400, "request body must be a JSON object")
+    return body, None
+
+
+async def _answer(state: ServerState, body: dict[str, Any], error: Any) -> Any:
+    """Run one chat completion on a worker thread while holding a slot; a stream keeps it until it ends."""
+    stream = bool(body.pop("stream", False))
+    model = body.pop("model", None)
+    messages = body.pop("messages", None)
+    if not isinstance(model, str) or not model:
+        return error(400, "'model' is required (a configured model name, 'auto' or 'local')", param="model")
+    if messages is None:
+        return error(400, "'messages' is required", param="messages")
+    assert state.slots is not None
+    state.waiting += 1
+    try:
+        await state.slots.acquire()
+    finally:
+        state.waiting -= 1
+    state.in_flight += 1
+    handed_to_stream = False
+    started = time.perf_counter()
+    create = state.client.chat.completions.create
+    try:
+        try:
+            result = await anyio.to_thread.run_sync(lambda: create(model=model, messages=messages, stream=stream, **body), limiter=state.limiter)
+            # A stream's first chunk is awaited here, so a failure before any output is still an HTTP error.
+            first = await anyio.to_thread.run_sync(_next_or_none, iter(result), limiter=state.limiter) if stream else None
+        except Exception as err:  # noqa: BLE001 - every failure becomes an OpenAI-shaped error
+            status, payload = error_for_exception(err)
+            state.metrics.inc("router_requests_total", "Chat completions answered, by tier and category.", tier="error", category="", status=str(status))
+            return error(status, payload["error"]["message"], param=payload["error"]["param"], code=payload["error"]["code"])
+        if not stream:
+            _count(state, result.router, time.perf_counter() - started, result.usage)
+            payload = json.loads(state.redact(json.dumps(result.model_dump(mode="json", exclude_none=True))))
+            return JSONResponse(payload, headers=_route_headers(result.router))
+        handed_to_stream = True
+        return _sse(state, result, first, started)
+    finally:
+        if not handed_to_stream:
+            _release(state)
+
+
+def _next_or_none(iterator: Any) -> Any:
+    return next(iterator, None)
+
+
+def _release(state: ServerState) -> None:
+    state.in_flight -= 1
+    assert state.slots is not None
+    state.slots.release()
+
+
+def _sse(state: ServerState, stream: Any, first: Any, started: float) -> Any:
+    """Server-sent events, OpenAI's way: one ``data:`` JSON chunk per event, then ``data: [DONE]``.
+
+    The slot is released when the stream ends, fails, or the caller goes away (the router's
+    stream is closed then, which stops a local generation).
+    """
+    from sse_starlette.sse import EventSourceResponse
+
+    iterator = iter(stream)
+
+    async def events() -> AsyncIterator[str]:
+        chunk, last = first, None
+        try:
+            while chunk is not None:
+                last = chunk
+                yield state.redact(chunk.model_dump_json(exclude_none=True))
+                try:
+                    chunk = await anyio.to_thread.run_sync(_next_or_none, iterator, limiter=state.limiter)
+                except Exception as err:  # noqa: BLE001 - after the 200 is sent, an error travels as an event
+                    _status, payload = error_for_exception(err)
+                    payload["error"]["message"] = state.redact(payload["error"]["message"])
+                    yield json.dumps(payload)
+                    return
+            yield "[DONE]"
+            if last is not None:
+                _count(state, last.router, time.perf_counter() - started, last.usage)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stream.close, limiter=state.limiter)
+            _release(state)
+
+    headers = _route_headers(getattr(first, "router", None))
+    return EventSourceResponse(events(), headers=headers, ping=15, sep="\n")
+
+
+def _route_headers(info: Any) -> dict[str, str]:
+    if info is None:
+        return {}
+    return {
+        "x-request-id": info.request_id,
+        "x-router-tier": info.tier,
+        "x-router-reason": info.reason.value,
+        "x-router-category": info.category or "",
+        "x-router-backend": info.backend,
+    }
+
+
+def _count(state: ServerState, info: Any, seconds: float, usage: Any) -> None:
+    if info is None:
+        return
+    m = state.metrics
+    m.inc("router_requests_total", "Chat completions answered, by tier and category.", tier=info.tier, category=info.category or "", status="200")
+    m.observe_latency(seconds, tier=info.tier)
+    if info.fallback_from:
+        m.inc("router_fallbacks_total", "Requests a tier could not answer, passed to the next.", from_tier=info.fallback_from, to_tier=info.tier)
+    if usage is not None:
+        m.inc("router_tokens_total", "Tokens, by tier and kind.", usage.prompt_tokens or 0, tier=info.tier, kind="prompt")
+        m.inc("router_tokens_total", "Tokens, by tier and kind.", usage.completion_tokens or 0, tier=info.tier, kind="completion")
+    if info.cost_usd:
+        m.inc("router_cost_usd_total", "Money spent on the cloud tier, USD.", info.cost_usd)
+    if info.tier != "cloud" and info.cloud_cost_usd_estimate:
+        m.inc("router_saved_usd_total", "Estimated cloud cost of requests answered without the cloud, USD.", info.cloud_cost_usd_estimate)
+
+
+def _register_gauges(state: ServerState) -> None:
+    m = state.metrics
+    m.gauge("router_queue_depth", "Requests waiting for a slot.", lambda: state.waiting)
+    m.gauge("router_in_flight", "Requests being answered (streams included).", lambda: state.in_flight)
+    m.gauge("router_ready", "1 once the models are warm and the server is not draining.", lambda: float(state.ready and not state.draining))
+
+    def failures() -> float:
+        log = state.client.traffic_log
+        return float(getattr(log, "failures", 0) or 0) if log is not None else 0.0
+
+    m.gauge("router_log_write_failures", "Traffic log writes that failed since start.", failures)

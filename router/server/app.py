@@ -205,6 +205,9 @@ async def _answer(state: ServerState, body: dict[str, Any], error: Any) -> Any:
         return error(400, "'model' is required (a configured model name, 'auto' or 'local')", param="model")
     if messages is None:
         return error(400, "'messages' is required", param="messages")
+    odd = sorted(k for k in body if not k.isidentifier() or k == "self")
+    if odd:
+        return error(400, f"unknown parameter {odd[0]!r}", param=odd[0])
     assert state.slots is not None
     state.waiting += 1
     try:

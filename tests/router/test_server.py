@@ -125,6 +125,7 @@ def test_errors_have_openais_shape_and_status(serve: Callable[..., Served]) -> N
             "no model": (json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(), 400),
             "no messages": (json.dumps({"model": "local"}).encode(), 400),
             "unknown role": (json.dumps({"model": "local", "messages": [{"role": "wizard", "content": "hi"}]}).encode(), 400),
+            "parameter named self": (json.dumps({"model": "local", "self": 1, "messages": [{"role": "user", "content": "hi"}]}).encode(), 400),
             "negative max_tokens": (json.dumps({"model": "local", "max_tokens": -5, "messages": [{"role": "user", "content": "hi"}]}).encode(), 400),
         }
         for name, (body, status) in cases.items():

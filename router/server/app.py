@@ -13,6 +13,7 @@ models are warm, and it turns 503 again while the server drains on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -99,8 +100,6 @@ def create_app(client: Client, *, warm: bool = True) -> FastAPI:
         if request.url.path.startswith("/v1/") and config.server.api_keys:
             given = request.headers.get("authorization", "")
             token = given[7:].strip() if given.lower().startswith("bearer ") else ""
-            import hmac
-
             if not any(hmac.compare_digest(token.encode(), key.get_secret_value().encode()) for key in config.server.api_keys):
                 return error(401, "missing or invalid bearer token (Authorization: Bearer <key>)", code="invalid_api_key")
         response: Response = await call_next(request)

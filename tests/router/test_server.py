@@ -214,3 +214,45 @@ def test_the_readmes_curl_examples_run(serve: Callable[..., Served]) -> None:
     events = [line[len("data: ") :] for line in outputs[1].splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and json.loads(events[0])["object"] == "chat.completion.chunk"
     assert json.loads(outputs[2])["object"] == "list"
+
+
+# The drop-in contract of tests/router/test_client_dropin.py, through the official SDK over HTTP.
+
+
+@pytest.mark.parametrize("model", ["local", "gpt-4o"])
+def test_every_drop_in_parameter_is_accepted_over_http(serve: Callable[..., Served], model: str) -> None:
+    from tests.router.test_client_dropin import ALL_PARAMS
+
+    sdk = serve().sdk()
+    messages = [
+        {"role": "system", "content": "You are a support agent."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello, how can I help?"},
+        {"role": "user", "content": "I want to give feedback about your service"},
+    ]
+    r = sdk.chat.completions.create(model=model, messages=messages, **ALL_PARAMS)
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert isinstance(r.choices[0].message.content, str)
+    assert r.usage.completion_tokens <= 6 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.router["tier"] == ("local" if model == "local" else "cloud")
+
+
+def test_seed_and_usage_chunk_over_http(serve: Callable[..., Served]) -> None:
+    served = serve()
+    sdk = served.sdk()
+    kwargs: dict[str, Any] = dict(model="local", messages=[{"role": "user", "content": "Tell me about shipping options"}], max_tokens=5, temperature=0.9, seed=3)
+    a, b = sdk.chat.completions.create(**kwargs), sdk.chat.completions.create(**kwargs)
+    assert a.choices[0].finish_reason == "length" and a.choices[0].message.content == b.choices[0].message.content
+    before = served.client.traffic_log.count()
+    chunks = list(
+        sdk.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "feedback: your app is great"}], max_tokens=6,
+                                    stream=True, stream_options={"include_usage": True})  # fmt: skip
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert served.client.traffic_log.count() == before + 1
+    row = list(served.client.traffic_log.records())[-1]
+    assert row.stream and row.response == text
+    plain = list(sdk.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "feedback please"}], max_tokens=4, stream=True))
+    assert len(plain) >= 2 and all(c.usage is None for c in plain)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.demo import bucket, load_bitext, percentile, replay_queries, score
+from evals.demo_retrain import cloud_tables
 
 RESULTS = Path(__file__).resolve().parent / "results" / "discover.json"
 
@@ -47,14 +48,7 @@ warmup = "eager"
 registry_path = "{workdir / 'registry'}"
 default_max_tokens = {args.answer_tokens}
 
-[cloud]
-default_model = "gpt-4o"
-
-[models.gpt-4o]
-litellm_model = "{cloud_model}"
-api_base = "{api_base}"
-api_key = "none"
-pricing_model = "gpt-4o"
+{cloud_tables(cloud_model, api_base)}
 
 [classifier]
 registry_path = "{workdir / 'classifiers'}"   # empty until `router categories apply`

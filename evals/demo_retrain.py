@@ -30,6 +30,19 @@ from evals.demo import LOCAL_CATEGORIES, PRIVATE_CATEGORIES, bucket, load_bitext
 RESULTS = Path(__file__).resolve().parent / "results" / "retrain.json"
 
 
+def cloud_tables(cloud_model: str, api_base: str) -> str:
+    """The [cloud] and [models.gpt-4o] tables that send "gpt-4o" to the stand-in cloud through litellm."""
+    return f"""[cloud]
+default_model = "gpt-4o"
+
+[models.gpt-4o]
+litellm_model = "{cloud_model}"
+api_base = "{api_base}"
+api_key = "none"
+pricing_model = "gpt-4o"
+"""
+
+
 def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
@@ -43,14 +56,7 @@ def write_config(path: Path, *, workdir: Path, cloud_model: str, api_base: str, 
 registry_path = "{workdir / 'registry'}"
 default_max_tokens = {args.answer_tokens}     # evaluation generates as served, so this caps both
 
-[cloud]
-default_model = "gpt-4o"
-
-[models.gpt-4o]
-litellm_model = "{cloud_model}"
-api_base = "{api_base}"
-api_key = "none"
-pricing_model = "gpt-4o"
+{cloud_tables(cloud_model, api_base)}
 
 [classifier]
 path = "{workdir / 'classifier'}"

@@ -16,15 +16,18 @@ ALL_PARAMS = dict(
 )  # fmt: skip
 
 
+# A conversation with every role an app sends: system prompt, history, the new question.
+HISTORY = [
+    {"role": "system", "content": "You are a support agent."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello, how can I help?"},
+    {"role": "user", "content": "I want to give feedback about your service"},
+]
+
+
 @pytest.mark.parametrize("model", ["local", "gpt-4o"])
 def test_every_drop_in_parameter_is_accepted(client: Client, model: str) -> None:
-    messages = [
-        {"role": "system", "content": "You are a support agent."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello, how can I help?"},
-        {"role": "user", "content": "I want to give feedback about your service"},
-    ]
-    r = client.chat.completions.create(model=model, messages=messages, **ALL_PARAMS)
+    r = client.chat.completions.create(model=model, messages=HISTORY, **ALL_PARAMS)
     assert isinstance(r, ChatCompletion)
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert isinstance(r.choices[0].message.content, str)

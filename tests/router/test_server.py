@@ -221,16 +221,10 @@ def test_the_readmes_curl_examples_run(serve: Callable[..., Served]) -> None:
 
 @pytest.mark.parametrize("model", ["local", "gpt-4o"])
 def test_every_drop_in_parameter_is_accepted_over_http(serve: Callable[..., Served], model: str) -> None:
-    from tests.router.test_client_dropin import ALL_PARAMS
+    from tests.router.test_client_dropin import ALL_PARAMS, HISTORY
 
     sdk = serve().sdk()
-    messages = [
-        {"role": "system", "content": "You are a support agent."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello, how can I help?"},
-        {"role": "user", "content": "I want to give feedback about your service"},
-    ]
-    r = sdk.chat.completions.create(model=model, messages=messages, **ALL_PARAMS)
+    r = sdk.chat.completions.create(model=model, messages=HISTORY, **ALL_PARAMS)
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert isinstance(r.choices[0].message.content, str)
     assert r.usage.completion_tokens <= 6 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens

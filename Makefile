@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover clean
+.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover bench-load bench-fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,14 @@ eval-guard: $(STAMP)
 # (about 15 minutes): writes evals/results/discover.json.
 eval-discover: $(STAMP)
 	$(PY) -m evals.discover_eval
+
+bench-load: $(STAMP)
+	$(PY) -m evals.load_bench
+
+# The CI fuzz tests with 20x the generated cases; counts merged into evals/results/load.json.
+bench-fuzz: $(STAMP)
+	FUZZ_EXAMPLES=3000 FUZZ_RESULTS=evals/results/load.json LITELLM_LOCAL_MODEL_COST_MAP=True \
+		$(PY) -m pytest tests/router/test_server_fuzz.py -q -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from classifiers import EmbeddingClassifier
 
     int8 = EmbeddingClassifier.load(args.classifier_int8)
-    llm = engine.local.llama
+    llm = engine.local.standalone_llama()  # its own context: the workers own theirs
     queries = _queries(args.queries)
     _classify_latencies(classifier, queries[:50])  # warm caches
     _classify_latencies(int8, queries[:50])
@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"process RSS with classifier + local model loaded (and litellm imported, plus the int8 classifier): {rss:.0f} MB")
     loaded = sorted(m for m in ("torch", "transformers", "sentence_transformers", "sklearn") if m in sys.modules)
     print(f"  training libraries in the serving process: {loaded or 'none'}")
+    llm.close()
     client.close()
     shadow = _shadow_overhead(classifier_path, work, pairs=args.shadow_pairs, max_tokens=args.max_tokens)
 

@@ -21,6 +21,9 @@ code written as ``except openai.BadRequestError`` keeps working after the import
             ├── NotFoundError         404 (also openai.NotFoundError)
             ├── RateLimitError        429 (also openai.RateLimitError)
             └── InternalServerError   5xx (also openai.InternalServerError)
+                └── ServiceUnavailableError  503, with retry_after_s
+                    ├── OverloadedError          the local tier's queue is full
+                    └── CloudUnavailableError    a cloud route's circuit is open
 """
 
 from __future__ import annotations
@@ -39,15 +42,18 @@ __all__ = [
     "ArtifactIntegrityError",
     "AuthenticationError",
     "BadRequestError",
+    "CloudUnavailableError",
     "ConfigError",
     "InternalServerError",
     "MissingDependencyError",
     "NotFittedError",
     "NotFoundError",
+    "OverloadedError",
     "PermissionDeniedError",
     "PrivacyError",
     "RateLimitError",
     "RouterError",
+    "ServiceUnavailableError",
     "from_openai_error",
 ]
 
@@ -174,6 +180,33 @@ class InternalServerError(APIStatusError, openai.InternalServerError):
 
     status_code = 500
     error_type = "server_error"
+
+
+class ServiceUnavailableError(InternalServerError):
+    """A tier cannot take the request now but will soon; ``retry_after_s`` says when to retry (HTTP 503)."""
+
+    status_code = 503
+    error_type = "overloaded_error"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, code: str | None = "unavailable", **kwargs: Any) -> None:
+        super().__init__(message, code=code, **kwargs)
+        self.retry_after_s = retry_after_s
+
+
+class OverloadedError(ServiceUnavailableError):
+    """Every local worker is busy and its queue is full, and the request may not go to the cloud."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, code="overloaded")
+
+
+class CloudUnavailableError(ServiceUnavailableError):
+    """A cloud route failed repeatedly, so its circuit is open: calls fail fast, without a request,
+    until ``retry_after_s`` has passed and one trial call may test it again."""
+
+    def __init__(self, message: str, *, route: str, retry_after_s: float) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, code="cloud_circuit_open")
+        self.route = route
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

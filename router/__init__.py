@@ -55,6 +55,9 @@ _EXPORTS: dict[str, str] = {
     "NotFoundError": "router.errors",
     "RateLimitError": "router.errors",
     "InternalServerError": "router.errors",
+    "ServiceUnavailableError": "router.errors",
+    "OverloadedError": "router.errors",
+    "CloudUnavailableError": "router.errors",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports("router", _EXPORTS, globals(), extra=("__version__",))
@@ -71,15 +74,18 @@ if TYPE_CHECKING:  # static analysers see the real names
         ArtifactIntegrityError,
         AuthenticationError,
         BadRequestError,
+        CloudUnavailableError,
         ConfigError,
         InternalServerError,
         MissingDependencyError,
         NotFittedError,
         NotFoundError,
+        OverloadedError,
         PermissionDeniedError,
         PrivacyError,
         RateLimitError,
         RouterError,
+        ServiceUnavailableError,
     )
     from router.backends import LocalBackend, register_local_backend
     from router.client import AsyncClient, AsyncStream, Client, RawResponse, Stream

@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import random
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hybrid_common.errors import (
     APIError,
     APITimeoutError,
     BadRequestError,
     InternalServerError,
+    OverloadedError,
     RouterError,
 )
 from hybrid_common.generation import guarded_pieces
@@ -56,6 +59,7 @@ __all__ = ["Engine"]
 
 logger = logging.getLogger("router")
 _END = object()
+T = TypeVar("T")
 # Cloud answers in these categories are the ones a shadow answer can prove the local model for.
 _SHADOWED = frozenset({Reason.LOCAL_QUALITY_UNPROVEN, Reason.LOCAL_QUALITY_BELOW_FLOOR})
 
@@ -63,15 +67,26 @@ _SHADOWED = frozenset({Reason.LOCAL_QUALITY_UNPROVEN, Reason.LOCAL_QUALITY_BELOW
 class Engine:
     """Owns the models, the backends and the log for one client configuration."""
 
+    ASYNC_THREADS = 16
+    """Threads that run the blocking steps of async calls (classification, token steps, log writes).
+
+    The engine's own bounded pool, not the event loop's default executor: a burst of async
+    callers queues here instead of starving the application's other ``to_thread`` work."""
+
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
+        self._async_pool: ThreadPoolExecutor | None = None
+        self._async_pool_lock = threading.Lock()
         self.policy = RoutingPolicy(config)
         self.local = create_local_backend(config.local)
         self.cloud = CloudBackend(config.cloud)
         self.log: TrafficLog | None = None
         if config.log.enabled:
             redact = PiiMatcher(config.routing.pii_patterns) if config.log.redact_pii else None
-            self.log = TrafficLog(config.log.path, store_messages=config.log.store_messages, redact_patterns=redact)
+            self.log = TrafficLog(
+                config.log.path, store_messages=config.log.store_messages, redact_patterns=redact,
+                spool=config.log.spool, busy_timeout_s=config.log.busy_timeout_s, synchronous=config.log.synchronous,
+            )  # fmt: skip
         self._classifier: Any = None
         self._classifier_lock = threading.Lock()
         self._followed: FollowedClassifier | None = None
@@ -351,8 +366,30 @@ class Engine:
         if self.sampler is not None:
             self.sampler.close()
         self.local.close()
+        if self._async_pool is not None:
+            self._async_pool.shutdown(wait=True)
         if self.log is not None:
             self.log.close()
+
+    # -- async plumbing ---------------------------------------------------------------------------
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking step on the engine's bounded pool; the event loop stays free."""
+        if self._async_pool is None:
+            with self._async_pool_lock:
+                if self._async_pool is None:
+                    self._async_pool = ThreadPoolExecutor(self.ASYNC_THREADS, thread_name_prefix="router-async")
+        return await asyncio.get_running_loop().run_in_executor(self._async_pool, functools.partial(fn, *args))
+
+    async def _threaded(self, source: Iterator[Any]) -> AsyncIterator[Any]:
+        """Step a blocking iterator on the engine's pool so the event loop stays free."""
+        try:
+            while (item := await self._in_thread(next, source, _END)) is not _END:
+                yield item
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                await self._in_thread(close)
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -483,6 +520,8 @@ class Engine:
         finally:
             stream.close()
         exchange.finish_reason = exchange.finish_reason or stream.finish_reason
+        if local.followed_registry and stream.adapter_version is not None:  # a swap may land while a request waits
+            exchange.adapter_version = stream.adapter_version
         exchange.prompt_tokens = stream.prompt_tokens
         exchange.completion_tokens = stream.completion_tokens
         exchange.cloud_cost_usd_estimate = self._cloud_estimate(exchange)
@@ -510,6 +549,11 @@ class Engine:
         return exchange.completion()
 
     def _local_error(self, failure: LocalFailure) -> APIError:
+        if failure.kind == "overloaded":
+            return OverloadedError(
+                f"The local model is busy ({failure.detail}) and this request may not go to the cloud; retry shortly.",
+                retry_after_s=self.config.local.retry_after_s,
+            )
         if failure.kind == "timeout":
             return APITimeoutError(f"The local model did not answer in time: {failure.detail}")
         return InternalServerError(f"The local model failed ({failure.kind}): {failure.detail}", code=f"local_{failure.kind}")
@@ -586,14 +630,14 @@ class Engine:
         return self._accept_cloud_completion(exchange, route, completion)
 
     async def acomplete(self, request: ChatRequest) -> Any:
-        exchange = await asyncio.to_thread(self.plan, request)
+        exchange = await self._in_thread(self.plan, request)
         try:
             result = await self._aserve(exchange)
         except BaseException as err:
             exchange.error = err
             raise
         finally:
-            self._write_log(exchange)
+            await self._in_thread(self._write_log, exchange)  # SQLite (or a server) off the event loop
         return result
 
     async def _aserve(self, exchange: Exchange) -> Any:
@@ -601,7 +645,7 @@ class Engine:
             return self._answer_handoff(e)
 
         async def local(e: Exchange) -> Any:
-            return await asyncio.to_thread(self._answer_locally, e)
+            return await self._in_thread(self._answer_locally, e)
 
         return await self._adrive(exchange, {"handoff": handoff, "local": local, "cloud": self._aanswer_from_cloud})
 
@@ -696,34 +740,48 @@ class Engine:
         return (c for c in recorded if c is not None)
 
     def _logged(self, exchange: Exchange, source: Iterator[Any]) -> Iterator[Any]:
+        """Pass chunks through; the closing chunks (finish reason, usage) only after the log row is
+        written, so a caller that saw its stream end has a durable record (or spool entry) of it."""
+        written = False
+        held: list[Any] = []
         try:
-            yield from source
+            for chunk in source:
+                if _is_closing(chunk):
+                    held.append(chunk)
+                    continue
+                yield from held
+                held.clear()
+                yield chunk
+            self._write_log(exchange)
+            written = True
+            yield from held
         except BaseException as err:
-            exchange.error = err
+            exchange.error = exchange.error if written else err
             raise
         finally:
             close = getattr(source, "close", None)
             if close is not None:
                 close()
-            self._write_log(exchange)
+            if not written:
+                self._write_log(exchange)
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Any]:
         """Async twin of :meth:`stream`: local tokens are stepped in a worker thread."""
-        exchange = await asyncio.to_thread(self.plan, request)
+        exchange = await self._in_thread(self.plan, request)
         try:
             source = await self._aprimed_stream(exchange)
         except BaseException as err:
             exchange.error = err
-            self._write_log(exchange)
+            await self._in_thread(self._write_log, exchange)
             raise
         return self._alogged(exchange, source)
 
     async def _aprimed_stream(self, exchange: Exchange) -> AsyncIterator[Any]:
         async def handoff(e: Exchange) -> AsyncIterator[Any]:
-            return _threaded(self._open_handoff_stream(e))
+            return self._threaded(self._open_handoff_stream(e))
 
         async def local(e: Exchange) -> AsyncIterator[Any]:
-            return _threaded(await asyncio.to_thread(self._open_local_stream, e))
+            return self._threaded(await self._in_thread(self._open_local_stream, e))
 
         return await self._adrive(exchange, {"handoff": handoff, "local": local, "cloud": self._aopen_cloud_stream})
 
@@ -749,30 +807,38 @@ class Engine:
         return process()
 
     async def _alogged(self, exchange: Exchange, source: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Async twin of :meth:`_logged`: closing chunks wait for the log write (off the event loop)."""
+        written = False
+        held: list[Any] = []
         try:
             async for chunk in source:
+                if _is_closing(chunk):
+                    held.append(chunk)
+                    continue
+                for earlier in held:
+                    yield earlier
+                held.clear()
+                yield chunk
+            await self._in_thread(self._write_log, exchange)
+            written = True
+            for chunk in held:
                 yield chunk
         except BaseException as err:
-            exchange.error = err
+            exchange.error = exchange.error if written else err
             raise
         finally:
             aclose = getattr(source, "aclose", None)
             if aclose is not None:
                 await aclose()
-            self._write_log(exchange)
+            if not written:
+                await self._in_thread(self._write_log, exchange)
+
+
+def _is_closing(chunk: Any) -> bool:
+    """A chunk that tells the caller the answer is complete: a finish reason, or the usage."""
+    return getattr(chunk, "usage", None) is not None or any(c.finish_reason for c in getattr(chunk, "choices", None) or ())
 
 
 def _is_empty(choice: Any) -> bool:
     delta = choice.delta
     return not choice.finish_reason and (delta is None or not (delta.content or delta.role or delta.tool_calls))
-
-
-async def _threaded(source: Iterator[Any]) -> AsyncIterator[Any]:
-    """Step a blocking iterator in a worker thread so the event loop stays free."""
-    try:
-        while (item := await asyncio.to_thread(next, source, _END)) is not _END:
-            yield item
-    finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            await asyncio.to_thread(close)

@@ -120,7 +120,7 @@ def _messages(raw: Any) -> tuple[list[dict[str, Any]], list[str]]:
         if not isinstance(message, Mapping):
             raise _bad(f"Invalid type for '{where}': expected an object, got {type(message).__name__}.", where, "invalid_type")
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:  # a list or dict role is unhashable: check the type first
             raise _bad(
                 f"Invalid value for '{where}.role': {role!r}. Supported values are: {', '.join(sorted(_ROLES))}.",
                 f"{where}.role",
@@ -172,9 +172,35 @@ def _timeout(raw: Any) -> float | None:
     return _number(raw, "timeout", 0.0, math.inf) if raw is not None else None
 
 
+def _unencodable(value: Any, where: str, depth: int = 0) -> str | None:
+    """Where in ``value`` a string holds a lone surrogate (valid JSON, not valid Unicode text), if anywhere."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if depth > 32:
+        return None
+    if isinstance(value, Mapping):
+        items: Any = ((f"{where}.{k}", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for inner_where, inner in items:
+        if (found := _unencodable(inner, inner_where, depth + 1)) is not None:
+            return found
+    return None
+
+
 def build_request(*, max_input_chars: int, max_retries: int | None = None, **kwargs: Any) -> ChatRequest:
     """Validate ``create`` keyword arguments into a :class:`ChatRequest` or raise a 400."""
     args = {k: v for k, v in kwargs.items() if _given(v)}
+    for name, value in args.items():
+        # A lone surrogate ("\ud800") is valid JSON but no tokenizer, log or provider can take it.
+        if (where := _unencodable(value, name)) is not None:
+            raise _bad(f"Invalid '{where}': the text is not valid Unicode (a lone surrogate).", where, "invalid_value")
     model = args.pop("model", None)
     if not isinstance(model, str) or not model.strip():
         raise _bad("Invalid 'model': expected a non-empty string.", "model", "invalid_type")

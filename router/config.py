@@ -134,6 +134,20 @@ class LocalConfig(_Section):
     max_tokens: int = Field(256, ge=1, description="Upper bound on tokens generated locally per request.")
     default_max_tokens: int = Field(160, ge=1, description="Tokens generated when the request sets no limit.")
     timeout_s: float = Field(30.0, gt=0, description="Per-request deadline, queueing included.")
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="llama.cpp contexts, each owned by one worker thread. More than one only pays with cores to spare "
+        "(each decode wants n_threads cores); every context holds its own KV cache.",
+    )  # fmt: skip
+    max_queue: int = Field(
+        4, ge=0,
+        description="Local requests that may wait for a worker. A request beyond that is refused at once: it goes to "
+        "the cloud where allowed, else gets 503 'overloaded' with Retry-After, never a silent wait.",
+    )  # fmt: skip
+    hang_grace_s: float = Field(
+        10.0, gt=0, description="A worker still busy this long past a request's deadline is replaced with a fresh context."
+    )
+    retry_after_s: float = Field(1.0, gt=0, description="Retry-After given with a local 'overloaded' refusal.")
     degenerate_min_span: int = Field(48, ge=8, description="Characters of exact repetition that mark an answer degenerate.")
     reject_echo: bool = Field(True, description="Treat an answer that opens by repeating the question as degenerate.")
     stream_hold_back_chars: int = Field(
@@ -197,10 +211,29 @@ class CloudConfig(_Section):
     default_model: str = Field("gpt-4o-mini", description="Model used for model='auto' (a name in [models] or a litellm string).")
     api_base: str | None = Field(None, description="Endpoint for routes that set none (Client(base_url=...) sets it).")
     api_key: SecretStr | None = Field(None, description="API key for routes that set none (Client(api_key=...) sets it).")
-    timeout_s: float = Field(60.0, gt=0, description="Per-attempt timeout.")
+    timeout_s: float = Field(
+        60.0, gt=0,
+        description="Per-attempt timeout (a request's own timeout replaces it). A Retry-After that would end later "
+        "than this many seconds after the first attempt is not waited for: the error is raised at once.",
+    )  # fmt: skip
     max_retries: int = Field(2, ge=0, le=10, description="Retries on connection errors, timeouts, 429 and 5xx.")
-    backoff_initial_s: float = Field(0.5, ge=0, description="First back-off; doubles each retry.")
+    backoff_initial_s: float = Field(0.5, ge=0, description="First back-off; doubles each retry (used when the provider sends no Retry-After).")
     backoff_max_s: float = Field(8.0, ge=0, description="Back-off ceiling.")
+    retry_after_max_s: float = Field(
+        30.0, ge=0,
+        description="Longest Retry-After (or retry-after-ms) from a 429/5xx that is honoured; a longer one ends the "
+        "retries at once, so the caller (or the local fallback) is not kept waiting.",
+    )  # fmt: skip
+    breaker_failures: int = Field(
+        5, ge=1,
+        description="Consecutive retryable failures (connection errors, timeouts, 429, 5xx; each attempt counts) "
+        "of one route (litellm model + api_base) that open its circuit: calls then fail fast without a request.",
+    )  # fmt: skip
+    breaker_reset_s: float = Field(
+        30.0, gt=0,
+        description="How long an open circuit stays open; then one trial call goes through, and closes it on success "
+        "or opens it again on failure.",
+    )  # fmt: skip
     drop_unsupported_params: bool = Field(True, description="Let litellm drop parameters a provider does not accept.")
     fallback_to_local: bool = Field(True, description="Serve locally when the cloud fails and the local tier can.")
     preimport: bool = Field(True, description="Import litellm in the background at client start (it takes seconds).")
@@ -315,6 +348,17 @@ class LogConfig(_Section):
     )
     store_messages: bool = Field(True, description="Store message and answer text (needed for retraining).")
     redact_pii: bool = Field(False, description="Replace PII pattern matches with [NAME] before storing.")
+    spool: bool = Field(
+        True,
+        description="A row the database refuses (locked, disk full) is fsynced to '<path>.spool' before the response "
+        "returns and written to the log later; off: such rows are counted and dropped.",
+    )
+    busy_timeout_s: float = Field(5.0, ge=0, description="How long a write waits for a locked database before spooling.")
+    synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="SQLite durability: 'normal' (WAL) keeps every committed row through a crash of the process; "
+        "'full' also through a power cut, at the cost of an fsync per request.",
+    )
 
 
 class ServerConfig(_Section):

@@ -4,8 +4,11 @@ Durability and isolation from serving are the design constraints:
 
 * each request is one ``INSERT`` in its own transaction, so a row is either whole or absent;
 * WAL with ``synchronous=NORMAL`` means a committed row survives a crash of this process;
-* :meth:`TrafficLog.record` never raises: a full disk or a locked file is counted in
-  ``failures`` and logged, and the request it describes still succeeds.
+* :meth:`TrafficLog.record` never raises. A row the database will not take now (locked past the
+  busy timeout, disk full) goes to a local spool (:mod:`router.log_spool`), fsynced before the
+  request's response is returned, and is written to the database by a later ``record`` once it
+  takes writes again; only a row that not even the spool could take is counted in ``failures``
+  (``lost``) and dropped, with a warning.
 
 Secrets that look like API keys are always scrubbed from stored text; other PII optionally, with
 the same matcher routing uses (:class:`hybrid_common.pii.PiiMatcher`), so the log blanks exactly
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid_common.pii import PiiMatcher
+from router.log_spool import LogSpool
 
 __all__ = ["LogRecord", "TrafficLog"]
 
@@ -175,9 +179,20 @@ class TrafficLog:
         *,
         store_messages: bool = True,
         redact_patterns: Mapping[str, str] | PiiMatcher | None = None,
+        spool: bool = True,
+        busy_timeout_s: float = 5.0,
+        synchronous: str = "normal",
     ) -> None:
         self.path = Path(path)
         self.failures = 0
+        """Rows that could not be written at all (not even to the spool): lost."""
+        self.spooled = 0
+        """Rows that went to the spool because the database refused them (since this object was made)."""
+        self.spool: LogSpool | None = LogSpool(self.path.with_name(self.path.name + ".spool")) if spool else None
+        self._busy_timeout_s = busy_timeout_s
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
+        self._synchronous = synchronous.upper()
         self._store_messages = store_messages
         if redact_patterns is None or isinstance(redact_patterns, PiiMatcher):
             self._redact = redact_patterns
@@ -189,9 +204,9 @@ class TrafficLog:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 conn.close()
@@ -211,7 +226,19 @@ class TrafficLog:
                 conn.executescript(_SCHEMA_V4)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._conn = conn
+            self._drain_spool_into(conn)  # rows an earlier process could not write, e.g. before a crash
         return self._conn
+
+    def _drain_spool_into(self, conn: sqlite3.Connection) -> None:
+        if self.spool is None or not self.spool.pending():
+            return
+        try:
+            drained = self.spool.drain(lambda rows: self._insert(conn, rows, ignore_existing=True))
+        except Exception as err:  # still refused: the rows stay spooled for a later write
+            logger.debug("traffic log spool not drained yet: %s", err)
+            return
+        if drained:
+            logger.warning("traffic log: %d spooled record(s) written to %s", drained, self.path)
 
     def _scrub(self, value: Any) -> Any:
         """Redact every string inside ``value`` (before JSON encoding, so structure survives)."""
@@ -240,19 +267,66 @@ class TrafficLog:
         return row
 
     def record(self, record: LogRecord) -> bool:
-        """Write one row atomically; False (and ``failures`` + 1) if it could not be written."""
+        """Write one row atomically, or spool it durably; False (and ``failures`` + 1) if neither worked."""
         try:
             row = self._row(record)
-            placeholders = ", ".join(f":{c}" for c in _COLUMNS)
-            with self._lock:
-                self._connection().execute(
-                    f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({placeholders})", row
-                )
-            return True
         except Exception as err:  # the log must never fail a request, whatever went wrong
-            self.failures += 1
-            logger.warning("traffic log write failed (%s total): %s", self.failures, err)
-            return False
+            return self._lost(err)
+        try:
+            with self._lock:
+                self._insert(self._connection(), [row], ignore_existing=False)
+        except sqlite3.IntegrityError as err:  # e.g. the id is already logged: a bug, not an outage
+            return self._lost(err)
+        except Exception as err:  # locked past the busy timeout, disk full, cannot open: spool it
+            return self._spool_row(row, err)
+        self._drain_spool()
+        return True
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[dict[str, Any]], *, ignore_existing: bool) -> None:
+        verb = "INSERT OR IGNORE" if ignore_existing else "INSERT"
+        placeholders = ", ".join(f":{c}" for c in _COLUMNS)
+        sql = f"{verb} INTO requests ({', '.join(_COLUMNS)}) VALUES ({placeholders})"
+        if len(rows) == 1:
+            conn.execute(sql, rows[0])
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(sql, rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _lost(self, err: object) -> bool:
+        self.failures += 1
+        logger.warning("traffic log write failed; the record is lost (%s total): %s", self.failures, err)
+        return False
+
+    def _spool_row(self, row: dict[str, Any], err: BaseException) -> bool:
+        if self.spool is None:
+            return self._lost(err)
+        try:
+            self.spool.append(row)
+        except OSError as spool_err:
+            return self._lost(f"{err}; the spool {self.spool.path} failed too: {spool_err}")
+        self.spooled += 1
+        logger.warning(
+            "traffic log write failed (%s); the record is kept in %s and written to the log when it takes writes again "
+            "(%d spooled so far)", err, self.spool.path, self.spooled,
+        )  # fmt: skip
+        return True
+
+    def _drain_spool(self) -> None:
+        """Write spooled rows once the database takes writes again (a ``stat`` when there are none)."""
+        if self.spool is None or not self.spool.pending():
+            return
+        with self._lock:
+            try:
+                conn = self._connection()
+            except Exception as err:  # noqa: BLE001 - still refused: the rows stay spooled
+                logger.debug("traffic log spool not drained yet: %s", err)
+                return
+            self._drain_spool_into(conn)
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -388,6 +462,7 @@ class TrafficLog:
         return [dict(r) for r in rows]
 
     def close(self) -> None:
+        self._drain_spool()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()

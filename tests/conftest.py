@@ -106,3 +106,16 @@ def client(make_config: Callable[..., Any]) -> Iterator[Any]:
 
 def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
+
+
+def settle_local_swap(client: Any, timeout_s: float = 60.0) -> None:
+    """Let a promotion or rollback the registry just made land in the local tier.
+
+    The local tier loads a new version off the request path and swaps it in between jobs, so
+    the request that notices a promotion is still served by the old version; tests that assert
+    on the very next request wait for the swap first (after the poll interval has passed).
+    """
+    local = client._engine.local
+    local.refresh()
+    local.wait_for_swap(timeout_s)
+

@@ -85,7 +85,7 @@ def cluster_embeddings(
     smoothing_neighbors: int = 5,
     min_samples: int = 5,
     max_points: int = 4000,
-    assign_quantile: float = 0.1,
+    assign_quantile: float = 0.05,
     seed: int = 0,
 ) -> ClusterResult:
     """Cluster L2-normalised ``embeddings`` (rows); see the module docstring for the method."""

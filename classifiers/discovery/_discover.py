@@ -49,6 +49,10 @@ class DiscoveryConfig(BaseModel):
     same_cluster_cosine: float = Field(
         0.92, gt=0, le=1, description="A new cluster this close to an earlier one is the same cluster (keeps id, name, status)."
     )
+    assign_quantile: float = Field(
+        0.05, ge=0, le=1,
+        description="A query HDBSCAN left as noise joins its nearest cluster when at least as close as this quantile of the cluster's own members.",
+    )  # fmt: skip
     max_points: int = Field(4000, ge=100, description="Above this many queries, cluster micro-cluster centroids instead.")
     max_queries: int | None = Field(None, ge=1, description="Read at most this many logged queries (default: all).")
     seed: int = 0
@@ -122,7 +126,8 @@ def propose(
     noise_share, found = 0.0, 0
     if len(rest) >= 16:
         result = cluster_embeddings(
-            points[rest], min_cluster_share=config.min_cluster_share * n / len(rest), max_points=config.max_points, seed=config.seed
+            points[rest], min_cluster_share=config.min_cluster_share * n / len(rest), max_points=config.max_points,
+            assign_quantile=config.assign_quantile, seed=config.seed,
         )  # fmt: skip
         noise_share, found = result.noise_share, result.k
         earlier = [c for c in (previous.categories if previous else []) if c.id not in kept_previous]

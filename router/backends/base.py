@@ -43,6 +43,8 @@ class GenerationStream:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
+    adapter_version: str | None = None
+    """The adapter version that actually produced the text, when the backend knows it (set at the end)."""
 
     def __iter__(self) -> Iterator[str]:
         return self.pieces
@@ -75,7 +77,8 @@ class LocalBackend(abc.ABC):
     def generate(
         self, messages: Sequence[dict[str, Any]], params: GenerationParams, *, max_tokens: int, deadline: float
     ) -> GenerationStream:
-        """Start generating; raise :class:`LocalFailure` (kind ``timeout``) past ``deadline``."""
+        """Start generating; raise :class:`LocalFailure` (kind ``timeout``) past ``deadline``, kind
+        ``overloaded`` at once when the backend cannot take more work now."""
 
     @property
     def adapter_version(self) -> str | None:

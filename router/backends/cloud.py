@@ -1,4 +1,7 @@
-"""The cloud tier: any litellm model string, with retries, back-off, timeouts and pricing.
+"""The cloud tier: any litellm model string, with retries, back-off, timeouts, a circuit breaker and pricing.
+
+Every attempt first asks its route's circuit breaker (:mod:`router.backends.circuit`); when and how
+long to wait between attempts is decided in :mod:`router.backends._retry` (``Retry-After`` first).
 
 ``import litellm`` takes seconds. Paying that inside the first cloud request is a latency spike the
 user sees, so :meth:`CloudBackend.preimport` starts it in a background thread when the client
@@ -9,28 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 from hybrid_common.errors import (
-    APIConnectionError,
     APIError,
     AuthenticationError,
-    InternalServerError,
+    CloudUnavailableError,
     MissingDependencyError,
-    RateLimitError,
     from_openai_error,
 )
 from router._request import ChatRequest
+from router.backends._retry import RETRYABLE, describe, retry_wait_s
+from router.backends.circuit import CircuitBreaker, CircuitBreakers
 from router.config import CloudConfig, ModelRoute
 
 __all__ = ["CloudBackend"]
 
 T = TypeVar("T")
-_RETRYABLE = (APIConnectionError, RateLimitError, InternalServerError)  # APITimeoutError is an APIConnectionError
 _import_lock = threading.Lock()
 _litellm: Any = None  # set once the import has fully finished
 
@@ -60,6 +61,7 @@ class CloudBackend:
     def __init__(self, config: CloudConfig) -> None:
         self._config = config
         self._preimport: threading.Thread | None = None
+        self._breakers = CircuitBreakers(config.breaker_failures, config.breaker_reset_s)
 
     def preimport(self) -> None:
         """Import litellm in a daemon thread so the first cloud request does not pay for it."""
@@ -122,33 +124,97 @@ class CloudBackend:
                 code="missing_api_key",
             )
 
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self._config.backoff_max_s, self._config.backoff_initial_s * 2**attempt)
-        return delay * (0.5 + random.random() / 2)  # jitter: retries of many clients do not align
+    def route_key(self, route: ModelRoute) -> str:
+        """The circuit breaker's key: litellm model and endpoint (``model@api_base``)."""
+        base = route.api_base or self._config.api_base
+        return f"{route.litellm_model}@{base}" if base else route.litellm_model
+
+    def breaker_states(self) -> dict[str, str]:
+        """Route → ``closed`` / ``open`` / ``half_open`` for every route that has failed, for metrics."""
+        return dict(self._breakers.states())
 
     def _retries(self, request: ChatRequest) -> int:
         return self._config.max_retries if request.max_retries is None else request.max_retries
 
-    def _with_retries(self, call: Callable[[], T], retries: int) -> T:
+    def _admit(self, key: str, cause: BaseException | None) -> CircuitBreaker | None:
+        """The route's breaker if it lets this attempt through; else fail fast, chained to ``cause``."""
+        breaker = self._breakers.get(key)
+        if breaker is None or breaker.allow():
+            return breaker
+        wait = breaker.retry_in_s()
+        when = f"the next trial call goes through in {wait:.1f} s" if wait > 0 else "a trial call is testing it now"
+        raise CloudUnavailableError(
+            f"Cloud route {key!r} is unavailable: its circuit is open after repeated failures (last: "
+            f"{breaker.last_failure}), so this call failed fast without reaching it; {when}.",
+            route=key,
+            retry_after_s=wait or 1.0,
+        ) from cause
+
+    def _failed(
+        self, key: str, breaker: CircuitBreaker | None, err: Exception, attempt: int, retries: int, deadline: float
+    ) -> tuple[APIError, float | None]:
+        """Translate ``err``, tell the breaker, and say how long to wait before retrying (None: raise now)."""
+        error = from_openai_error(err)
+        if error is not err:
+            error.__cause__ = err  # kept when a later fast failure is chained to this one
+        if isinstance(error, RETRYABLE):
+            (breaker or self._breakers.for_failure(key)).failed(describe(error))
+        elif breaker is not None:
+            breaker.succeeded()  # a 400 or 401 is an answer: the route is up
+        if attempt == retries:
+            return error, None
+        return error, retry_wait_s(error, err, attempt, self._config, deadline=deadline)
+
+    def _with_retries(
+        self, call: Callable[[], T], request: ChatRequest, route: ModelRoute, timeout_s: float | None
+    ) -> T:
+        key, retries = self.route_key(route), self._retries(request)
+        deadline = time.monotonic() + (timeout_s or self._config.timeout_s)
+        cause: BaseException | None = None
         for attempt in range(retries + 1):
+            breaker = self._admit(key, cause)
             try:
-                return call()
+                result = call()
             except Exception as err:  # litellm raises openai-family errors; translate all of them
-                error = from_openai_error(err)
-                if not isinstance(error, _RETRYABLE) or attempt == retries:
+                error, wait = self._failed(key, breaker, err, attempt, retries, deadline)
+                if wait is None:
                     raise error from err
-                time.sleep(self._backoff(attempt))
+                cause = error
+                time.sleep(wait)
+            except BaseException:
+                if breaker is not None:
+                    breaker.release()
+                raise
+            else:
+                if breaker is not None:
+                    breaker.succeeded()
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _with_retries_async(self, call: Callable[[], Any], retries: int) -> Any:
+    async def _with_retries_async(
+        self, call: Callable[[], Any], request: ChatRequest, route: ModelRoute, timeout_s: float | None
+    ) -> Any:
+        key, retries = self.route_key(route), self._retries(request)
+        deadline = time.monotonic() + (timeout_s or self._config.timeout_s)
+        cause: BaseException | None = None
         for attempt in range(retries + 1):
+            breaker = self._admit(key, cause)
             try:
-                return await call()
+                result = await call()
             except Exception as err:
-                error = from_openai_error(err)
-                if not isinstance(error, _RETRYABLE) or attempt == retries:
+                error, wait = self._failed(key, breaker, err, attempt, retries, deadline)
+                if wait is None:
                     raise error from err
-                await asyncio.sleep(self._backoff(attempt))
+                cause = error
+                await asyncio.sleep(wait)
+            except BaseException:  # cancelled: no verdict on the route
+                if breaker is not None:
+                    breaker.release()
+                raise
+            else:
+                if breaker is not None:
+                    breaker.succeeded()
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     def complete(self, request: ChatRequest, route: ModelRoute, timeout_s: float | None) -> Any:
@@ -158,7 +224,7 @@ class CloudBackend:
         litellm = self.litellm
         kwargs = self._kwargs(request, route, False, timeout_s)
         self._check_credentials(route, kwargs)
-        response = self._with_retries(lambda: litellm.completion(**kwargs), self._retries(request))
+        response = self._with_retries(lambda: litellm.completion(**kwargs), request, route, timeout_s)
         return ChatCompletion.model_validate(response.model_dump())
 
     async def acomplete(self, request: ChatRequest, route: ModelRoute, timeout_s: float | None) -> Any:
@@ -167,7 +233,7 @@ class CloudBackend:
         litellm = await asyncio.to_thread(_import_litellm)
         kwargs = self._kwargs(request, route, False, timeout_s)
         self._check_credentials(route, kwargs)
-        response = await self._with_retries_async(lambda: litellm.acompletion(**kwargs), self._retries(request))
+        response = await self._with_retries_async(lambda: litellm.acompletion(**kwargs), request, route, timeout_s)
         return ChatCompletion.model_validate(response.model_dump())
 
     def stream(self, request: ChatRequest, route: ModelRoute, timeout_s: float | None) -> Iterator[Any]:
@@ -177,7 +243,7 @@ class CloudBackend:
         litellm = self.litellm
         kwargs = self._kwargs(request, route, True, timeout_s)
         self._check_credentials(route, kwargs)
-        chunks = self._with_retries(lambda: litellm.completion(**kwargs), self._retries(request))
+        chunks = self._with_retries(lambda: litellm.completion(**kwargs), request, route, timeout_s)
         try:
             for chunk in chunks:
                 yield ChatCompletionChunk.model_validate(chunk.model_dump())
@@ -196,7 +262,7 @@ class CloudBackend:
         litellm = await asyncio.to_thread(_import_litellm)
         kwargs = self._kwargs(request, route, True, timeout_s)
         self._check_credentials(route, kwargs)
-        chunks = await self._with_retries_async(lambda: litellm.acompletion(**kwargs), self._retries(request))
+        chunks = await self._with_retries_async(lambda: litellm.acompletion(**kwargs), request, route, timeout_s)
         try:
             async for chunk in chunks:
                 yield ChatCompletionChunk.model_validate(chunk.model_dump())

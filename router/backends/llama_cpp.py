@@ -1,14 +1,15 @@
 """The in-process local tier: a GGUF model (and optional LoRA adapter) in llama.cpp.
 
-One ``Llama`` context serves every caller, one generation at a time behind a lock: a llama.cpp
-context is not thread-safe, and on a small CPU box concurrent decodes would only fight over the
-same cores. Waiting for the lock counts against the request's deadline.
+Each llama.cpp context has one owner, a worker thread fed by a bounded queue: a context is not
+thread-safe, and on a small CPU box concurrent decodes would only fight over the same cores.
+Waiting in the queue counts against the request's deadline; a full queue refuses at once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,7 @@ from hybrid_common.chat import STOP_SEQUENCES, render_prompt
 from hybrid_common.errors import ArtifactError, ConfigError, MissingDependencyError
 from router.adapter_watch import AdapterWatch, ServingAdapter
 from router.backends.base import GenerationParams, GenerationStream, LocalBackend, LocalFailure, register_local_backend
+from router.backends.llama_workers import GenerationJob, JobDone, LlamaWorkerPool
 from router.config import LocalConfig
 
 __all__ = ["LlamaCppBackend", "packaged_model_path"]
@@ -45,25 +47,27 @@ def default_threads() -> int:
 class LlamaCppBackend(LocalBackend):
     """llama-cpp-python running the configured GGUF in this process.
 
+    ``local.workers`` threads each own one context (see :mod:`router.backends.llama_workers`);
+    request threads only tokenize, on a vocabulary-only copy of the model, and read pieces.
     Following a registry (``local.followed_registry``: the default one unless an explicit
-    ``adapter_path`` pins the model) it serves the registry's promoted adapter and, when a new
-    version is promoted, loads it beside the serving model and swaps it in between generations; a
-    version that fails its checksum or fails to load leaves the serving model in place.
+    ``adapter_path`` pins the model) it serves the registry's promoted adapter; a newly promoted
+    version is loaded on a background thread and each worker takes it up between two jobs, so no
+    request waits for a load. A version that fails its checksum or fails to load leaves the serving
+    model in place.
     """
 
     name = "llama_cpp"
 
     def __init__(self, config: LocalConfig) -> None:
         self._config = config
-        self._llm: Any = None
+        self._pool: LlamaWorkerPool | None = None
+        self._vocab: Any = None  # a vocab-only Llama: tokenizing needs no context
         self._load_lock = threading.Lock()
-        self._generate_lock = threading.Lock()
-        # Tokenizing runs outside the generate lock; this lock keeps a swap from closing the model under it.
-        self._tokenize_lock = threading.Lock()
-        self._reload_lock = threading.Lock()
+        self._swap_thread: threading.Thread | None = None
         self._adapter_path: Path | None = config.adapter_path
         self._adapter_version: str | None = config.adapter_version
         self._watch: AdapterWatch | None = None
+        self._closed = False
         if config.followed_registry is not None:
             self._watch = AdapterWatch(config.followed_registry, poll_s=config.registry_poll_s)
 
@@ -77,29 +81,38 @@ class LlamaCppBackend(LocalBackend):
 
     @property
     def adapter_version(self) -> str | None:
-        """The registry version (or configured label) of the adapter now loaded."""
+        """The registry version (or configured label) of the adapter the workers are moving to."""
         return self._adapter_version
 
     @property
     def adapter_path(self) -> Path | None:
-        """The adapter file now loaded (None: the base model alone)."""
+        """The adapter file now served (None: the base model alone)."""
         return self._adapter_path
 
     @property
-    def llama(self) -> Any:
-        """The underlying ``llama_cpp.Llama`` (loaded on first access; replaced when a registry promotes)."""
-        self.load()
-        return self._llm
+    def queue_depth(self) -> int:
+        """Local generations waiting or running (0 before the model loads)."""
+        return self._pool.depth if self._pool is not None else 0
 
-    def _new_llama(self, adapter_path: Path | None) -> Any:
+    @property
+    def replaced_hung_workers(self) -> int:
+        """Workers retired because they hung past a deadline, since start."""
+        return self._pool.replaced_hung if self._pool is not None else 0
+
+    def _model_path(self) -> Path:
+        return self._config.model_path or packaged_model_path()
+
+    def _new_llama(self, adapter_path: Path | None, *, vocab_only: bool = False) -> Any:
         try:
             from llama_cpp import Llama
         except ImportError as err:
             raise MissingDependencyError("llama-cpp-python", purpose="the local tier") from err
-        model_path = self._config.model_path or packaged_model_path()
+        model_path = self._model_path()
         for label, path in (("local.model_path", model_path), ("local.adapter_path", adapter_path)):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{label}: no such file: {path}")
+        if vocab_only:
+            return Llama(model_path=str(model_path), vocab_only=True, n_ctx=128, verbose=False)
         llm = Llama(
             model_path=str(model_path),
             lora_path=str(adapter_path) if adapter_path else None,
@@ -119,25 +132,43 @@ class LlamaCppBackend(LocalBackend):
             )
         return llm
 
+    def standalone_llama(self) -> Any:
+        """A new ``Llama`` with the settings and adapter the workers serve, owned (and closed) by the
+        caller: benchmarks compare the routed path against llama-cpp-python called directly."""
+        return self._new_llama(self._adapter_path)
+
+    def _serving_context(self) -> tuple[Any, str | None]:
+        """A context for the adapter now served (workers call this at start and after a crash)."""
+        return self._new_llama(self._adapter_path), self._adapter_version
+
     def load(self) -> None:
-        if self._llm is not None:
+        if self._pool is not None:
             return
         with self._load_lock:
-            if self._llm is not None:
+            if self._pool is not None:
                 return
+            if self._closed:
+                raise LocalFailure("error", "the local tier is closed")
             if self._watch is not None:
                 state = self._watch.read()
                 if state is not None:
                     try:
-                        self._llm = self._new_llama(state.adapter_path)
+                        self._new_llama(state.adapter_path).close()  # a bad promotion must not take the tier down
                     except MissingDependencyError:
                         raise
-                    except Exception as err:  # a bad promotion must not take the local tier down
+                    except Exception as err:
                         logger.warning("registry version %s failed to load (%s); serving the configured model", state.version, err)
                     else:
                         self._serve(state)
-                        return
-            self._llm = self._new_llama(self._config.adapter_path)
+            vocab = self._new_llama(None, vocab_only=True)
+            self._pool = LlamaWorkerPool(
+                self._serving_context,
+                workers=self._config.workers,
+                max_queue=self._config.max_queue,
+                hang_grace_s=self._config.hang_grace_s,
+                stop_sequences=list(STOP_SEQUENCES),
+            )
+            self._vocab = vocab
 
     def _serve(self, state: ServingAdapter) -> None:
         self._adapter_path, self._adapter_version = state.adapter_path, state.version
@@ -145,44 +176,52 @@ class LlamaCppBackend(LocalBackend):
             self._watch.accept(state)
 
     def refresh(self) -> None:
-        """Swap in a newly promoted adapter, if the registry has one (checked at most every poll interval)."""
-        if self._watch is None or self._llm is None:
+        """Start loading a newly promoted adapter in the background, if the registry has one.
+
+        Cheap on the request path: a registry check at most every poll interval; the load runs on
+        its own thread and the workers swap it in between jobs.
+        """
+        if self._watch is None or self._pool is None:
             return  # load() reads the registry itself
-        state = self._watch.poll()
-        if state is None:
+        if self._swap_thread is not None and self._swap_thread.is_alive():
             return
-        with self._reload_lock:
-            if state == self._watch.current:
-                return
-            try:
-                new = self._new_llama(state.adapter_path)
-            except Exception as err:
-                logger.warning(
-                    "registry version %s failed to load (%s); still serving %s", state.version, err, self._adapter_version
-                )
-                return
-            old = None
-            if self._generate_lock.acquire(timeout=self._config.timeout_s):
-                try:
-                    with self._tokenize_lock:
-                        if self._llm is not None:  # not closed meanwhile
-                            old, self._llm = self._llm, new
-                            self._serve(state)
-                            new = None
-                finally:
-                    self._generate_lock.release()
-            else:
-                self._watch.retry()  # the model stayed busy; try again on a later request
-            for llm in (old, new):
-                if llm is not None:
-                    llm.close()
-            if old is not None:
-                logger.info("local tier now serves registry version %s", state.version)
+        state = self._watch.poll()
+        if state is None or state == self._watch.current:
+            return
+        self._swap_thread = threading.Thread(target=self._prepare_swap, args=(state,), name="llama-adapter-swap", daemon=True)
+        self._swap_thread.start()
+
+    def _prepare_swap(self, state: ServingAdapter) -> None:
+        pool = self._pool
+        if pool is None:
+            return
+        contexts: list[tuple[Any, str | None]] = []
+        try:
+            for _ in range(pool.workers):
+                contexts.append((self._new_llama(state.adapter_path), state.version))
+        except Exception as err:  # noqa: BLE001 - a bad promotion leaves the serving model in place
+            for llama, _ in contexts:
+                llama.close()
+            logger.warning("registry version %s failed to load (%s); still serving %s", state.version, err, self._adapter_version)
+            return
+        try:
+            pool.swap(contexts)
+        except ValueError as err:  # a worker was replaced meanwhile: retry at the next poll
+            logger.info("adapter swap to %s postponed: %s", state.version, err)
+            self._watch.retry()
+            return
+        self._serve(state)
+        logger.info("local tier now serves registry version %s", state.version)
+
+    def wait_for_swap(self, timeout_s: float | None = None) -> None:
+        """Block until a swap being prepared has been handed to the workers (tests, tooling)."""
+        thread = self._swap_thread
+        if thread is not None:
+            thread.join(timeout_s)
 
     def _tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         self.load()
-        with self._tokenize_lock:
-            return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return self._vocab.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     def _prompt_tokens(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         return self._tokenize(render_prompt(messages), add_bos=True)
@@ -194,52 +233,45 @@ class LlamaCppBackend(LocalBackend):
         self, messages: Sequence[dict[str, Any]], params: GenerationParams, *, max_tokens: int, deadline: float
     ) -> GenerationStream:
         tokens = self._prompt_tokens(messages)
+        job = GenerationJob(tokens, params, max_tokens, deadline)
+        assert self._pool is not None  # _prompt_tokens loaded it
+        self._pool.submit(job)  # LocalFailure("overloaded") at once when the queue is full
         stream = GenerationStream(pieces=iter(()), prompt_tokens=len(tokens))
-        stream.pieces = self._pieces(stream, tokens, params, max_tokens, deadline)
+        stream.pieces = self._pieces(stream, job)
         return stream
 
-    def _pieces(
-        self, stream: GenerationStream, tokens: list[int], params: GenerationParams, max_tokens: int, deadline: float
-    ) -> Iterator[str]:
-        if not self._generate_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise LocalFailure("timeout", "waited too long for the local model")
-        chunks = None
-        parts: list[str] = []
+    def _pieces(self, stream: GenerationStream, job: GenerationJob) -> Iterator[str]:
         try:
-            chunks = self._llm.create_completion(
-                tokens,  # pre-tokenized: the prompt is not tokenized twice
-                max_tokens=max_tokens,
-                temperature=params.temperature if params.temperature is not None else 0.0,
-                top_p=params.top_p if params.top_p is not None else 1.0,
-                stop=[*STOP_SEQUENCES, *params.stop],
-                seed=params.seed,
-                frequency_penalty=params.frequency_penalty or 0.0,
-                presence_penalty=params.presence_penalty or 0.0,
-                stream=True,
-            )
-            for chunk in chunks:
-                choice = chunk["choices"][0]
-                text = choice["text"]
-                if time.monotonic() > deadline:  # before yielding, so a late first token can still fall back
-                    raise LocalFailure("timeout", f"local generation passed its deadline after {len(parts)} pieces")
-                if text:
-                    parts.append(text)
-                    yield text
-                if choice.get("finish_reason"):
-                    stream.finish_reason = choice["finish_reason"]
+            while True:
+                try:
+                    item = job.out.get(timeout=max(0.0, job.deadline - time.monotonic()))
+                except queue.Empty:
+                    raise LocalFailure("timeout", "the local model did not answer before the deadline") from None
+                if isinstance(item, str):
+                    if time.monotonic() > job.deadline:  # before yielding, so a late first token can still fall back
+                        raise LocalFailure("timeout", "local generation passed its deadline")
+                    yield item
+                elif isinstance(item, JobDone):
+                    stream.finish_reason = item.finish_reason
+                    stream.completion_tokens = item.completion_tokens
+                    stream.adapter_version = item.adapter_version
+                    return
+                else:
+                    raise item
         finally:
-            if chunks is not None:
-                chunks.close()
-            # Counted here so a stream cut short (guard, deadline, caller closing) still reports usage.
-            answer = "".join(parts).encode("utf-8")
-            stream.completion_tokens = len(self._llm.tokenize(answer, add_bos=False, special=True)) if answer else 0
-            self._generate_lock.release()
+            job.cancelled.set()  # a reader that stops early (guard, deadline, caller) frees the worker at its next token
 
     def close(self) -> None:
         with self._load_lock:
-            if self._llm is not None:
-                self._llm.close()
-                self._llm = None
+            self._closed = True
+            pool, self._pool = self._pool, None
+            vocab, self._vocab = self._vocab, None
+        if self._swap_thread is not None:
+            self._swap_thread.join(self._config.timeout_s)
+        if pool is not None:
+            pool.close(self._config.timeout_s)
+        if vocab is not None:
+            vocab.close()
 
 
 register_local_backend(LlamaCppBackend.name, LlamaCppBackend)

@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from router.server.errors import error_body, error_for_exception
 from router.server.metrics import Metrics
+from router.server.schema import FEEDBACK_REQUEST, chat_completion_request, json_body
 
 if TYPE_CHECKING:
     from router.client import Client
@@ -125,7 +127,7 @@ def create_app(client: Client, *, warm: bool = True) -> FastAPI:
         names = ["auto", "local", *config.models]
         return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "hybrid-router"} for n in names]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=json_body(chat_completion_request(["auto", "local", *config.models])))
     async def chat_completions(request: Request) -> Response:
         body, failure = await _read_json(request, config.server.max_body_bytes)
         if failure is not None:
@@ -137,7 +139,7 @@ def create_app(client: Client, *, warm: bool = True) -> FastAPI:
             return error(503, "the router is overloaded; retry shortly", code="overloaded", headers={"Retry-After": str(config.server.retry_after_s)})
         return await _answer(state, body, error)
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", status_code=204, openapi_extra=json_body(FEEDBACK_REQUEST))
     async def feedback(request: Request) -> Response:
         body, failure = await _read_json(request, config.server.max_body_bytes)
         if failure is not None:
@@ -225,7 +227,9 @@ async def _answer(state: ServerState, body: dict[str, Any], error: Any) -> Any:
         except Exception as err:  # noqa: BLE001 - every failure becomes an OpenAI-shaped error
             status, payload = error_for_exception(err)
             state.metrics.inc("router_requests_total", "Chat completions answered, by tier and category.", tier="error", category="", status=str(status))
-            return error(status, payload["error"]["message"], param=payload["error"]["param"], code=payload["error"]["code"])
+            retry_after = getattr(err, "retry_after_s", None)
+            headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if status == 503 and retry_after else None
+            return error(status, payload["error"]["message"], param=payload["error"]["param"], code=payload["error"]["code"], headers=headers)
         if not stream:
             _count(state, result.router, time.perf_counter() - started, result.usage)
             payload = json.loads(state.redact(json.dumps(result.model_dump(mode="json", exclude_none=True))))
@@ -322,3 +326,17 @@ def _register_gauges(state: ServerState) -> None:
         return float(getattr(log, "failures", 0) or 0) if log is not None else 0.0
 
     m.gauge("router_log_write_failures", "Traffic log writes that failed since start.", failures)
+
+    def circuits() -> dict[str, float]:
+        return {route: float(st != "closed") for route, st in state.client._engine.cloud.breaker_states().items()}
+
+    m.gauge_family("router_cloud_circuit_open", "1 while a cloud route's circuit is open or half-open (calls fail fast); "
+                   "0 once closed. Only routes that have failed appear.", "route", circuits)  # fmt: skip
+
+    def local_backend() -> Any:
+        return state.client._engine.local
+
+    m.gauge("router_local_queue_depth", "Local generations waiting for or running on a llama.cpp worker.",
+            lambda: float(getattr(local_backend(), "queue_depth", 0)))  # fmt: skip
+    m.gauge("router_local_workers_replaced", "Local workers replaced because they hung past a deadline.",
+            lambda: float(getattr(local_backend(), "replaced_hung_workers", 0)))  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 __all__ = ["LATENCY_BUCKETS_S", "Metrics"]
 
@@ -40,6 +40,7 @@ class Metrics:
         self._histograms: dict[Labels, list[float]] = {}
         self._help: dict[str, str] = {}
         self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self._gauge_families: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
 
     def inc(self, name: str, help_text: str, amount: float = 1.0, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
@@ -60,6 +61,10 @@ class Metrics:
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A value read when scraped (queue depth, requests in flight, log write failures)."""
         self._gauges[name] = (help_text, read)
+
+    def gauge_family(self, name: str, help_text: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
+        """Gauges read when scraped, one per value of ``label`` (e.g. a circuit per cloud route)."""
+        self._gauge_families[name] = (help_text, label, read)
 
     def counter_value(self, name: str, **labels: str) -> float:
         with self._lock:
@@ -84,4 +89,8 @@ class Metrics:
                     lines.append(f"{name}_count{_labels(key)} {counts[-2]:g}")
         for name, (help_text, read) in sorted(self._gauges.items()):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {float(read()):g}"]
+        for name, (help_text, label, read_family) in sorted(self._gauge_families.items()):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            for value_label, value in sorted(read_family().items()):
+                lines.append(f"{name}{_labels(((label, value_label),))} {float(value):g}")
         return "\n".join(lines) + "\n"

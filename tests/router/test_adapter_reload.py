@@ -14,6 +14,7 @@ from finetune.registry import ModelRegistry
 from router import Client, RouterConfig
 from router.adapter_watch import AdapterWatch
 from router.traffic_log import TrafficLog
+from tests.conftest import settle_local_swap
 from tests.finetune.conftest import write_tiny_adapter
 
 POLL_S = 0.05
@@ -23,6 +24,7 @@ METRICS = {"similarity": 0.5}
 
 def ask(client: Client) -> tuple[str, str | None]:
     time.sleep(POLL_S * 2)  # let the poll interval pass
+    settle_local_swap(client)
     completion = client.chat.completions.create(model="local", messages=PROMPT, max_tokens=12, temperature=0)
     return completion.choices[0].message.content, completion.router.adapter_version
 

@@ -14,6 +14,8 @@ from router import BadRequestError, Client, RouterConfig
         ({"messages": []}, "messages"),
         ({"messages": "hello"}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": [], "content": "hi"}]}, "messages[0].role"),  # found by the fuzzer: was a TypeError
+        ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),  # lone surrogate: was a 500
         ({"messages": [{"role": "user", "content": 42}]}, "messages[0].content"),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         ({"messages": ["hi"]}, "messages[0]"),

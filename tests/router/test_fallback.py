@@ -6,6 +6,7 @@ import pytest
 
 from router import APIConnectionError, APITimeoutError, Client, InternalServerError, Reason
 from tests.conftest import user
+from tests.router.scripted_cloud import Reply, ScriptedCloud
 
 pytestmark = pytest.mark.slow
 
@@ -78,41 +79,6 @@ def test_cloud_failure_falls_back_to_local_or_raises(make_config) -> None:
         assert row.error_type == type(info.value).__name__ and row.tier == "cloud"
 
 
-class _CountingCloud:
-    """A loopback OpenAI-compatible endpoint that refuses every request with a 400 and counts them."""
-
-    def __init__(self) -> None:
-        import http.server
-        import json
-        import threading
-
-        counter = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's hook name
-                counter.requests += 1
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                body = json.dumps({"error": {"message": "refused", "type": "invalid_request_error", "code": None}}).encode()
-                self.send_response(400)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.requests = 0
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.api_base = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.parametrize("mode", ["complete", "stream", "acomplete", "astream"])
 def test_cloud_then_local_failure_is_one_path_in_every_driver(mode, tmp_path, classifier_path) -> None:
     """Cloud refuses, the local fallback fails: every driver tries the cloud once and reports the cloud's
@@ -122,7 +88,7 @@ def test_cloud_then_local_failure_is_one_path_in_every_driver(mode, tmp_path, cl
     from router import AsyncClient, BadRequestError, RouterConfig
     from router.backends import LocalFailure
 
-    cloud = _CountingCloud()
+    cloud = ScriptedCloud(default=Reply(400))  # refuses every request, and counts them
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf file")
     config = RouterConfig(

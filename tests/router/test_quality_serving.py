@@ -10,7 +10,7 @@ import pytest
 
 from finetune.registry import ModelRegistry
 from router import AuthenticationError, Client, Reason, RouterConfig
-from tests.conftest import user
+from tests.conftest import settle_local_swap, user
 from tests.finetune.conftest import write_tiny_adapter
 
 pytestmark = pytest.mark.slow
@@ -33,11 +33,13 @@ def test_promotion_and_rollback_regate_a_running_router(make_config, tmp_path: P
 
         registry.promote("v0001")
         time.sleep(0.2)
+        settle_local_swap(client)
         opened = client.chat.completions.create(model="auto", messages=user(ORDER_QUERY), max_tokens=8)
         assert (opened.router.reason, opened.router.adapter_version) == (Reason.LOCAL_CATEGORY, "v0001")
 
         registry.rollback()
         time.sleep(0.2)
+        settle_local_swap(client)
         again = client.chat.completions.create(model="auto", messages=user(ORDER_QUERY), max_tokens=8)
         assert again.router.reason is Reason.LOCAL_QUALITY_BELOW_FLOOR
         rows = list(client.traffic_log.records())

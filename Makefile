@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover bench-load bench-fuzz clean
+.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover bench-load bench-fuzz bench-log clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ eval-discover: $(STAMP)
 
 bench-load: $(STAMP)
 	$(PY) -m evals.load_bench
+
+# The traffic log at 100,000 and 1,000,000 synthetic rows: router stats, retrain dataset build.
+bench-log: $(STAMP)
+	$(PY) -m evals.log_scale
 
 # The CI fuzz tests with 20x the generated cases; counts merged into evals/results/load.json.
 bench-fuzz: $(STAMP)

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path(".bench-load"))
     parser.add_argument("--levels", default="1,8,64", help="concurrent clients per level")
-    parser.add_argument("--requests-per-client", type=int, default=4, help="requests per client at each level (at least 24 per level)")
+    parser.add_argument("--requests-per-client", type=int, default=8, help="requests per client at each level (at least 24 per level)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--kill-requests", type=int, default=1000, help="requests in the kill -9 run")
     parser.add_argument("--results", type=Path, default=RESULTS)

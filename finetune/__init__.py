@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "build_snapshot": "finetune.datasets",
     "clean": "finetune.datasets",
     "examples_from_log": "finetune.datasets",
+    "iter_examples_from_log": "finetune.datasets",
     "examples_from_jsonl": "finetune.datasets",
     "examples_from_csv": "finetune.datasets",
     "TrainConfig": "finetune.training",
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
         examples_from_csv,
         examples_from_jsonl,
         examples_from_log,
+        iter_examples_from_log,
         split_bucket,
     )
     from finetune.evaluate import EvalConfig, EvalReport, evaluate_model, rouge_l

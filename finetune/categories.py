@@ -160,7 +160,7 @@ def _texts_for(log_path: str | Path, request_ids: list[str]) -> dict[str, str]:
 
     wanted = set(request_ids)
     out: dict[str, str] = {}
-    with TrafficLog(log_path) as log:
+    with TrafficLog(log_path, spool=False) as log:
         for page in log.pages():
             for _, record in page:
                 if record.id in wanted and (query := logged_query(record.messages)):

@@ -13,13 +13,13 @@ from typing import Any
 __all__ = ["add_categories_command", "add_discover_command", "validate_discover_table"]
 
 
-def _paths(args: argparse.Namespace) -> tuple[Any, Path, Path, Path]:
+def _paths(args: argparse.Namespace) -> tuple[Any, Path, str | Path, Path]:
     """(router config, proposal dir, log path, classifier registry dir) from flags, then the config."""
     from router.config import data_dir, default_classifier_registry_path, load_config
 
     config = load_config(args.config)
     store = Path(args.store) if getattr(args, "store", None) else data_dir() / "categories"
-    log = Path(args.log) if getattr(args, "log", None) else Path(config.log.path)
+    log = Path(args.log) if getattr(args, "log", None) else config.log.location
     registry = getattr(config.classifier, "registry_path", None)
     if getattr(args, "registry", None):
         registry = args.registry

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from finetune.datasets import DatasetFilters
 from finetune.evaluate import EvalConfig
@@ -30,6 +30,9 @@ class RetrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     log_path: Path = Field(default_factory=default_log_path, description="Traffic log to learn from (default: the router's).")
+    log_url: SecretStr | None = Field(
+        None, description="A PostgreSQL traffic log (postgresql://...) to learn from instead of log_path (default: the router's log.url)."
+    )
     registry_path: Path = Field(
         default_factory=default_registry_path, description="Model registry: versions, datasets, the serving pointer."
     )
@@ -55,6 +58,11 @@ class RetrainConfig(BaseModel):
         default_factory=LocalConfig, description="The router's [local] settings: evaluation generates with them."
     )
 
+    @property
+    def log_location(self) -> str | Path:
+        """The log to read: the PostgreSQL URL when set, else the SQLite path."""
+        return self.log_url.get_secret_value() if self.log_url is not None else self.log_path
+
     @classmethod
     def from_router_config(cls, source: str | Path | RouterConfig | None = None, **overrides: Any) -> RetrainConfig:
         """Defaults from the router's configuration (log, registry, local categories, ``[local]``),
@@ -64,7 +72,7 @@ class RetrainConfig(BaseModel):
         the router's own discovery (``$ROUTER_CONFIG``, environment, defaults).
         """
         router_config = source if isinstance(source, RouterConfig) else load_config(source)
-        values: dict[str, Any] = {"log_path": router_config.log.path, "serving": router_config.local}
+        values: dict[str, Any] = {"log_path": router_config.log.path, "log_url": router_config.log.url, "serving": router_config.local}
         if router_config.local.registry_path is not None:
             values["registry_path"] = router_config.local.registry_path
         if router_config.local.model_path is not None:

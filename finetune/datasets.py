@@ -22,7 +22,7 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -50,6 +50,7 @@ __all__ = [
     "examples_from_csv",
     "examples_from_jsonl",
     "examples_from_log",
+    "iter_examples_from_log",
     "split_bucket",
 ]
 
@@ -216,23 +217,43 @@ def examples_from_log(
     the model must never train on its own unreviewed output. A ``correction`` given as feedback
     replaces the logged answer, whichever tier gave it; an answer rejected by feedback is never
     learnt. Rows with tool or non-text messages are skipped, as the local model serves neither.
+    For a long log, :func:`iter_examples_from_log` yields the same examples a page at a time.
     """
+    return list(
+        iter_examples_from_log(log_or_path, categories=categories, include_local=include_local, label_unlabelled=label_unlabelled)
+    )
+
+
+def iter_examples_from_log(
+    log_or_path: TrafficLog | str | Path,
+    *,
+    categories: Iterable[str] | None = None,
+    include_local: bool = False,
+    label_unlabelled: Callable[[list[str]], Sequence[str | None]] | None = None,
+    page_size: int = 2000,
+) -> Iterator[Example]:
+    """:func:`examples_from_log`, read page by page: memory holds one page of rows, whatever the log's size."""
     wanted = None if categories is None else frozenset(categories)
 
-    def collect(log: TrafficLog) -> list[Example]:
+    def collect(log: TrafficLog) -> Iterator[Example]:
         feedback = log.feedback()
-        records = list(log.records())
-        if label_unlabelled is not None:
-            _label(records, label_unlabelled)
-        return [e for r in records if (e := _log_example(r, wanted, include_local, feedback.get(r.id))) is not None]
+        for page in log.pages(page_size=page_size):
+            records = [record for _, record in page]
+            if label_unlabelled is not None:
+                _label(records, label_unlabelled)
+            for r in records:
+                if (e := _log_example(r, wanted, include_local, feedback.get(r.id))) is not None:
+                    yield e
 
     if isinstance(log_or_path, TrafficLog):
-        return collect(log_or_path)
-    path = Path(log_or_path)
-    if not path.is_file():
-        raise ArtifactError(f"no traffic log at {path}")
-    with TrafficLog(path) as log:
-        return collect(log)
+        yield from collect(log_or_path)
+        return
+    from router.log_stores import is_database_url
+
+    if not is_database_url(log_or_path) and not Path(log_or_path).is_file():
+        raise ArtifactError(f"no traffic log at {log_or_path}")
+    with TrafficLog(log_or_path, spool=False) as log:
+        yield from collect(log)
 
 
 def _label(records: list[LogRecord], predict: Callable[[list[str]], Sequence[str | None]]) -> None:
@@ -486,12 +507,12 @@ def clean(examples: Iterable[Example], filters: DatasetFilters | None = None) ->
     for example in examples:
         if pii is not None:
             example = _scrubbed(example, pii)
+        if example.prompt_key in seen:  # a prompt already kept: no need to judge this answer (the guard is the costly part)
+            dropped["duplicate"] += 1
+            continue
         reason = _filter_reason(example, filters)
         if reason is None:
-            if example.prompt_key in seen:
-                reason = "duplicate"
-            else:
-                seen.add(example.prompt_key)
+            seen.add(example.prompt_key)
         if reason is not None:
             dropped[reason] += 1
             continue
@@ -780,6 +801,19 @@ class DatasetSnapshot:
         return cls(path, manifest)
 
 
+class _Counted:
+    """An iterable that counts what went through it."""
+
+    def __init__(self, items: Iterable[Example]) -> None:
+        self._items = items
+        self.n = 0
+
+    def __iter__(self) -> Iterator[Example]:
+        for item in self._items:
+            self.n += 1
+            yield item
+
+
 def build_snapshot(
     examples: Iterable[Example],
     root: str | Path,
@@ -796,8 +830,8 @@ def build_snapshot(
     """
     root = Path(root)
     filters = filters or DatasetFilters()
-    examples = list(examples)
-    kept, dropped = clean(examples, filters)
+    counted = _Counted(examples)  # streamed: only what survives cleaning is held in memory
+    kept, dropped = clean(counted, filters)
     frozen = FrozenEvalSet.load_or_create(root, kept, filters=filters)
 
     eval_bucket = [e for e in kept if _is_eval(e, filters)]
@@ -832,7 +866,7 @@ def build_snapshot(
         "filters": filters.model_dump(mode="json"),
         "seed": seed,
         "counts": {
-            "input": len(examples),
+            "input": counted.n,
             "cleaned": len(kept),
             "train": len(train),
             "eval": len(frozen.examples),

@@ -74,7 +74,10 @@ def discover(
     store = ProposalStore(store_dir)
     previous = store.load() if store.exists() else None
     previous_vectors = store.load_vectors() if previous is not None else None
-    if not Path(log_path).is_file():
+    from router.log_stores import is_database_url, masked_url
+
+    shown = masked_url(str(log_path))  # a PostgreSQL URL may hold a password: never written or printed
+    if not is_database_url(log_path) and not Path(log_path).is_file():
         raise ArtifactError(f"no traffic log at {log_path}: route some traffic first")
     encoder = discovery_encoder(classifier_path, encoder_cache or Path(store_dir) / "cache")
     pii = PiiMatcher(pii_patterns)
@@ -82,10 +85,10 @@ def discover(
     def encode(texts: list[str]) -> Any:
         return encoder.encode(texts, n_jobs=2)
 
-    with TrafficLog(log_path) as log:
+    with TrafficLog(log_path, spool=False) as log:
         queries = read_logged_queries(log.pages(), encode, pii=pii, limit=config.max_queries, progress=progress)
         if len(queries.texts) < 16:
-            raise ArtifactError(f"only {len(queries.texts)} text queries in {log_path}: too few to find categories")
+            raise ArtifactError(f"only {len(queries.texts)} text queries in {shown}: too few to find categories")
 
         def answers_for(request_ids: list[str]) -> dict[str, str]:
             out = {}
@@ -97,7 +100,7 @@ def discover(
 
         result = propose(
             queries, encode=encode, answers_for=answers_for, config=config, pii=pii, previous=previous,
-            previous_vectors=previous_vectors, log_path=str(log_path), encoder_sha256=encoder.sha256, namer=namer,
+            previous_vectors=previous_vectors, log_path=shown, encoder_sha256=encoder.sha256, namer=namer,
         )  # fmt: skip
     if auto:
         accepted = accept_by_thresholds(result.proposal, config)

@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import itertools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from finetune.config import RetrainConfig
-from finetune.datasets import DatasetSnapshot, Example, build_snapshot, examples_from_csv, examples_from_jsonl, examples_from_log
+from finetune.datasets import (
+    DatasetSnapshot,
+    Example,
+    build_snapshot,
+    examples_from_csv,
+    examples_from_jsonl,
+    iter_examples_from_log,
+)
 from finetune.evaluate import evaluate_model
 from finetune.gate import GateDecision, decide
 from finetune.registry import BASE_VERSION, ModelRegistry, ModelVersion
@@ -55,26 +63,30 @@ class RetrainResult:
         return out
 
 
-def _load_sources(config: RetrainConfig) -> tuple[list[Example], list[str]]:
-    if not Path(config.log_path).exists() and not config.extra_sources:
-        raise ConfigError(f"no traffic log at {config.log_path} and no extra sources to learn from")
-    examples: list[Example] = []
+def _load_sources(config: RetrainConfig) -> tuple[Iterator[Example], list[str]]:
+    from router.log_stores import is_database_url, masked_url
+
+    location = config.log_location
+    on_server = is_database_url(location)
+    if not on_server and not Path(location).exists() and not config.extra_sources:
+        raise ConfigError(f"no traffic log at {location} and no extra sources to learn from")
+    examples: list[Iterable[Example]] = []  # chained, not concatenated: the log is read a page at a time
     sources: list[str] = []
-    if Path(config.log_path).exists():
+    if on_server or Path(location).exists():
         label = None
         if config.label_with is not None:
             from classifiers import EmbeddingClassifier
 
             label = EmbeddingClassifier.load(config.label_with).predict
-        examples += examples_from_log(
-            config.log_path, categories=config.categories, include_local=config.include_local_accepted, label_unlabelled=label
-        )  # fmt: skip
-        sources.append(f"log:{config.log_path}")
+        examples.append(iter_examples_from_log(
+            location, categories=config.categories, include_local=config.include_local_accepted, label_unlabelled=label
+        ))  # fmt: skip
+        sources.append(f"log:{masked_url(str(location)) if on_server else location}")
     for path in config.extra_sources:
         reader = examples_from_jsonl if path.suffix == ".jsonl" else examples_from_csv
-        examples += reader(path)
+        examples.append(reader(path))
         sources.append(f"file:{path}")
-    return examples, sources
+    return itertools.chain.from_iterable(examples), sources
 
 
 def _capped(train: list[Example], limit: int, seed: int) -> list[Example]:

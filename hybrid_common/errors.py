@@ -66,34 +66,15 @@ def _local_request() -> httpx.Request:
     return httpx.Request("POST", _LOCAL_URL)
 
 
-class RouterError(Exception):
-    """Base class of every error raised by hybrid-router."""
-
-
-class ConfigError(RouterError, ValueError):
-    """The configuration is invalid; the message names the field and the fix."""
-
-
-class MissingDependencyError(RouterError, ImportError):
-    """An optional dependency is not installed; the message carries the pip command."""
-
-    def __init__(self, package: str, extra: str | None = None, purpose: str = "") -> None:
-        hint = f"pip install 'hybrid-router[{extra}]'" if extra else f"pip install {package}"
-        why = f" (needed for {purpose})" if purpose else ""
-        super().__init__(f"{package} is not installed{why}. Install it with: {hint}")
-        self.package = package
-
-
-class NotFittedError(RouterError, ValueError, AttributeError):
-    """An estimator was used before ``fit``; same contract as scikit-learn's NotFittedError."""
-
-
-class ArtifactError(RouterError):
-    """A saved artifact cannot be read or written."""
-
-
-class ArtifactIntegrityError(ArtifactError):
-    """An artifact's checksum, format version or identity does not match its manifest."""
+# The classes that need no openai import live in base_errors (configuration imports them from there).
+from hybrid_common.base_errors import (  # noqa: E402 - after the helpers above, re-exported as part of the tree
+    ArtifactError,
+    ArtifactIntegrityError,
+    ConfigError,
+    MissingDependencyError,
+    NotFittedError,
+    RouterError,
+)
 
 
 class APIError(RouterError, openai.APIError):

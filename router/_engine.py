@@ -84,8 +84,10 @@ class Engine:
         if config.log.enabled:
             redact = PiiMatcher(config.routing.pii_patterns) if config.log.redact_pii else None
             self.log = TrafficLog(
-                config.log.path, store_messages=config.log.store_messages, redact_patterns=redact,
+                config.log.location, spool_path=config.log.spool_path,
+                store_messages=config.log.store_messages, redact_patterns=redact,
                 spool=config.log.spool, busy_timeout_s=config.log.busy_timeout_s, synchronous=config.log.synchronous,
+                retain_days=config.log.retain_days,
             )  # fmt: skip
         self._classifier: Any = None
         self._classifier_lock = threading.Lock()

@@ -16,6 +16,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from router.log_stores import is_database_url
+
 __all__ = ["COMMANDS_GROUP", "CONFIG_SECTIONS_GROUP", "main", "print_legacy_path_notes"]
 
 COMMANDS_GROUP = "hybrid_router.commands"
@@ -47,17 +49,20 @@ def _stats(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     if args.log:
-        path = args.log
+        location: str | Path = args.log
     else:
-        path = config.log.path
+        location = config.log.location
         print_legacy_path_notes(config.log.path, config.local.registry_path)
-    if not Path(path).exists():
-        print(f"no traffic log at {path}", file=sys.stderr)
+    if not is_database_url(location) and not Path(location).exists():
+        print(f"no traffic log at {location}", file=sys.stderr)
         return 1
-    with TrafficLog(path) as log:
-        rows = log.summary()
+    with TrafficLog(location, spool=False) as log:
+        rows = log.summary(since=args.since, until=args.until)
         total = sum(r["requests"] for r in rows)
-        print(f"{log.path}: {total} requests")
+        window = f" from {args.since or 'the start'} to {args.until or 'today'}" if args.since or args.until else ""
+        print(f"{log.location}: {total} requests{window}")
+        if not total:
+            return 0
         print(f"{'tier':<8}{'category':<20}{'requests':>9}{'share':>8}{'mean ms':>10}{'cost $':>10}{'errors':>8}")
         for r in rows:
             print(
@@ -70,6 +75,21 @@ def _stats(args: argparse.Namespace) -> int:
             print(f"cloud spend ${spent:.4f}; all-cloud estimate ${all_cloud:.4f} ({1 - spent / all_cloud:.0%} saved)")
         if not args.log:
             _print_gate(config, log, sorted({r["category"] for r in rows if r["category"]}))
+    return 0
+
+
+def _copy_log(args: argparse.Namespace) -> int:
+    from router.config import load_config
+    from router.traffic_log import TrafficLog, copy_log
+
+    config = load_config(args.config)
+    source = args.source or config.log.location
+    if not is_database_url(source) and not Path(source).exists():
+        print(f"no traffic log at {source}", file=sys.stderr)
+        return 1
+    with TrafficLog(source, spool=False) as src, TrafficLog(args.destination, spool=False) as dst:
+        counts = copy_log(src, dst, progress=True)
+        print(f"copied {src.location} -> {dst.location}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     return 0
 
 
@@ -160,8 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("config", help="validate the configuration and print it").set_defaults(run=_config)
     stats = commands.add_parser("stats", help="summarise the traffic log per tier and category")
-    stats.add_argument("--log", type=Path, help="traffic log path (default: from the configuration)")
+    stats.add_argument("--log", help="traffic log: a SQLite path or a postgresql:// URL (default: from the configuration)")
+    stats.add_argument("--since", help="first day counted, YYYY-MM-DD (default: all)")
+    stats.add_argument("--until", help="last day counted, YYYY-MM-DD (default: today)")
     stats.set_defaults(run=_stats)
+    log_cmd = commands.add_parser("log", help="the traffic log itself: copy it between databases")
+    log_commands = log_cmd.add_subparsers(dest="log_command", required=True)
+    copy = log_commands.add_parser("copy", help="copy every request, feedback and quality sample into another log (e.g. SQLite -> PostgreSQL)")
+    copy.add_argument("destination", help="the log to copy into: a postgresql:// URL or a SQLite path")
+    copy.add_argument("--from", dest="source", help="the log to copy (default: the configured one)")
+    copy.set_defaults(run=_copy_log)
     serve = commands.add_parser("serve", help="serve the routing as an OpenAI-compatible HTTP API (/v1/chat/completions)")
     serve.add_argument("--host", help="interface to bind (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (default: server.port, 8000)")
@@ -175,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hybrid_common.errors import ConfigError, RouterError
+    from hybrid_common.base_errors import ConfigError, RouterError  # no openai import: a CLI answers fast
 
     try:
         return int(args.run(args))

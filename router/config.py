@@ -34,7 +34,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from hybrid_common.errors import ConfigError
+from hybrid_common.base_errors import ConfigError
 from hybrid_common.guard import DegenerationGuard
 from hybrid_common.pii import DEFAULT_PII_PATTERNS, validate_patterns
 
@@ -140,9 +140,14 @@ class LocalConfig(_Section):
         "(each decode wants n_threads cores); every context holds its own KV cache.",
     )  # fmt: skip
     max_queue: int = Field(
-        4, ge=0,
+        16, ge=0,
         description="Local requests that may wait for a worker. A request beyond that is refused at once: it goes to "
         "the cloud where allowed, else gets 503 'overloaded' with Retry-After, never a silent wait.",
+    )  # fmt: skip
+    max_queue_wait_s: float | None = Field(
+        5.0, gt=0,
+        description="Also refuse at once when the local work already queued would take longer than this (queued "
+        "requests x the recent time of one answer); None: only max_queue bounds the wait.",
     )  # fmt: skip
     hang_grace_s: float = Field(
         10.0, gt=0, description="A worker still busy this long past a request's deadline is replaced with a fresh context."
@@ -346,6 +351,11 @@ class LogConfig(_Section):
     path: Path = Field(
         default_factory=default_log_path, description="SQLite database file (default: in the data directory)."
     )
+    url: SecretStr | None = Field(
+        None,
+        description="postgresql://user:password@host:5432/db: keep the log in PostgreSQL, shared by every router "
+        "process (needs psycopg). log.path then only names the local spool. Prefer ROUTER_LOG__URL to a file.",
+    )
     store_messages: bool = Field(True, description="Store message and answer text (needed for retraining).")
     redact_pii: bool = Field(False, description="Replace PII pattern matches with [NAME] before storing.")
     spool: bool = Field(
@@ -354,11 +364,33 @@ class LogConfig(_Section):
         "returns and written to the log later; off: such rows are counted and dropped.",
     )
     busy_timeout_s: float = Field(5.0, ge=0, description="How long a write waits for a locked database before spooling.")
+    retain_days: float | None = Field(
+        None, gt=0,
+        description="Delete requests older than this many days (checked hourly, in batches); `router stats` keeps "
+        "counting them. Default: keep everything.",
+    )  # fmt: skip
     synchronous: Literal["normal", "full"] = Field(
         "normal",
         description="SQLite durability: 'normal' (WAL) keeps every committed row through a crash of the process; "
         "'full' also through a power cut, at the cost of an fsync per request.",
     )
+
+    @property
+    def location(self) -> str | Path:
+        """What the log is opened from: the PostgreSQL URL when set, else the SQLite path."""
+        return self.url.get_secret_value() if self.url is not None else self.path
+
+    @property
+    def spool_path(self) -> Path | None:
+        """The local spool of a PostgreSQL log (a SQLite log keeps it beside its file)."""
+        return self.path.with_name(self.path.name + ".spool") if self.url is not None else None
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("log.url must be a postgresql:// URL (a SQLite log is set with log.path)")
+        return value
 
 
 class ServerConfig(_Section):
@@ -372,7 +404,11 @@ class ServerConfig(_Section):
         "Set them with ROUTER_SERVER__API_KEYS='[\"...\"]' rather than in a file you commit.",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused with a 413.")
-    max_concurrency: int = Field(8, ge=1, description="Requests handled at once (each holds one worker thread).")
+    max_concurrency: int = Field(
+        32, ge=1,
+        description="Requests handled at once, each holding one worker thread. Local generation is bounded by "
+        "local.max_queue on its own, so this mostly bounds threads waiting on the cloud.",
+    )  # fmt: skip
     max_waiting: int = Field(
         64, ge=0, description="Requests waiting for a free slot; beyond this a request gets 503 'overloaded' at once."
     )

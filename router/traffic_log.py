@@ -20,93 +20,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from hybrid_common.pii import PiiMatcher
 from router.log_spool import LogSpool
+from router.log_stores import SCHEMA_VERSION, LogStore, is_database_url, masked_url, open_store
 
 __all__ = ["LogRecord", "TrafficLog"]
 
 logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 4
-# Version 1: requests. Version 2 adds feedback (client.feedback) and quality_samples (live evidence
-# for the quality gate). Version 3 gives a quality sample the answer it scored (shadow: the local
-# answer; audit: the cloud's), what it cost and a detail line. Version 4 records which classifier
-# registry version classified a request. Each migration step only adds; a log
-# written by an older release opens, is migrated in place, and keeps every row.
-_SCHEMA_V2 = """
-CREATE TABLE IF NOT EXISTS feedback (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    score REAL,
-    accepted INTEGER,
-    correction TEXT
-);
-CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
-CREATE TABLE IF NOT EXISTS quality_samples (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at TEXT NOT NULL,
-    request_id TEXT,
-    kind TEXT NOT NULL,
-    category TEXT NOT NULL,
-    served_key TEXT,
-    similarity REAL NOT NULL,
-    degenerate INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS quality_samples_key ON quality_samples (served_key, category, id);
-"""
-_SCHEMA_V3 = """
-ALTER TABLE quality_samples ADD COLUMN answer TEXT;
-ALTER TABLE quality_samples ADD COLUMN cost_usd REAL;
-ALTER TABLE quality_samples ADD COLUMN detail TEXT;
-"""
-_SCHEMA_V4 = """
-ALTER TABLE requests ADD COLUMN classifier_version TEXT;
-"""
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    id TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    requested_model TEXT NOT NULL,
-    tier TEXT,
-    backend TEXT,
-    served_model TEXT,
-    category TEXT,
-    confidence REAL,
-    reason TEXT NOT NULL,
-    detail TEXT,
-    fallback_from TEXT,
-    fallback_reason TEXT,
-    adapter_version TEXT,
-    stream INTEGER NOT NULL,
-    messages TEXT,
-    params TEXT,
-    response TEXT,
-    finish_reason TEXT,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    latency_ms REAL,
-    ttft_ms REAL,
-    classify_ms REAL,
-    cost_usd REAL,
-    cloud_cost_usd_estimate REAL,
-    error_type TEXT,
-    error_message TEXT,
-    user TEXT,
-    metadata TEXT,
-    redacted INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS requests_created_at ON requests (created_at);
-CREATE INDEX IF NOT EXISTS requests_tier_category ON requests (tier, category);
-"""
 
 # Always scrubbed, whatever the configuration: API keys must never reach the log.
 _SECRETS = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}\b|\bAKIA[0-9A-Z]{16}\b|(?i:bearer)\s+[A-Za-z0-9._~+/-]{16,}=*")
@@ -151,17 +79,15 @@ class LogRecord:
 
 
 _COLUMNS = [f.name for f in fields(LogRecord)]
+_SELECT = ", ".join(f'"{c}"' for c in _COLUMNS)  # quoted: "user" is a reserved word in PostgreSQL
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _record(row: sqlite3.Row) -> LogRecord:
-    return _record_from(dict(row))
-
-
 def _record_from(values: dict[str, Any]) -> LogRecord:
+    values.pop("seq", None)  # PostgreSQL's cursor column
     for column in _JSON_COLUMNS:
         if values[column] is not None:
             values[column] = json.loads(values[column])
@@ -171,74 +97,66 @@ def _record_from(values: dict[str, Any]) -> LogRecord:
 
 
 class TrafficLog:
-    """Append-only request log in SQLite; safe to share between threads."""
+    """Append-only request log in SQLite (a path) or PostgreSQL (a ``postgresql://`` URL); safe to
+    share between threads, and, on PostgreSQL, between processes and machines."""
 
     def __init__(
         self,
-        path: str | Path,
+        location: str | Path,
         *,
+        spool_path: str | Path | None = None,
         store_messages: bool = True,
         redact_patterns: Mapping[str, str] | PiiMatcher | None = None,
         spool: bool = True,
         busy_timeout_s: float = 5.0,
         synchronous: str = "normal",
+        retain_days: float | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.url = str(location) if is_database_url(location) else None
+        self.path = Path(location) if self.url is None else Path(spool_path or "traffic-log")
+        """The SQLite file; for a PostgreSQL log, where its local spool is kept."""
         self.failures = 0
         """Rows that could not be written at all (not even to the spool): lost."""
         self.spooled = 0
         """Rows that went to the spool because the database refused them (since this object was made)."""
-        self.spool: LogSpool | None = LogSpool(self.path.with_name(self.path.name + ".spool")) if spool else None
+        spool_file = Path(spool_path) if spool_path is not None else self.path.with_name(self.path.name + ".spool")
+        self.spool: LogSpool | None = LogSpool(spool_file) if spool else None
         self._busy_timeout_s = busy_timeout_s
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
         self._synchronous = synchronous.upper()
+        self._retain_days = retain_days
+        self._next_prune = 0.0  # monotonic time of the next retention pass (the first write runs one)
         self._store_messages = store_messages
         if redact_patterns is None or isinstance(redact_patterns, PiiMatcher):
             self._redact = redact_patterns
         else:
             self._redact = PiiMatcher(redact_patterns) if redact_patterns else None
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        self._store: LogStore | None = None
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                conn.close()
-                raise sqlite3.DatabaseError(f"{self.path} has log schema {version}; this library reads up to {SCHEMA_VERSION}")
-            conn.executescript(_SCHEMA)
-            if version < 2:
-                if version == 1:
-                    logger.info("traffic log %s: migrating schema 1 -> 2 (feedback, quality samples)", self.path)
-                conn.executescript(_SCHEMA_V2)
-            if version < 3:
-                if version in (1, 2):
-                    logger.info("traffic log %s: migrating schema %d -> 3 (answers and cost of quality samples)", self.path, max(version, 2))
-                conn.executescript(_SCHEMA_V3)
-            if version < 4:
-                if version in (1, 2, 3):
-                    logger.info("traffic log %s: migrating schema %d -> 4 (classifier version per request)", self.path, version)
-                conn.executescript(_SCHEMA_V4)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self._conn = conn
-            self._drain_spool_into(conn)  # rows an earlier process could not write, e.g. before a crash
-        return self._conn
+    @property
+    def location(self) -> str:
+        """The SQLite path, or the PostgreSQL URL with its password masked."""
+        return self._store.location if self._store is not None else (self.url and masked_url(self.url)) or str(self.path)
 
-    def _drain_spool_into(self, conn: sqlite3.Connection) -> None:
+    def _connection(self) -> LogStore:
+        if self._store is None:
+            store = open_store(self.url or self.path, busy_timeout_s=self._busy_timeout_s, synchronous=self._synchronous)
+            self._store = store
+            self._drain_spool_into(store)  # rows an earlier process could not write, e.g. before a crash
+        return self._store
+
+    def _drain_spool_into(self, store: LogStore) -> None:
         if self.spool is None or not self.spool.pending():
             return
         try:
-            drained = self.spool.drain(lambda rows: self._insert(conn, rows, ignore_existing=True))
+            drained = self.spool.drain(lambda rows: store.insert_requests(_COLUMNS, rows, ignore_existing=True))
         except Exception as err:  # still refused: the rows stay spooled for a later write
             logger.debug("traffic log spool not drained yet: %s", err)
             return
         if drained:
-            logger.warning("traffic log: %d spooled record(s) written to %s", drained, self.path)
+            logger.warning("traffic log: %d spooled record(s) written to %s", drained, store.location)
 
     def _scrub(self, value: Any) -> Any:
         """Redact every string inside ``value`` (before JSON encoding, so structure survives)."""
@@ -274,28 +192,42 @@ class TrafficLog:
             return self._lost(err)
         try:
             with self._lock:
-                self._insert(self._connection(), [row], ignore_existing=False)
-        except sqlite3.IntegrityError as err:  # e.g. the id is already logged: a bug, not an outage
-            return self._lost(err)
-        except Exception as err:  # locked past the busy timeout, disk full, cannot open: spool it
+                store = self._connection()
+                try:
+                    store.insert_requests(_COLUMNS, [row], ignore_existing=False)
+                except store.integrity_errors as err:  # e.g. the id is already logged: a bug, not an outage
+                    return self._lost(err)
+        except Exception as err:  # locked past the busy timeout, disk full, server down: spool it
             return self._spool_row(row, err)
         self._drain_spool()
+        if self._retain_days is not None and time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + 3600
+            threading.Thread(target=self._prune_quietly, name="traffic-log-retention", daemon=True).start()
         return True
 
-    def _insert(self, conn: sqlite3.Connection, rows: list[dict[str, Any]], *, ignore_existing: bool) -> None:
-        verb = "INSERT OR IGNORE" if ignore_existing else "INSERT"
-        placeholders = ", ".join(f":{c}" for c in _COLUMNS)
-        sql = f"{verb} INTO requests ({', '.join(_COLUMNS)}) VALUES ({placeholders})"
-        if len(rows) == 1:
-            conn.execute(sql, rows[0])
-            return
-        conn.execute("BEGIN IMMEDIATE")
+    def _prune_quietly(self) -> None:
         try:
-            conn.executemany(sql, rows)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            assert self._retain_days is not None
+            self.prune(self._retain_days)
+        except Exception as err:  # noqa: BLE001 - retention retries next hour; serving is unaffected
+            logger.warning("traffic log retention pass failed: %s", err)
+
+    def import_records(self, records: Iterable[LogRecord], *, batch: int = 10_000) -> int:
+        """Bulk-write ``records`` (another log's rows, a synthesised log), ``batch`` per transaction;
+        rows whose id is already logged are skipped. Returns the rows handed in. Raises on failure:
+        an import is not a request and is not spooled."""
+        handed, rows = 0, []
+        for record in records:
+            rows.append(self._row(record))
+            handed += 1
+            if len(rows) >= batch:
+                with self._lock:
+                    self._connection().insert_requests(_COLUMNS, rows, ignore_existing=True)
+                rows = []
+        if rows:
+            with self._lock:
+                self._connection().insert_requests(_COLUMNS, rows, ignore_existing=True)
+        return handed
 
     def _lost(self, err: object) -> bool:
         self.failures += 1
@@ -322,66 +254,125 @@ class TrafficLog:
             return
         with self._lock:
             try:
-                conn = self._connection()
+                store = self._connection()
             except Exception as err:  # noqa: BLE001 - still refused: the rows stay spooled
                 logger.debug("traffic log spool not drained yet: %s", err)
                 return
-            self._drain_spool_into(conn)
+            self._drain_spool_into(store)
 
-    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._lock:
-            conn = self._connection()
-            conn.row_factory = sqlite3.Row
-            try:
-                return conn.execute(sql, args).fetchall()
-            finally:
-                conn.row_factory = None
+            return self._connection().query(sql, args)
+
+    def _rowid(self) -> str:
+        with self._lock:
+            return self._connection().rowid
 
     def count(self) -> int:
         return int(self._read("SELECT COUNT(*) AS n FROM requests")[0]["n"])
 
-    def records(self, *, tier: str | None = None, category: str | None = None, limit: int | None = None) -> Iterator[LogRecord]:
-        """Logged requests, oldest first, optionally filtered."""
+    def records(
+        self,
+        *,
+        tier: str | None = None,
+        category: str | None = None,
+        limit: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> Iterator[LogRecord]:
+        """Logged requests, oldest first, optionally filtered (``since`` / ``until``: ISO times, ``until`` exclusive).
+
+        Reads every match at once: for a long log prefer :meth:`pages`.
+        """
         where, args = [], []
         for column, value in (("tier", tier), ("category", category)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        sql = "SELECT * FROM requests" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY rowid"
+        for clause, value in (("created_at >= ?", since), ("created_at < ?", until)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = f"SELECT {_SELECT} FROM requests" + (f" WHERE {' AND '.join(where)}" if where else "") + f" ORDER BY {self._rowid()}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         for row in self._read(sql, tuple(args)):
-            yield _record(row)
+            yield _record_from(row)
 
-    def pages(self, *, page_size: int = 1000, after_rowid: int = 0) -> Iterator[list[tuple[int, LogRecord]]]:
-        """All logged requests oldest first as ``(rowid, record)`` pages, read by rowid ranges.
+    def pages(
+        self, *, page_size: int = 1000, after_rowid: int = 0, since: str | None = None
+    ) -> Iterator[list[tuple[int, LogRecord]]]:
+        """Logged requests oldest first as ``(rowid, record)`` pages, read by rowid ranges.
 
         Memory stays bounded by one page however long the log, and the lock that writers need is
-        held for one page at a time, never for the whole scan (unlike :meth:`records`).
+        held for one page at a time, never for the whole scan (unlike :meth:`records`). Resume
+        from a cursor with ``after_rowid`` (the last rowid seen); ``since`` (ISO time) skips older rows.
         """
         last = after_rowid
+        window = " AND created_at >= ?" if since is not None else ""
         while True:
-            rows = self._read("SELECT rowid AS _rowid, * FROM requests WHERE rowid > ? ORDER BY rowid LIMIT ?", (last, page_size))
+            args: tuple[Any, ...] = (last, since, page_size) if since is not None else (last, page_size)
+            rowid = self._rowid()
+            rows = self._read(f"SELECT {rowid} AS _rowid, {_SELECT} FROM requests WHERE {rowid} > ?{window} ORDER BY {rowid} LIMIT ?", args)
             if not rows:
                 return
             page = []
             for row in rows:
                 values = dict(row)
-                rowid = values.pop("_rowid")
+                rowid = values.pop("_rowid")  # noqa: PLW2901
                 page.append((rowid, _record_from(values)))
             last = page[-1][0]
             yield page
 
-    def summary(self) -> list[dict[str, Any]]:
-        """Requests, latency and cost per tier and category."""
+    def summary(self, *, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """Requests, latency and cost per tier and category, from the running totals (no scan).
+
+        ``since`` / ``until`` (``YYYY-MM-DD``, inclusive) bound the days counted; rows that
+        retention has deleted are still counted.
+        """
+        where, args = [], []
+        if since is not None:
+            where.append("day >= ?")
+            args.append(since[:10])
+        if until is not None:
+            where.append("day <= ?")
+            args.append(until[:10])
         rows = self._read(
-            """SELECT tier, category, COUNT(*) AS requests, AVG(latency_ms) AS mean_latency_ms,
-                      SUM(COALESCE(cost_usd, 0)) AS cost_usd,
-                      SUM(COALESCE(cloud_cost_usd_estimate, 0)) AS cloud_cost_usd_estimate,
-                      SUM(error_type IS NOT NULL) AS errors
-               FROM requests GROUP BY tier, category ORDER BY tier, category"""
+            f"""SELECT NULLIF(tier, '') AS tier, NULLIF(category, '') AS category, CAST(SUM(requests) AS BIGINT) AS requests,
+                       SUM(latency_ms_sum) / NULLIF(SUM(latency_n), 0) AS mean_latency_ms,
+                       SUM(cost_usd) AS cost_usd, SUM(cloud_cost_usd_estimate) AS cloud_cost_usd_estimate,
+                       CAST(SUM(errors) AS BIGINT) AS errors
+                FROM request_totals {"WHERE " + " AND ".join(where) if where else ""}
+                GROUP BY tier, category ORDER BY tier, category""",
+            tuple(args),
         )
         return [dict(r) for r in rows]
+
+    def prune(self, retain_days: float, *, batch: int = 5000) -> int:
+        """Delete requests (and their feedback and quality samples) older than ``retain_days``; rows deleted.
+
+        In batches, each its own short transaction, so writers wait at most one batch. The running
+        totals keep counting what was deleted.
+        """
+        cutoff = (datetime.now(timezone.utc) - timedelta(days=retain_days)).isoformat()
+        deleted = 0
+        while True:
+            with self._lock:
+                store = self._connection()
+                n = store.execute(
+                    f"DELETE FROM requests WHERE {store.rowid} IN (SELECT {store.rowid} FROM requests WHERE created_at < ? LIMIT ?)",
+                    (cutoff, batch),
+                )
+            deleted += n
+            if n < batch:
+                break
+        with self._lock:
+            store = self._connection()
+            store.execute("DELETE FROM feedback WHERE created_at < ?", (cutoff,))
+            store.execute("DELETE FROM quality_samples WHERE created_at < ?", (cutoff,))
+        if deleted:
+            logger.info("traffic log %s: %d requests older than %s days deleted (retention)", self.location, deleted, retain_days)
+        return deleted
 
     # -- feedback and live quality samples (schema 2) ----------------------------------------------
 
@@ -415,8 +406,8 @@ class TrafficLog:
 
     def get(self, request_id: str) -> LogRecord | None:
         """One logged request by id."""
-        rows = self._read("SELECT * FROM requests WHERE id = ?", (request_id,))
-        return _record(rows[0]) if rows else None
+        rows = self._read(f"SELECT {_SELECT} FROM requests WHERE id = ?", (request_id,))
+        return _record_from(rows[0]) if rows else None
 
     def record_quality_sample(
         self,
@@ -455,7 +446,7 @@ class TrafficLog:
         rows = self._read(
             """SELECT * FROM (
                    SELECT *, ROW_NUMBER() OVER (PARTITION BY served_key, category ORDER BY id DESC) AS rank
-                   FROM quality_samples)
+                   FROM quality_samples) AS ranked
                WHERE rank <= ? ORDER BY id""",
             (per_category,),
         )
@@ -464,12 +455,50 @@ class TrafficLog:
     def close(self) -> None:
         self._drain_spool()
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
     def __enter__(self) -> TrafficLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def copy_log(source: TrafficLog, destination: TrafficLog, *, page_size: int = 5000, progress: bool = False) -> dict[str, int]:
+    """Copy ``source`` into ``destination`` (e.g. a SQLite log into PostgreSQL), page by page.
+
+    Requests keep their ids and times (the destination's running totals count them) and ones the
+    destination already has are skipped, so an interrupted copy can simply be run again. Feedback
+    and quality samples are copied only into a destination that has none yet, as they have no
+    identity of their own to deduplicate by.
+    """
+    from tqdm import tqdm
+
+    copied = {"requests": 0, "feedback": 0, "quality samples": 0}
+    bar = tqdm(total=source.count(), unit="row", desc="copying requests", disable=not progress)
+    for page in source.pages(page_size=page_size):
+        destination.import_records((record for _, record in page), batch=page_size)
+        copied["requests"] += len(page)
+        bar.update(len(page))
+    bar.close()
+    extras = (
+        ("feedback", "SELECT request_id, created_at, score, accepted, correction FROM feedback ORDER BY id"),
+        ("quality samples", "SELECT created_at, request_id, kind, category, served_key, similarity, degenerate, answer, cost_usd, detail "
+                            "FROM quality_samples ORDER BY id"),
+    )  # fmt: skip
+    for what, select in extras:
+        table = "feedback" if what == "feedback" else "quality_samples"
+        if destination._read(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"]:
+            logger.warning("copy: %s already has %s; not copied again", destination.location, what)
+            continue
+        rows = source._read(select)
+        if rows:
+            columns = list(rows[0])
+            with destination._lock:
+                store = destination._connection()
+                for row in rows:
+                    store.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})", row)
+        copied[what] = len(rows)
+    return copied

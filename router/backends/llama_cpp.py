@@ -160,15 +160,16 @@ class LlamaCppBackend(LocalBackend):
                         logger.warning("registry version %s failed to load (%s); serving the configured model", state.version, err)
                     else:
                         self._serve(state)
-            vocab = self._new_llama(None, vocab_only=True)
+            if self._vocab is None:  # before the pool: load() returns once the pool is set
+                self._vocab = self._new_llama(None, vocab_only=True)
             self._pool = LlamaWorkerPool(
                 self._serving_context,
                 workers=self._config.workers,
                 max_queue=self._config.max_queue,
+                max_wait_s=self._config.max_queue_wait_s,
                 hang_grace_s=self._config.hang_grace_s,
                 stop_sequences=list(STOP_SEQUENCES),
             )
-            self._vocab = vocab
 
     def _serve(self, state: ServingAdapter) -> None:
         self._adapter_path, self._adapter_version = state.adapter_path, state.version

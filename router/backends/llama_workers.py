@@ -156,6 +156,8 @@ class _Worker:
             answer = "".join(parts).encode("utf-8")
             used = len(llama.tokenize(answer, add_bos=False, special=True)) if answer else 0
             job.out.put(JobDone(finish, used, version))
+            if not job.cancelled.is_set():
+                self.pool._observe(time.monotonic() - job.started_at)
         except Exception as err:  # noqa: BLE001 - a native failure fails this job, then the context is rebuilt
             logger.warning("local worker %d failed mid-generation (%s: %s); rebuilding its context", self.index, type(err).__name__, err)
             job.out.put(LocalFailure("error", f"{type(err).__name__}: {err}"))
@@ -190,9 +192,13 @@ class LlamaWorkerPool:
         max_queue: int,
         hang_grace_s: float,
         stop_sequences: list[str],
+        max_wait_s: float | None = None,
     ) -> None:
         self._factory = new_context
         self.max_queue = max_queue
+        self.max_wait_s = max_wait_s
+        self.service_s: float | None = None
+        """Moving average of one generation's time on a worker (None until one has run)."""
         self.hang_grace_s = hang_grace_s
         self.stop_sequences = stop_sequences
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -231,8 +237,18 @@ class LlamaWorkerPool:
             running = sum(1 for w in self._workers if not w.retired)
             if self._pending >= running + self.max_queue:
                 raise LocalFailure("overloaded", f"{self._pending} local requests already waiting or running")
+            if self.max_wait_s is not None and self.service_s is not None and self._pending >= running:
+                expected = self._pending / max(1, running) * self.service_s
+                if expected > self.max_wait_s:
+                    raise LocalFailure(
+                        "overloaded", f"about {expected:.1f} s of local work queued ahead ({self._pending} requests)"
+                    )
             self._pending += 1
         self._queue.put(job)
+
+    def _observe(self, seconds: float) -> None:
+        with self._lock:
+            self.service_s = seconds if self.service_s is None else 0.8 * self.service_s + 0.2 * seconds
 
     def _finished(self, job: GenerationJob) -> None:
         with self._lock:

@@ -148,7 +148,7 @@ def test_a_log_written_by_the_previous_schema_is_migrated(tmp_path: Path) -> Non
         log.record_feedback("old-1", score=None, accepted=True, correction=None)
         assert log.feedback()["old-1"]["accepted"] is True
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     conn.close()
 
 
@@ -191,7 +191,7 @@ def test_a_schema_2_log_keeps_its_samples_and_gains_their_answers(tmp_path: Path
     ]
     assert samples[1]["detail"] == "guard: echo" and samples[1]["degenerate"] == 1
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 

@@ -41,7 +41,7 @@ def test_a_locked_database_spools_the_row_and_a_later_write_delivers_it(tmp_path
 def test_a_full_database_spools_until_there_is_room(tmp_path: Path) -> None:
     log = TrafficLog(tmp_path / "t.db")
     assert log.record(rec(0))
-    conn = log._connection()
+    conn = log._connection().conn  # the SQLite connection the log writes with
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL: "database or disk is full"
     big = [LogRecord(id=f"big{i}", requested_model="auto", reason="x", stream=False, response="y" * 20_000) for i in range(3)]

@@ -62,3 +62,54 @@ def test_committed_rows_survive_a_crash(tmp_path) -> None:
     )
     assert subprocess.run([sys.executable, "-c", script]).returncode == 9
     assert TrafficLog(path).count() == 20
+
+
+def _dated(i: int, day: str, **kw) -> LogRecord:
+    return LogRecord(id=f"d{i}", requested_model="auto", reason="x", stream=False, created_at=f"{day}T12:00:00.000+00:00", **kw)
+
+
+def test_stats_come_from_running_totals_and_survive_retention(tmp_path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    old = (datetime.now(timezone.utc) - timedelta(days=40)).date().isoformat()
+    today = datetime.now(timezone.utc).date().isoformat()
+    with TrafficLog(tmp_path / "t.db") as log:
+        log.record(_dated(1, old, tier="cloud", category="ORDER", latency_ms=100.0, cost_usd=0.5))
+        log.record(_dated(2, today, tier="cloud", category="ORDER", latency_ms=300.0, cost_usd=0.25, error_type="X"))
+        log.record(_dated(3, today, tier="local", category="ORDER", cloud_cost_usd_estimate=0.75))
+        log.record(_dated(4, today))  # refused: no tier, no category
+        summary = {(r["tier"], r["category"]): r for r in log.summary()}
+        assert summary[("cloud", "ORDER")]["requests"] == 2 and summary[("cloud", "ORDER")]["mean_latency_ms"] == 200.0
+        assert summary[("cloud", "ORDER")]["cost_usd"] == 0.75 and summary[("cloud", "ORDER")]["errors"] == 1
+        assert summary[(None, None)]["requests"] == 1 and summary[(None, None)]["mean_latency_ms"] is None
+        assert sum(r["requests"] for r in log.summary(since=today)) == 3
+        assert sum(r["requests"] for r in log.summary(until=old)) == 1
+
+        assert log.prune(30) == 1
+        assert log.count() == 3 and log.get("d1") is None
+        assert sum(r["requests"] for r in log.summary()) == 4  # deleted rows are still counted
+        assert [r.id for r in log.records(since=today)] == ["d2", "d3", "d4"]
+        assert [r.id for page in log.pages(page_size=2, since=today) for _, r in page] == ["d2", "d3", "d4"]
+
+
+def test_a_schema_4_log_is_migrated_and_its_totals_backfilled(tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "t.db"
+    with TrafficLog(path) as log:
+        for i in range(3):
+            log.record(_dated(i, "2026-01-0" + str(i + 1), tier="cloud", category="ORDER"))
+    with sqlite3.connect(path) as db:  # back to what release 4 wrote
+        db.executescript("DROP TRIGGER request_totals_on_insert; DROP TABLE request_totals; PRAGMA user_version=4;")
+    with TrafficLog(path) as log:
+        assert [r["requests"] for r in log.summary()] == [3]
+        log.record(_dated(9, "2026-01-09", tier="cloud", category="ORDER"))
+        assert [r["requests"] for r in log.summary()] == [4]
+
+
+def test_import_records_is_bulk_and_idempotent(tmp_path) -> None:
+    with TrafficLog(tmp_path / "t.db") as log:
+        records = [rec(i) for i in range(25)]
+        assert log.import_records(records, batch=10) == 25
+        assert log.import_records(records[:5], batch=10) == 5  # already there: skipped, no duplicate
+        assert log.count() == 25 and sum(r["requests"] for r in log.summary()) == 25

@@ -1,0 +1,168 @@
+"""The traffic log on a real PostgreSQL server: the same API as SQLite, shared by several processes.
+
+The server is a throwaway cluster that ``.ci/start-postgres`` starts (as the ``postgres`` user;
+PostgreSQL refuses root), or the one ``ROUTER_TEST_POSTGRES_URL`` names. Each test gets its own
+database. These tests never skip: without a server they fail, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from router.traffic_log import LogRecord, TrafficLog, copy_log
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    url = os.environ.get("ROUTER_TEST_POSTGRES_URL")
+    if url:
+        return url
+    done = subprocess.run([str(ROOT / ".ci" / "start-postgres")], capture_output=True, text=True)
+    assert done.returncode == 0, f"no PostgreSQL server for the log tests: {done.stderr.strip()}"
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    import psycopg
+
+    name = f"router_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield pg_server.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def rec(i: int, day: str | None = None, **kw) -> LogRecord:
+    created = f"{day}T12:00:00.000+00:00" if day else ""
+    return LogRecord(id=f"r{i}", requested_model="auto", reason="x", stream=False, created_at=created, **kw)
+
+
+def test_the_same_log_api_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    old = (datetime.now(timezone.utc) - timedelta(days=40)).date().isoformat()
+    today = datetime.now(timezone.utc).date().isoformat()
+    with TrafficLog(pg_url, spool_path=tmp_path / "spool") as log:
+        assert log.record(rec(1, old, tier="cloud", category="ORDER", latency_ms=100.0, cost_usd=0.5, user="alice",
+                              messages=[{"role": "user", "content": "hi sk-abcdefghijklmnopqrstuvwx"}]))  # fmt: skip
+        assert log.record(rec(2, today, tier="local", category="ORDER", latency_ms=300.0, error_type="X"))
+        assert log.record(rec(2, today)) is False and log.failures == 1  # a duplicate id is a bug, not an outage: not spooled
+        got = log.get("r1")
+        assert got.user == "alice" and got.messages[0]["content"] == "hi [SECRET]" and got.stream is False
+        summary = {(r["tier"], r["category"]): r for r in log.summary()}
+        assert summary[("cloud", "ORDER")]["requests"] == 1 and summary[("local", "ORDER")]["errors"] == 1
+        assert isinstance(summary[("cloud", "ORDER")]["requests"], int)
+        assert [r.id for r in log.records(since=today)] == ["r2"]
+        assert [[r.id for _, r in page] for page in log.pages(page_size=1)] == [["r1"], ["r2"]]
+        log.record_feedback("r2", score=None, accepted=False, correction="better")
+        assert log.feedback()["r2"]["accepted"] is False
+        log.record_quality_sample(kind="audit", category="ORDER", served_key="k", similarity=0.8, degenerate=False)
+        assert [s["similarity"] for s in log.quality_samples(per_category=5)] == [0.8]
+        assert log.prune(30) == 1 and log.count() == 1
+        assert sum(r["requests"] for r in log.summary()) == 2  # retention keeps the totals
+        assert "postgresql://" in log.location
+
+
+def test_several_processes_share_one_postgresql_log(pg_url: str) -> None:
+    TrafficLog(pg_url, spool=False).close()  # schema first, so the writers race only on rows
+    script = textwrap.dedent(
+        """
+        import sys
+        from router.traffic_log import LogRecord, TrafficLog
+        url, tag = sys.argv[1], sys.argv[2]
+        with TrafficLog(url, spool=False) as log:
+            for i in range(150):
+                assert log.record(LogRecord(id=f"{tag}-{i}", requested_model="auto", reason="x", stream=False, tier="cloud", category="ORDER"))
+        """
+    )
+    writers = [subprocess.Popen([sys.executable, "-c", script, pg_url, f"p{n}"]) for n in range(3)]
+    assert [w.wait(120) for w in writers] == [0, 0, 0]
+    with TrafficLog(pg_url, spool=False) as log:
+        assert log.count() == 450
+        assert [r["requests"] for r in log.summary()] == [450]  # the trigger counted every row exactly once
+
+
+def test_postgresql_down_spools_and_the_rows_arrive_when_it_is_back(pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    log = TrafficLog(pg_url, spool_path=tmp_path / "pg.spool", busy_timeout_s=1)
+    assert log.record(rec(1))
+    name = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    assert log.record(rec(2))  # the connection is gone: spooled, durable
+    assert log.spooled == 1 and log.spool.pending()
+    log.close()
+    with TrafficLog(pg_url, spool_path=tmp_path / "pg.spool") as reopened:  # a new connection drains the spool
+        assert sorted(r.id for r in reopened.records()) == ["r1", "r2"]
+        assert not reopened.spool.pending()
+
+
+def test_router_log_copy_moves_a_sqlite_log_into_postgresql(pg_url: str, tmp_path: Path) -> None:
+    sqlite_path = tmp_path / "traffic.sqlite3"
+    with TrafficLog(sqlite_path) as log:
+        for i in range(25):
+            log.record(rec(i, tier="cloud", category="ORDER", cost_usd=0.01))
+        log.record_feedback("r3", score=1.0, accepted=True, correction=None)
+    cli = Path(sys.executable).with_name("router")
+    done = subprocess.run([str(cli), "log", "copy", pg_url, "--from", str(sqlite_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "25 requests" in done.stdout and "1 feedback" in done.stdout
+    again = subprocess.run([str(cli), "log", "copy", pg_url, "--from", str(sqlite_path)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr  # a re-run adds nothing
+    with TrafficLog(pg_url, spool=False) as log:
+        assert log.count() == 25 and log.feedback()["r3"]["accepted"] is True
+        assert [r["requests"] for r in log.summary()] == [25]
+    stats = subprocess.run([str(cli), "stats", "--log", pg_url], capture_output=True, text=True)
+    assert stats.returncode == 0 and "25 requests" in stats.stdout
+
+
+def test_copy_log_skips_what_is_already_there(pg_url: str, tmp_path: Path) -> None:
+    with TrafficLog(tmp_path / "a.sqlite3") as src, TrafficLog(pg_url, spool=False) as dst:
+        src.record(rec(1))
+        dst.record(rec(1))
+        assert copy_log(src, dst)["requests"] == 1
+        assert dst.count() == 1
+
+
+def test_a_router_writes_its_log_to_postgresql(pg_url: str, tmp_path: Path, make_config) -> None:
+    from router import Client
+
+    config = make_config(log={"url": pg_url, "path": tmp_path / "local.sqlite3"})
+    with Client(config) as client:
+        r = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Where is my order?"}], max_tokens=8)
+    with TrafficLog(pg_url, spool=False) as log:
+        row = log.get(r.id)
+    assert row is not None and row.tier == r.router.tier and row.response == r.choices[0].message.content
+    assert not (tmp_path / "local.sqlite3").exists()  # only the spool's name lives there
+
+
+def test_retrain_reads_its_examples_from_a_postgresql_log(pg_url: str, tmp_path: Path) -> None:
+    from finetune.config import RetrainConfig
+    from finetune.datasets import examples_from_log
+    from router import RouterConfig
+
+    with TrafficLog(pg_url, spool=False) as log:
+        for i in range(3):
+            log.record(rec(i, tier="cloud", category="ORDER", finish_reason="stop", response=f"Answer {i}.",
+                           messages=[{"role": "user", "content": f"Question {i}?"}]))  # fmt: skip
+    with_password = pg_url.replace("://postgres@", "://postgres:s3cret-pw@")  # trust auth ignores it; the router must hide it
+    assert with_password != pg_url
+    config = RetrainConfig.from_router_config(RouterConfig(log={"url": with_password, "path": tmp_path / "x.sqlite3"}))
+    assert config.log_location == with_password
+    examples = examples_from_log(config.log_location, categories=["ORDER"])
+    assert sorted(e.answer for e in examples) == ["Answer 0.", "Answer 1.", "Answer 2."]
+    assert "s3cret-pw" not in repr(config) and "s3cret-pw" not in TrafficLog(with_password, spool=False).location

@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "clean": "finetune.datasets",
     "examples_from_log": "finetune.datasets",
     "iter_examples_from_log": "finetune.datasets",
+    "prune_snapshots": "finetune.datasets",
     "examples_from_jsonl": "finetune.datasets",
     "examples_from_csv": "finetune.datasets",
     "TrainConfig": "finetune.training",
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
         examples_from_jsonl,
         examples_from_log,
         iter_examples_from_log,
+        prune_snapshots,
         split_bucket,
     )
     from finetune.evaluate import EvalConfig, EvalReport, evaluate_model, rouge_l

@@ -47,6 +47,9 @@ class RetrainConfig(BaseModel):
         "classifier, e.g. categories found by `router discover`); default: the router's serving classifier.",
     )
     extra_sources: list[Path] = Field(default_factory=list, description="User JSONL (OpenAI messages) or CSV (query, answer) files.")
+    keep_snapshots: int = Field(
+        3, ge=1, description="Dataset snapshots kept besides those a registry version was trained on; older ones are deleted."
+    )
     min_new_examples: int = Field(50, ge=1, description="Fewer new training examples than this: nothing to do.")
     max_train_examples: int = Field(1000, ge=1, description="Cap on examples per training run (a seeded random choice from the snapshot).")
     measure_logits_speedup: bool = Field(False, description="Also time naive vs response-only logits (about a minute).")

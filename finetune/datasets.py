@@ -51,6 +51,7 @@ __all__ = [
     "examples_from_jsonl",
     "examples_from_log",
     "iter_examples_from_log",
+    "prune_snapshots",
     "split_bucket",
 ]
 
@@ -799,6 +800,33 @@ class DatasetSnapshot:
             if sha256_file(file) != expected:
                 raise ArtifactIntegrityError(f"checksum mismatch for {file}; the snapshot was altered")
         return cls(path, manifest)
+
+
+def prune_snapshots(root: str | Path, *, keep: Iterable[str] = (), keep_latest: int = 3) -> list[str]:
+    """Delete dataset snapshots under ``root/datasets`` except ``keep`` (e.g. those a registry version
+    was trained on) and the ``keep_latest`` newest; returns the ids deleted.
+
+    Every retrain writes a snapshot of the whole cleaned dataset; without pruning a year of daily
+    retrains keeps a year of copies. The frozen evaluation set lives apart and is never touched.
+    """
+    datasets = Path(root) / "datasets"
+    if not datasets.is_dir():
+        return []
+    found = []
+    for manifest in datasets.glob(f"*/{_MANIFEST}"):
+        try:
+            created = json.loads(manifest.read_text(encoding="utf-8")).get("created_at", "")
+        except (OSError, ValueError):
+            continue  # unreadable: not ours to judge, leave it
+        found.append((created, manifest.stat().st_mtime_ns, manifest.parent))
+    found.sort(reverse=True)
+    protected = set(keep) | {path.name for _, _, path in found[: max(0, keep_latest)]}
+    deleted = []
+    for _, _, path in found:
+        if path.name not in protected:
+            shutil.rmtree(path)
+            deleted.append(path.name)
+    return deleted
 
 
 class _Counted:

@@ -28,6 +28,7 @@ from finetune.datasets import (
     examples_from_csv,
     examples_from_jsonl,
     iter_examples_from_log,
+    prune_snapshots,
 )
 from finetune.evaluate import evaluate_model
 from finetune.gate import GateDecision, decide
@@ -136,6 +137,9 @@ def retrain(
     serving_train = serving.train if serving is not None else {}
     serving_name = serving.version if serving is not None else BASE_VERSION
     trained = {v.dataset_id for v in registry.versions() if v.dataset_id}
+    pruned = prune_snapshots(config.registry_path, keep=trained | {snapshot.id}, keep_latest=config.keep_snapshots)
+    if pruned:
+        log(f"deleted {len(pruned)} old dataset snapshot(s) no version was trained on")
     if snapshot.id in trained:
         return RetrainResult("skipped", f"already trained on dataset {snapshot.id}; nothing new", snapshot.id, serving_version=serving_name)
     seen = set(serving_train.get("train_sources", []))

@@ -429,3 +429,18 @@ def test_a_frozen_set_from_before_blocks_is_kept_and_extended(tmp_path: Path, un
     assert len(frozen.blocks) > 1 and len(set(e.prompt_key for e in frozen.examples)) == len(frozen.examples)
     for category, examples in frozen.by_category().items():
         assert len(examples) <= 50  # legacy examples count towards the category's block size
+
+
+def test_old_snapshots_are_pruned_but_trained_on_and_newest_ones_stay(tmp_path: Path, unique_bitext: list[Example]) -> None:
+    from finetune.datasets import prune_snapshots
+
+    ids = []
+    for i in range(5):  # five different datasets, oldest first
+        snapshot = build_snapshot(unique_bitext[i * 40 : i * 40 + 120], tmp_path, seed=i)
+        os.utime(snapshot.path / "manifest.json", ns=(i * 10**9, i * 10**9))  # same second: order by mtime
+        ids.append(snapshot.id)
+    deleted = prune_snapshots(tmp_path, keep={ids[0]}, keep_latest=2)
+    assert sorted(deleted) == sorted(ids[1:3])
+    assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == sorted([ids[0], ids[3], ids[4]])
+    assert DatasetSnapshot.load(tmp_path / "datasets" / ids[4]).id == ids[4]  # what stays is intact
+    assert prune_snapshots(tmp_path, keep={ids[0]}, keep_latest=2) == []

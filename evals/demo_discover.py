@@ -34,6 +34,7 @@ from typing import Any
 
 from evals.demo import bucket, load_bitext, percentile, replay_queries, score
 from evals.demo_retrain import cloud_tables
+from evals.figures import merge_figures
 
 RESULTS = Path(__file__).resolve().parent / "results" / "discover.json"
 
@@ -194,10 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     figures["zero_label_minutes"] = total_minutes
     figures["zero_label_minutes_by_step"] = minutes
     (workdir / "replay.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results), encoding="utf-8")
-    existing = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    existing.update(figures)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(existing, indent=1, sort_keys=True) + "\n")
+    merge_figures(args.results, figures)
     print(f"\nzero-label journey: {total_minutes:.1f} min ({', '.join(f'{k} {v:.1f}' for k, v in minutes.items())})")
     print(f"written to {args.results}; answers in {workdir / 'replay.jsonl'}")
     return 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -151,7 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from evals.demo import register_shipped_adapter, split, load_bitext, train_classifier
+    from evals.demo import (
+        load_bitext,
+        register_shipped_adapter,
+        split,
+        train_classifier,
+    )
+    from evals.figures import merge_figures
+    from evals.router_process import router_serve
     from evals.standin_cloud import StandinCloud, _free_port
 
     work = args.workdir.resolve()
@@ -179,20 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         port = _free_port()
         config = write_config(work / "router.toml", workdir=work, cloud_model=cloud.litellm_model, api_base=cloud.api_base,
                               registry=registry, port=port)  # fmt: skip
-        router_cli = Path(sys.executable).with_name("router")
-        server = subprocess.Popen([str(router_cli), "--config", str(config), "serve", "--log-level", "warning"])
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("router serve did not become ready")
-                time.sleep(0.5)
+        with router_serve(config, port) as (url, _server):
             offset = 0
             for clients in levels:
                 n = max(24, clients * args.requests_per_client)
@@ -211,9 +204,6 @@ def main(argv: list[str] | None = None) -> int:
                 figures[f"requests_{clients}"] = level["requests"]
                 (work / f"level-{clients}.json").write_text(json.dumps(level["results"], indent=1), encoding="utf-8")
             metrics = httpx.get(f"{url}/metrics", timeout=10).text
-        finally:
-            server.terminate()
-            server.wait(60)
         sent_private = {r["query"] for clients in levels for r in json.loads((work / f"level-{clients}.json").read_text()) if r["category"] == "PAYMENT"}
         received = "\n".join(json.dumps(body) for body in cloud.received())
         leaks = sum(1 for q in sent_private if json.dumps(q)[1:-1] in received)
@@ -234,10 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     print("  one log write: " + ", ".join(f"{k} {v:.0f}" for k, v in latency.items()))
     figures.update(latency)
     print("metrics excerpt:\n" + "\n".join(line for line in metrics.splitlines() if line.startswith(("router_local_queue", "router_overloaded", "router_requests_total"))))
-    existing = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    existing.update(figures)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(existing, indent=1, sort_keys=True) + "\n")
+    merge_figures(args.results, figures)
     print(f"wrote {args.results}")
     return 0
 

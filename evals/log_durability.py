@@ -20,8 +20,6 @@ import os
 import signal
 import sqlite3
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -76,6 +74,7 @@ def _ask(http: httpx.Client, i: int) -> str | None:
 
 def kill_nine_run(workdir: Path, *, requests: int, clients: int = 8, lock_after: float = 0.4, kill_after: float = 0.7) -> dict[str, Any]:
     """Send ``requests`` from ``clients`` threads; lock the log at ``lock_after`` of them, SIGKILL at ``kill_after``."""
+    from evals.router_process import router_serve
     from evals.standin_cloud import StandinCloud, _free_port
     from router.traffic_log import TrafficLog
 
@@ -91,19 +90,7 @@ def kill_nine_run(workdir: Path, *, requests: int, clients: int = 8, lock_after:
     with StandinCloud(answers=answers, record=workdir / "cloud.jsonl") as cloud:
         port = _free_port()
         config = _config(workdir / "router.toml", cloud_model=cloud.litellm_model, api_base=cloud.api_base, port=port, log=log)
-        server = subprocess.Popen([str(Path(sys.executable).with_name("router")), "--config", str(config), "serve", "--log-level", "error"])
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("router serve did not become ready")
-                time.sleep(0.2)
+        with router_serve(config, port, log_level="error", ready_timeout_s=120) as (url, server):
             TrafficLog(log).count()  # the schema exists before another connection locks the file
 
             def client() -> None:
@@ -138,10 +125,6 @@ def kill_nine_run(workdir: Path, *, requests: int, clients: int = 8, lock_after:
                 t.join(60)
             holder.execute("ROLLBACK")
             holder.close()
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait(30)
     spool = log.with_name(log.name + ".spool")
     spooled_lines = len(spool.read_bytes().splitlines()) if spool.exists() else 0
     with TrafficLog(log) as reopened:  # opening drains what the killed process spooled

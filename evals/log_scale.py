@@ -30,6 +30,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from evals.figures import merge_figures
+
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
 
 
@@ -177,11 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds = synthesise(url, n)
             print(f"{n} rows synthesised into PostgreSQL in {seconds:.0f} s")
             figures.update(measure(url, n, args.workdir, suffix="_pg", build_timeout_s=args.build_timeout))
-    existing = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    existing.update(figures)
-    for key in [k for k in existing if "_1000000_rows" in k]:  # the names for the 1M figures
-        existing[key.replace("_1000000_rows", "_1m_rows")] = existing[key]
-    args.results.write_text(json.dumps(existing, indent=1, sort_keys=True) + "\n")
+    merged = merge_figures(args.results, figures)
+    # the names for the 1M figures
+    merge_figures(args.results, {k.replace("_1000000_rows", "_1m_rows"): v for k, v in merged.items() if "_1000000_rows" in k})
     print(f"wrote {args.results}")
     return 0
 

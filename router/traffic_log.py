@@ -310,17 +310,18 @@ class TrafficLog:
         """
         last = after_rowid
         window = " AND created_at >= ?" if since is not None else ""
+        rowid = self._rowid()
+        sql = f"SELECT {rowid} AS _rowid, {_SELECT} FROM requests WHERE {rowid} > ?{window} ORDER BY {rowid} LIMIT ?"
         while True:
             args: tuple[Any, ...] = (last, since, page_size) if since is not None else (last, page_size)
-            rowid = self._rowid()
-            rows = self._read(f"SELECT {rowid} AS _rowid, {_SELECT} FROM requests WHERE {rowid} > ?{window} ORDER BY {rowid} LIMIT ?", args)
+            rows = self._read(sql, args)
             if not rows:
                 return
             page = []
             for row in rows:
                 values = dict(row)
-                rowid = values.pop("_rowid")  # noqa: PLW2901
-                page.append((rowid, _record_from(values)))
+                cursor = values.pop("_rowid")
+                page.append((cursor, _record_from(values)))
             last = page[-1][0]
             yield page
 

@@ -149,27 +149,32 @@ class LlamaCppBackend(LocalBackend):
                 return
             if self._closed:
                 raise LocalFailure("error", "the local tier is closed")
-            if self._watch is not None:
-                state = self._watch.read()
-                if state is not None:
-                    try:
-                        self._new_llama(state.adapter_path).close()  # a bad promotion must not take the tier down
-                    except MissingDependencyError:
-                        raise
-                    except Exception as err:
-                        logger.warning("registry version %s failed to load (%s); serving the configured model", state.version, err)
-                    else:
-                        self._serve(state)
             if self._vocab is None:  # before the pool: load() returns once the pool is set
                 self._vocab = self._new_llama(None, vocab_only=True)
-            self._pool = LlamaWorkerPool(
-                self._serving_context,
-                workers=self._config.workers,
-                max_queue=self._config.max_queue,
-                max_wait_s=self._config.max_queue_wait_s,
-                hang_grace_s=self._config.hang_grace_s,
-                stop_sequences=list(STOP_SEQUENCES),
-            )
+            state = self._watch.read() if self._watch is not None else None
+            if state is not None:
+                self._adapter_path, self._adapter_version = state.adapter_path, state.version
+                try:
+                    self._pool = self._new_pool()
+                except MissingDependencyError:
+                    raise
+                except Exception as err:  # a bad promotion must not take the tier down
+                    logger.warning("registry version %s failed to load (%s); serving the configured model", state.version, err)
+                    self._adapter_path, self._adapter_version = self._config.adapter_path, self._config.adapter_version
+                else:
+                    self._serve(state)
+                    return
+            self._pool = self._new_pool()
+
+    def _new_pool(self) -> LlamaWorkerPool:
+        return LlamaWorkerPool(
+            self._serving_context,
+            workers=self._config.workers,
+            max_queue=self._config.max_queue,
+            max_wait_s=self._config.max_queue_wait_s,
+            hang_grace_s=self._config.hang_grace_s,
+            stop_sequences=list(STOP_SEQUENCES),
+        )
 
     def _serve(self, state: ServingAdapter) -> None:
         self._adapter_path, self._adapter_version = state.adapter_path, state.version

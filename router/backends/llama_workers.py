@@ -208,8 +208,16 @@ class LlamaWorkerPool:
         self._idle = threading.Condition(self._lock)
         self._workers: list[_Worker] = []
         self.replaced_hung = 0
-        for index in range(workers):
-            self._start_worker(index, self._new_context())
+        contexts: list[_Context] = []
+        try:  # every context loads before any worker starts, so a failed load leaves nothing running
+            for _ in range(workers):
+                contexts.append(self._new_context())
+        except BaseException:
+            for ctx in contexts:
+                ctx.llama.close()
+            raise
+        for index, context in enumerate(contexts):
+            self._start_worker(index, context)
         self._watchdog = threading.Thread(target=self._watch, name="llama-watchdog", daemon=True)
         self._watchdog.start()
 

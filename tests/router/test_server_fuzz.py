@@ -181,10 +181,9 @@ def _write_counts() -> None:
     print(f"fuzz cases: validator {COUNTS['validator']}, HTTP {COUNTS['http']}, HTTP 5xx {COUNTS['http_5xx']}")
     if not target:
         return
-    path = Path(target)
-    figures = json.loads(path.read_text()) if path.is_file() else {}
-    figures.update({
+    from evals.figures import merge_figures
+
+    merge_figures(Path(target), {
         "fuzz_cases": COUNTS["validator"] + COUNTS["http"], "fuzz_cases_validator": COUNTS["validator"],
         "fuzz_cases_http": COUNTS["http"], "fuzz_5xx": COUNTS["http_5xx"],
     })  # fmt: skip
-    path.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")

@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover bench-load bench-fuzz bench-log clean
+.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover eval-cache bench-load bench-fuzz bench-log clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,10 +65,15 @@ eval-guard: $(STAMP)
 eval-discover: $(STAMP)
 	$(PY) -m evals.discover_eval
 
+# The response cache on the Bitext replay (about 10 minutes): writes evals/results/cache.json.
+eval-cache: $(STAMP)
+	$(PY) -m evals.cache_eval
+
 bench-load: $(STAMP)
 	$(PY) -m evals.load_bench
 
-# The traffic log at 100,000 and 1,000,000 synthetic rows: router stats, retrain dataset build.
+# The traffic log at 100,000 and 1,000,000 synthetic rows (SQLite, PostgreSQL): router stats, retrain dataset
+# build, whole and incremental; then 1,000,000 distinct prompts, where the pool cap bounds memory (about an hour).
 bench-log: $(STAMP)
 	$(PY) -m evals.log_scale
 

@@ -15,7 +15,7 @@ ONNX encoder and fit the head on those embeddings. Serving (``load``, ``predict`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -52,12 +52,15 @@ class Prediction:
 
     ``category`` is the class to answer locally, or ``None`` for the edge (cloud) tier;
     ``label`` is the best class even when it was not confident enough; ``confidence`` is the
-    score compared with ``threshold_``.
+    score compared with ``threshold_``. ``embedding`` is the query's L2-normalised sentence
+    embedding the decision was made from (set by :meth:`EmbeddingClassifier.classify`): the
+    response cache compares questions with it at no extra encoder run.
     """
 
     category: str | None
     confidence: float
     label: str
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def _library_version() -> str:
@@ -317,7 +320,9 @@ class EmbeddingClassifier(ParamsMixin):
         self._check_fitted()
         if not isinstance(text, str):
             raise ConfigError(f"classify expects a str, got {type(text).__name__}")
-        return self._predictions([text])[0]
+        runs = self._graph([text], self.head_)
+        prediction = self._predictions_from(runs)[0]
+        return Prediction(prediction.category, prediction.confidence, prediction.label, embedding=runs[0].embedding)
 
     def embed(self, text: str) -> np.ndarray:
         """The encoder's L2-normalised embedding of ``text``: cosine between two texts is a dot product."""
@@ -341,7 +346,10 @@ class EmbeddingClassifier(ParamsMixin):
 
     def _predictions(self, texts: list[str]) -> list[Prediction]:
         self._check_fitted()
-        proba, max_cosine, exemplar_cosine = self._scores(texts)
+        return self._predictions_from(self._graph(texts, self.head_))
+
+    def _predictions_from(self, runs: list[GraphRun]) -> list[Prediction]:
+        proba, max_cosine, exemplar_cosine = _head_outputs(runs)
         confidence = self.head_.confidence(
             proba, max_cosine, exemplar_cosine, self.proba_weight_, self.exemplar_weight_
         )

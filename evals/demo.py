@@ -11,7 +11,11 @@
    (queries the adapter never trained on, full-length answers) is answered locally there;
 5. per phase, category and tier: share served and the mean similarity of the served answers to
    Bitext's reference answer; savings count only answers actually served and accepted by the
-   guard; private answers are shown apart. Figures go to ``evals/results/demo.json``.
+   guard; private answers are shown apart;
+6. **the response cache** (``[cache] enabled = true``): the phase-2 router with the cache on
+   answers another set of held-out queries, then the same questions again, as a support desk
+   hears them; hits (exact and semantic), their latency and the calls they saved are reported.
+   Figures go to ``evals/results/demo.json``.
 """
 
 from __future__ import annotations
@@ -137,6 +141,7 @@ def replay_queries(
                 "private": info.reason.value in ("private_category", "pii_match", "private_handoff"),
                 "quality": info.quality,
                 "degenerate": info.degenerate,
+                "cache_match": info.cache_match,
             }
         )
     return results
@@ -200,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=150, help="held-out queries replayed in each phase")
     parser.add_argument("--answer-tokens", type=int, default=256, help="local answer cap (full-length Bitext answers)")
+    parser.add_argument("--cache-queries", type=int, default=60, help="queries asked twice with the response cache on")
     parser.add_argument("--workdir", type=Path, default=Path(".demo"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -218,15 +224,16 @@ def main(argv: list[str] | None = None) -> None:
     unseen = [r for r in replay if Example(({"role": "user", "content": r["instruction"]},), "x").prompt_key not in trained]
     unseen = sorted(unseen, key=lambda r: hashlib.sha256(r["instruction"].encode()).hexdigest())
     phases = {"phase1": unseen[: args.queries], "phase2": unseen[args.queries : 2 * args.queries]}
+    repeated = unseen[2 * args.queries : 2 * args.queries + args.cache_queries]
     answers = args.workdir / "recorded-answers.jsonl"
     with answers.open("w", encoding="utf-8") as fh:
         for r in rows:
             fh.write(json.dumps({"query": r["instruction"], "answer": r["response"].replace("\r\n", "\n").strip()}) + "\n")
 
-    print("[1/5] stand-in cloud on 127.0.0.1 in recorded-answer mode (it answers with Bitext's reference answers)")
+    print("[1/6] stand-in cloud on 127.0.0.1 in recorded-answer mode (it answers with Bitext's reference answers)")
     results: dict[str, list[dict[str, Any]]] = {}
     with StandinCloud(answers=answers, record=args.workdir / "standin-requests.jsonl") as cloud:
-        print(f"[2/5] training the classifier on {len(train)} Bitext queries, calibrating on {len(calibration)}")
+        print(f"[2/6] training the classifier on {len(train)} Bitext queries, calibrating on {len(calibration)}")
         train_classifier(train, calibration, args.workdir / "classifier")
         base = {
             "models": {"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
@@ -237,8 +244,8 @@ def main(argv: list[str] | None = None) -> None:
             "warmup": "eager",
         }
         for phase, registry, label in (
-            ("phase1", None, "[3/5] phase 1: the untuned packaged model, no evidence yet"),
-            ("phase2", args.workdir / "registry", "[4/5] phase 2: the adapter shipped from make demo-retrain, with its evaluation"),
+            ("phase1", None, "[3/6] phase 1: the untuned packaged model, no evidence yet"),
+            ("phase2", args.workdir / "registry", "[4/6] phase 2: the adapter shipped from make demo-retrain, with its evaluation"),
         ):
             print(label)
             version = register_shipped_adapter(registry) if registry is not None else None
@@ -260,8 +267,10 @@ def main(argv: list[str] | None = None) -> None:
                           f" {config.quality.audit_rate:.0%} of local ones): {sampled.offered} queued, {sampled.completed} scored,"
                           f" {sampled.preempted} stopped for a foreground request, {sampled.expired + sampled.dropped_queue_full} dropped")  # fmt: skip
             print(f"      traffic log: {log_path}")
+        print(f"[5/6] the response cache on: {len(repeated)} more held-out queries, then the same questions again")
+        cache_figures = cache_step(base, args.workdir, repeated, answer_tokens=args.answer_tokens)
 
-    print("[5/5] scoring every served answer against Bitext's reference answer")
+    print("[6/6] scoring every served answer against Bitext's reference answer")
     for phase_results in results.values():
         score(phase_results)
     figures = {phase: phase_figures(r) for phase, r in results.items()}
@@ -285,10 +294,45 @@ def main(argv: list[str] | None = None) -> None:
         "demo_minutes": (time.perf_counter() - started) / 60,
         "phases": figures,
         "shipped_adapter_sha256": manifest["adapter_sha256"],
+        "cache": cache_figures,
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(demo, indent=2) + "\n")
     print(f"\nwritten to {args.results}; the cloud's similarity is 1.0 by construction (the stand-in replays the references)")
+
+
+def cache_step(base: dict[str, Any], workdir: Path, rows: list[dict[str, str]], *, answer_tokens: int) -> dict[str, Any]:
+    """Phase 2's router with ``[cache] enabled = true``: ``rows`` asked, then asked again."""
+    from router import Client, RouterConfig
+
+    cache_dir = workdir / "cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    for stale in workdir.glob("traffic-cache.sqlite3*"):
+        stale.unlink()
+    config = RouterConfig(
+        **base, local={"registry_path": workdir / "registry", "default_max_tokens": answer_tokens},
+        log={"path": (workdir / "traffic-cache.sqlite3").resolve()}, cache={"enabled": True, "path": cache_dir},
+    )  # fmt: skip
+    with Client(config) as client:
+        first = replay_queries(client, rows, max_tokens=answer_tokens, desc="cache: first asking")
+        again = replay_queries(client, rows, max_tokens=answer_tokens, desc="cache: asked again")
+    served = first + again
+    hits = [r for r in served if r["tier"] == "cache"]
+    kinds = Counter("exact" if r["cache_match"] == "exact" else "semantic" for r in hits)
+    lat = [r["latency_ms"] for r in hits if r["latency_ms"] is not None]
+    by_tier = Counter(r["tier"] for r in again)
+    print(f"      first asking: {sum(r['tier'] == 'cache' for r in first)} of {len(first)} answered from the cache (semantic hits as they occur)")
+    print(f"      asked again: {by_tier['cache']} of {len(again)} from the cache; the rest: "
+          + ", ".join(f"{n} {tier}" for tier, n in sorted(by_tier.items()) if tier != "cache") + " (private, or not trusted for caching)")  # fmt: skip
+    print(f"      hits: {kinds['exact']} exact, {kinds['semantic']} semantic; latency p50 {percentile(lat, 50):.1f} ms after classification;"
+          f" `router stats --log {workdir / 'traffic-cache.sqlite3'}` shows the hit rate per category")  # fmt: skip
+    for r in [h for h in hits if h["cache_match"] != "exact"][:3]:
+        print(f"      e.g. [{r['cache_match']}] {r['question']!r} -> {r['text'][:90]!r}")
+    return {
+        "queries": len(served), "hits": len(hits), "exact_hits": kinds["exact"], "semantic_hits": kinds["semantic"],
+        "second_asking_hit_share": by_tier["cache"] / len(again) if again else 0.0,
+        "hit_p50_ms": percentile(lat, 50) if lat else None,
+    }  # fmt: skip
 
 
 def _fmt(value: float | None) -> str:

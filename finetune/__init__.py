@@ -1,9 +1,9 @@
 """finetune: turn the router's traffic log into a better local model, promoted only when it wins.
 
 ``retrain(config)`` runs one cycle (dataset snapshot → LoRA training → GGUF adapter export →
-evaluation as served → gate → promotion); the pieces are public for custom pipelines. Names
-load on first access (PEP 562): torch, transformers and peft are imported only by the functions
-that train or evaluate.
+evaluation as served → gate → promotion), reading only what the log gained since the last cycle
+(``LogPool``); the pieces are public for custom pipelines. Names load on first access (PEP 562):
+torch, transformers and peft are imported only by the functions that train or evaluate.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ _EXPORTS: dict[str, str] = {
     "clean": "finetune.datasets",
     "examples_from_log": "finetune.datasets",
     "iter_examples_from_log": "finetune.datasets",
+    "LogPool": "finetune.log_pool",
+    "PoolUpdate": "finetune.log_pool",
     "prune_snapshots": "finetune.datasets",
     "examples_from_jsonl": "finetune.datasets",
     "examples_from_csv": "finetune.datasets",
@@ -81,6 +83,7 @@ if TYPE_CHECKING:
     from finetune.evidence import EvidenceResult, evaluate_served
     from finetune.export import export_adapter, write_lora_gguf
     from finetune.gate import GateConfig, GateDecision, decide
+    from finetune.log_pool import LogPool, PoolUpdate
     from finetune.merge import merge_adapter, quantize_gguf
     from finetune.quant_report import quantization_report
     from finetune.registry import BASE_VERSION, ModelRegistry, ModelVersion, NoRollbackTargetError

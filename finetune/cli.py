@@ -116,7 +116,7 @@ def _retrain(args: argparse.Namespace) -> int:
     overrides = {"registry_path": args.registry} if args.registry else {}
     config = RetrainConfig.from_router_config(args.config, **overrides)
     print_legacy_path_notes(config.log_path, config.registry_path)
-    result = retrain(config, dry_run=args.dry_run)
+    result = retrain(config, dry_run=args.dry_run, full=args.full)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
@@ -163,6 +163,9 @@ def add_retrain_command(commands: Any) -> None:
     retrain = commands.add_parser("retrain", help="train a new adapter from the traffic log; promote it if it wins")
     retrain.add_argument("--dry-run", action="store_true", help="build the dataset and report what would be trained")
     retrain.add_argument("--registry", type=Path, help=_REGISTRY_HELP)
+    retrain.add_argument(
+        "--full", action="store_true", help="read the whole traffic log again instead of only what is new since the last retrain"
+    )
     retrain.add_argument("--json", type=Path, metavar="PATH", help="also write the full result (metrics, gate reasons) as JSON")
     retrain.set_defaults(run=_retrain)
 

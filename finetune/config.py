@@ -50,6 +50,12 @@ class RetrainConfig(BaseModel):
     keep_snapshots: int = Field(
         3, ge=1, description="Dataset snapshots kept besides those a registry version was trained on; older ones are deleted."
     )
+    max_pool_examples: int = Field(
+        100_000,
+        ge=1,
+        description="Cap on the cleaned log examples kept between retrains (a sample by prompt hash, the same whatever "
+        "the arrival order); bounds memory and the near-duplicate pass whatever the log's size.",
+    )
     min_new_examples: int = Field(50, ge=1, description="Fewer new training examples than this: nothing to do.")
     max_train_examples: int = Field(1000, ge=1, description="Cap on examples per training run (a seeded random choice from the snapshot).")
     measure_logits_speedup: bool = Field(False, description="Also time naive vs response-only logits (about a minute).")

@@ -498,13 +498,26 @@ def _drop_near_duplicates(
 # ---------------------------------------------------------------------------- cleaning and split
 
 
-def clean(examples: Iterable[Example], filters: DatasetFilters | None = None) -> tuple[list[Example], dict[str, int]]:
-    """Scrub, filter and deduplicate (keeping the first of duplicates); returns kept examples and drops per reason."""
+def clean(
+    examples: Iterable[Example], filters: DatasetFilters | None = None, *, cleaned: Iterable[Example] = ()
+) -> tuple[list[Example], dict[str, int]]:
+    """Scrub, filter and deduplicate (keeping the first of duplicates); returns kept examples and drops per reason.
+
+    ``cleaned`` are examples already scrubbed and filtered with the same filters (a log pool's):
+    they are not judged again, the costly part, but count as read first, so they win exact
+    duplicates and take part in the near-duplicate pass exactly as if they had been cleaned here.
+    """
     filters = filters or DatasetFilters()
     pii = PiiMatcher(filters.pii_patterns) if filters.scrub_pii else None
     dropped = dict.fromkeys(DROP_REASONS, 0)
     seen: set[str] = set()
     kept: list[Example] = []
+    for example in cleaned:
+        if example.prompt_key in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(example.prompt_key)
+        kept.append(example)
     for example in examples:
         if pii is not None:
             example = _scrubbed(example, pii)
@@ -849,17 +862,24 @@ def build_snapshot(
     filters: DatasetFilters | None = None,
     seed: int = 0,
     sources: Sequence[str] = (),
+    cleaned: Sequence[Example] = (),
+    cleaned_dropped: Mapping[str, int] | None = None,
 ) -> DatasetSnapshot:
     """Clean, split and write ``root/datasets/<id>/``; the same inputs give the same (reused) snapshot.
 
     The train set excludes every prompt in, or near-duplicating, the frozen eval set or the
     current eval bucket, so no evaluation prompt leaks into training. ``sources`` describes
     where the examples came from (e.g. the log path) and is recorded in the manifest.
+    ``cleaned`` are examples cleaned earlier with the same filters (a :class:`~finetune.log_pool.LogPool`'s),
+    placed before ``examples`` (see :func:`clean`): the snapshot is the one cleaning them here
+    would give. ``cleaned_dropped`` (what cleaning them dropped) is added to the manifest's counts.
     """
     root = Path(root)
     filters = filters or DatasetFilters()
     counted = _Counted(examples)  # streamed: only what survives cleaning is held in memory
-    kept, dropped = clean(counted, filters)
+    kept, dropped = clean(counted, filters, cleaned=cleaned)
+    for reason, n in (cleaned_dropped or {}).items():
+        dropped[reason] = dropped.get(reason, 0) + n
     frozen = FrozenEvalSet.load_or_create(root, kept, filters=filters)
 
     eval_bucket = [e for e in kept if _is_eval(e, filters)]
@@ -894,7 +914,8 @@ def build_snapshot(
         "filters": filters.model_dump(mode="json"),
         "seed": seed,
         "counts": {
-            "input": counted.n,
+            "input": counted.n + len(cleaned),  # examples read this run plus those given already cleaned
+            "input_precleaned": len(cleaned),
             "cleaned": len(kept),
             "train": len(train),
             "eval": len(frozen.examples),

@@ -1,5 +1,7 @@
 """One retrain: traffic log → dataset snapshot → LoRA → GGUF adapter → evaluation → gate → promotion.
 
+The log is read incrementally: a pool of its cleaned examples (:mod:`finetune.log_pool`) is
+kept in the registry, so a run reads and cleans only the rows (and feedback) logged since the last.
 Idempotent and safe to run from cron: too little new data, or a snapshot already trained on,
 changes nothing; training happens in a run directory named after the snapshot and settings, so
 an interrupted run resumes from its last checkpoint next time; the serving pointer is switched
@@ -27,11 +29,11 @@ from finetune.datasets import (
     build_snapshot,
     examples_from_csv,
     examples_from_jsonl,
-    iter_examples_from_log,
     prune_snapshots,
 )
 from finetune.evaluate import evaluate_model
 from finetune.gate import GateDecision, decide
+from finetune.log_pool import LogPool
 from finetune.registry import BASE_VERSION, ModelRegistry, ModelVersion
 from hybrid_common.errors import ConfigError
 
@@ -64,30 +66,36 @@ class RetrainResult:
         return out
 
 
-def _load_sources(config: RetrainConfig) -> tuple[Iterator[Example], list[str]]:
+def _load_sources(
+    config: RetrainConfig, *, full: bool = False, progress: bool = False, log: Callable[[str], None] = print
+) -> tuple[Iterator[Example], LogPool | None, list[str]]:
+    """The extra sources' examples (read and cleaned each run), the log's pool brought up to date, and their names."""
     from router.log_stores import is_database_url, masked_url
 
     location = config.log_location
     on_server = is_database_url(location)
     if not on_server and not Path(location).exists() and not config.extra_sources:
         raise ConfigError(f"no traffic log at {location} and no extra sources to learn from")
-    examples: list[Iterable[Example]] = []  # chained, not concatenated: the log is read a page at a time
+    examples: list[Iterable[Example]] = []
     sources: list[str] = []
+    pool = None
     if on_server or Path(location).exists():
-        label = None
-        if config.label_with is not None:
-            from classifiers import EmbeddingClassifier
-
-            label = EmbeddingClassifier.load(config.label_with).predict
-        examples.append(iter_examples_from_log(
-            location, categories=config.categories, include_local=config.include_local_accepted, label_unlabelled=label
-        ))  # fmt: skip
-        sources.append(f"log:{masked_url(str(location)) if on_server else location}")
+        # Only what is new since the last retrain is read and cleaned; the pool keeps the rest.
+        pool = LogPool.for_retrain(config)
+        update = pool.update(full=full, progress=progress)
+        new = f"{update.rows_read:,} new rows since rowid {update.after_rowid}"
+        read = f"whole log read, {update.rows_read:,} rows" if update.full_read else new
+        if update.feedback_rows:
+            read += f", {update.feedback_rows:,} older rows read again for new feedback"
+        log(f"log: {read} (pool {len(pool):,} examples)")
+        where = masked_url(str(location)) if on_server else location
+        sources.append(f"log:{where} (pool {pool.fingerprint}: {len(pool)} cleaned examples, {update.rows_read} rows read "
+                       f"after rowid {update.after_rowid}, {update.feedback_rows} again for feedback)")  # fmt: skip
     for path in config.extra_sources:
         reader = examples_from_jsonl if path.suffix == ".jsonl" else examples_from_csv
         examples.append(reader(path))
         sources.append(f"file:{path}")
-    return itertools.chain.from_iterable(examples), sources
+    return itertools.chain.from_iterable(examples), pool, sources
 
 
 def _capped(train: list[Example], limit: int, seed: int) -> list[Example]:
@@ -121,16 +129,27 @@ def _metrics_for(
 
 
 def retrain(
-    config: RetrainConfig | None = None, *, progress: bool = True, dry_run: bool = False, log: Callable[[str], None] = print
+    config: RetrainConfig | None = None,
+    *,
+    progress: bool = True,
+    dry_run: bool = False,
+    full: bool = False,
+    log: Callable[[str], None] = print,
 ) -> RetrainResult:
-    """Run one retrain cycle; see the module docstring for what it guarantees."""
+    """Run one retrain cycle; see the module docstring for what it guarantees.
+
+    ``full`` discards the log's pool and reads the whole log again (``router retrain --full``).
+    """
     from finetune.export import export_adapter
     from finetune.training import load_base_model, measure_logits_speedup, train_lora
 
     config = config or RetrainConfig.from_router_config()
     registry = ModelRegistry(config.registry_path)
-    examples, sources = _load_sources(config)
-    snapshot = build_snapshot(examples, config.registry_path, filters=config.filters, seed=config.training.seed, sources=sources)
+    examples, pool, sources = _load_sources(config, full=full, progress=progress, log=log)
+    snapshot = build_snapshot(
+        examples, config.registry_path, filters=config.filters, seed=config.training.seed, sources=sources,
+        cleaned=pool.examples() if pool is not None else (), cleaned_dropped=pool.dropped if pool is not None else None,
+    )  # fmt: skip
     log(f"dataset {snapshot.id}: {len(snapshot.train)} training examples, {len(snapshot.eval)} frozen evaluation examples")
 
     serving = registry.serving()

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "publish_numbered_dir",
     "read_manifest",
     "sha256_file",
+    "write_lines_atomic",
     "write_text_atomic",
 ]
 
@@ -81,12 +82,22 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Replace ``path`` with ``text``: readers see the old file or the new one, never a mix."""
+    write_lines_atomic(path, [text])
+
+
+def write_lines_atomic(path: str | os.PathLike[str], lines: Iterable[str]) -> str:
+    """Replace ``path`` with ``lines`` (UTF-8), streamed through a fsynced temporary file, never all
+    in memory; returns their sha256. Readers see the old file or the new one, never a mix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            for line in lines:
+                raw = line.encode("utf-8")
+                digest.update(raw)
+                fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -94,6 +105,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    return digest.hexdigest()
 
 
 def publish_numbered_dir(

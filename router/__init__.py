@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "LogConfig": "router.config",
     "QualityConfig": "router.config",
     "ServerConfig": "router.config",
+    "CacheConfig": "router.config",
+    "ResponseCache": "router.cache",
     "SamplerStats": "router._sampling",
     "ModelRoute": "router.config",
     "load_config": "router.config",
@@ -89,7 +91,9 @@ if TYPE_CHECKING:  # static analysers see the real names
     )
     from router.backends import LocalBackend, register_local_backend
     from router.client import AsyncClient, AsyncStream, Client, RawResponse, Stream
+    from router.cache import ResponseCache
     from router.config import (
+        CacheConfig,
         ClassifierConfig,
         CloudConfig,
         LocalConfig,

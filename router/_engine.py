@@ -5,6 +5,9 @@ drivers here (``_drive`` and its async twin ``_adrive``, given the plain or stre
 each tier) only run the tier it names, turn a tier's failure into a
 :class:`~router._fallback.TierFailure`, and report it back.
 
+The response cache (:mod:`router._caching`) is consulted first in each driver, after the routing
+decision and before any tier runs; what was served is offered to it where the log row is written.
+
 Streams are *primed*: ``create(stream=True)`` runs until the first token before it returns, so a
 failure of the chosen tier can still fall back, and errors surface at ``create`` as they do with
 the OpenAI SDK, rather than halfway through the application's loop.
@@ -18,6 +21,7 @@ import functools
 import itertools
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -36,6 +40,7 @@ from hybrid_common.errors import (
 from hybrid_common.generation import guarded_pieces
 from hybrid_common.guard import DegenerationGuard
 from hybrid_common.pii import PiiMatcher
+from router._caching import CacheTier
 from router._exchange import Exchange, attach
 from router._fallback import FallbackRun, TierFailure, fallback_plan, stays_local
 from router._request import ChatRequest
@@ -62,6 +67,7 @@ _END = object()
 T = TypeVar("T")
 # Cloud answers in these categories are the ones a shadow answer can prove the local model for.
 _SHADOWED = frozenset({Reason.LOCAL_QUALITY_UNPROVEN, Reason.LOCAL_QUALITY_BELOW_FLOOR})
+_STREAM_PIECE = re.compile(r"\s*\S+(?:\s+\S+){0,3}\s*")  # a cached answer streams a few words per chunk
 
 
 class Engine:
@@ -89,6 +95,8 @@ class Engine:
                 spool=config.log.spool, busy_timeout_s=config.log.busy_timeout_s, synchronous=config.log.synchronous,
                 retain_days=config.log.retain_days,
             )  # fmt: skip
+        cache = config.cache
+        self.cache_tier = CacheTier(cache) if cache.enabled or any(c.enabled for c in cache.categories.values()) else None
         self._classifier: Any = None
         self._classifier_lock = threading.Lock()
         self._followed: FollowedClassifier | None = None
@@ -192,8 +200,10 @@ class Engine:
         adapter_sha = self._adapter_sha if version is None and local.adapter_path is not None else None
         key = model_key(registry_version=version, adapter_sha256=adapter_sha, model_name=self.local.model_name)
         if key != self._announced_key:
-            self._announced_key = key
+            previous, self._announced_key = self._announced_key, key
             self._announce_gate(key)
+            if previous is not None and self.cache_tier is not None:
+                self.cache_tier.invalidate(f"local:{previous}")  # a promotion or rollback: the old answers go
         return key
 
     def gate_verdict(self, category: str) -> GateVerdict:
@@ -231,6 +241,8 @@ class Engine:
         if row is None:
             raise NotFoundError(f"no logged request with id {request_id!r}", param="response_id")
         self.log.record_feedback(request_id, score=score, accepted=accepted, correction=correction)
+        if self.cache_tier is not None and (accepted is False or correction is not None):
+            self.cache_tier.forget(request_id)  # a rejected answer is never served again from the cache
         if row.tier == "local" and row.category is not None and (score is not None or accepted is not None):
             value = float(score) if score is not None else (1.0 if accepted else 0.0)
             key = self._key_of(row.adapter_version)
@@ -368,6 +380,8 @@ class Engine:
         if self.sampler is not None:
             self.sampler.close()
         self.local.close()
+        if self.cache_tier is not None:
+            self.cache_tier.close()
         if self._async_pool is not None:
             self._async_pool.shutdown(wait=True)
         if self.log is not None:
@@ -397,7 +411,7 @@ class Engine:
 
     def plan(self, request: ChatRequest) -> Exchange:
         """Classify and decide; a refused request is logged whole, then raised."""
-        category = confidence = classify_ms = None
+        category = confidence = classify_ms = embedding = None
         classifier, classifier_version, private = self._serving_classifier()
         if classifier is not None and request.query:
             with self.activity.running():
@@ -405,6 +419,7 @@ class Engine:
                 prediction = classifier.classify(request.query)
                 classify_ms = (time.perf_counter() - start) * 1000
             category, confidence = prediction.category, float(prediction.confidence)
+            embedding = CacheTier.embedding_of(prediction)
         try:
             decision = self.policy.decide(
                 request, category=category, has_classifier=classifier is not None, gate=self.gate_verdict,
@@ -418,12 +433,49 @@ class Engine:
             refused.error = err
             self._write_log(refused)
             raise
-        return Exchange(request, decision, category, confidence, classify_ms, classifier_version=classifier_version)
+        exchange = Exchange(request, decision, category, confidence, classify_ms, classifier_version=classifier_version)
+        if self.cache_tier is not None:
+            exchange.embedding = embedding
+            exchange.cache_probe = self.cache_tier.probe(exchange, route=self._cache_route(decision))
+        return exchange
 
     def _write_log(self, exchange: Exchange) -> None:
         if self.log is not None:
             self.log.record(exchange.log_record())
             self._offer_sample(exchange)
+        if self.cache_tier is not None and exchange.cache_probe is not None:
+            trusted = exchange.tier == "local" and self._trusted_for_cache(exchange.category)
+            self.cache_tier.remember(exchange, trusted_local=trusted)
+
+    # -- the response cache -----------------------------------------------------------------------
+
+    def _cache_route(self, decision: Decision) -> str:
+        """What would answer: the local model version, or the cloud route (a change of either changes the key)."""
+        if decision.tier == "local":
+            return f"local:{self.served_key()}"
+        route = self.config.route_for(decision.cloud_model)
+        return f"cloud:{route.litellm_model}@{route.api_base or self.config.cloud.api_base or ''}"
+
+    def _trusted_for_cache(self, category: str | None) -> bool:
+        """Local answers are cached only from a model the quality gate has evidence for (or an override trusts)."""
+        return category is not None and self.config.quality.enabled and self.gate_verdict(category).open
+
+    def _cache_hit(self, exchange: Exchange) -> Any:
+        if self.cache_tier is None or exchange.cache_probe is None:
+            return None
+        return self.cache_tier.lookup(exchange, exchange.cache_probe)
+
+    def _answer_from_cache(self, exchange: Exchange, hit: Any) -> Any:
+        assert self.cache_tier is not None
+        self.cache_tier.serve(exchange, hit)
+        return exchange.completion()
+
+    def _open_cache_stream(self, exchange: Exchange, hit: Any) -> Iterator[Any]:
+        """A cached answer asked for with ``stream=True``: served as a stream of a few words per chunk."""
+        assert self.cache_tier is not None
+        self.cache_tier.serve(exchange, hit)
+        text, exchange.text = exchange.text, ""  # _local_chunks accumulates it again as it streams
+        return self._local_chunks(exchange, iter(_STREAM_PIECE.findall(text) or [text]))
 
     def _local_deadline(self, request: ChatRequest) -> float:
         timeout = self.config.local.timeout_s
@@ -619,6 +671,8 @@ class Engine:
         raise AssertionError("unreachable: the fallback run raises once every tier has failed")
 
     def _serve(self, exchange: Exchange) -> Any:
+        if (hit := self._cache_hit(exchange)) is not None:
+            return self._answer_from_cache(exchange, hit)
         return self._drive(
             exchange, {"handoff": self._answer_handoff, "local": self._answer_locally, "cloud": self._answer_from_cloud}
         )
@@ -649,6 +703,8 @@ class Engine:
         async def local(e: Exchange) -> Any:
             return await self._in_thread(self._answer_locally, e)
 
+        if (hit := await self._in_thread(self._cache_hit, exchange)) is not None:
+            return self._answer_from_cache(exchange, hit)
         return await self._adrive(exchange, {"handoff": handoff, "local": local, "cloud": self._aanswer_from_cloud})
 
     async def _aanswer_from_cloud(self, exchange: Exchange) -> Any:
@@ -711,6 +767,8 @@ class Engine:
         return self._logged(exchange, source)
 
     def _primed_stream(self, exchange: Exchange) -> Iterator[Any]:
+        if (hit := self._cache_hit(exchange)) is not None:
+            return self._open_cache_stream(exchange, hit)
         return self._drive(
             exchange, {"handoff": self._open_handoff_stream, "local": self._open_local_stream, "cloud": self._open_cloud_stream}
         )
@@ -785,6 +843,8 @@ class Engine:
         async def local(e: Exchange) -> AsyncIterator[Any]:
             return self._threaded(await self._in_thread(self._open_local_stream, e))
 
+        if (hit := await self._in_thread(self._cache_hit, exchange)) is not None:
+            return self._threaded(self._open_cache_stream(exchange, hit))
         return await self._adrive(exchange, {"handoff": handoff, "local": local, "cloud": self._aopen_cloud_stream})
 
     async def _aopen_cloud_stream(self, exchange: Exchange) -> AsyncIterator[Any]:

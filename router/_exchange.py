@@ -53,6 +53,11 @@ class Exchange:
     error: BaseException | None = None
     rejected_local_text: str | None = None  # a local answer the guard rejected before this one was served
     provider_id: str | None = None  # the cloud's own response id; responses carry request_id on every tier
+    embedding: Any = None  # the query's embedding from classification (semantic cache lookups)
+    cache_probe: Any = None  # the cache keys of a cacheable request (router._caching.CacheProbe)
+    cached_from: str | None = None  # a cache hit: the request id whose answer was served
+    cache_match: str | None = None  # a cache hit: "exact" or "semantic <cosine>"
+    cache_hit_key: str | None = None
 
     def serve_with(self, tier: Tier, backend: str, model: str, adapter_version: str | None = None) -> None:
         self.tier, self.backend, self.model, self.adapter_version = tier, backend, model, adapter_version
@@ -93,6 +98,8 @@ class Exchange:
             cost_usd=self.cost_usd if final else None,
             cloud_cost_usd_estimate=self.cloud_cost_usd_estimate if final else None,
             provider_response_id=self.provider_id,
+            cached_from=self.cached_from,
+            cache_match=self.cache_match,
         )
 
     def log_record(self) -> LogRecord:
@@ -116,7 +123,10 @@ class Exchange:
             served_model=self.model,
             category=self.category,
             confidence=self.confidence,
-            detail="; ".join(filter(None, [self.decision.detail, self.degenerate and f"degenerate: {self.degenerate}"])) or None,
+            detail="; ".join(
+                filter(None, [self.decision.detail, self.degenerate and f"degenerate: {self.degenerate}",
+                              self.cache_match and f"cache hit ({self.cache_match})"])
+            ) or None,  # fmt: skip
             fallback_from=self.fallback_from,
             fallback_reason=self.fallback_reason,
             adapter_version=self.adapter_version,
@@ -136,6 +146,7 @@ class Exchange:
             error_message=str(error) if error is not None else None,
             user=self.request.user,
             metadata=self.request.metadata,
+            cached_from=self.cached_from,
         )
 
     # -- openai objects -------------------------------------------------------------------------

@@ -69,6 +69,8 @@ class ChatRequest:
     max_retries: int | None = None
     cloud_extra: dict[str, Any] = field(default_factory=dict)
     local_blockers: tuple[str, ...] = ()
+    cache: bool = True
+    """False when the caller opted out of the response cache (``extra_body={"cache": False}``)."""
 
     @property
     def query(self) -> str:
@@ -266,6 +268,7 @@ def build_request(*, max_input_chars: int, max_retries: int | None = None, **kwa
     for name, feature in _CLOUD_ONLY_FEATURES.items():
         if name in args and args[name] is not False and feature not in blockers:
             blockers.append(feature)
+    cache = _cache_opt(args)
     for header_arg in ("extra_headers", "extra_query"):
         args.pop(header_arg, None)  # transport details of the HTTP SDK; litellm takes extra_body only
 
@@ -282,4 +285,23 @@ def build_request(*, max_input_chars: int, max_retries: int | None = None, **kwa
         max_retries=max_retries,
         cloud_extra=args,
         local_blockers=tuple(dict.fromkeys(blockers)),
+        cache=cache,
     )
+
+
+def _cache_opt(args: dict[str, Any]) -> bool:
+    """Take the router's own ``cache`` flag out of the arguments (top level in server mode, inside
+    ``extra_body`` with the SDK) so it never reaches a provider."""
+    values = [args.pop("cache")] if "cache" in args else []
+    extra = args.get("extra_body")
+    if isinstance(extra, Mapping) and "cache" in extra:
+        extra = dict(extra)
+        values.append(extra.pop("cache"))
+        if extra:
+            args["extra_body"] = extra
+        else:
+            del args["extra_body"]
+    for value in values:
+        if not isinstance(value, bool):
+            raise _bad("Invalid type for 'cache': expected a boolean.", "cache", "invalid_type")
+    return all(values)

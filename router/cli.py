@@ -73,8 +73,57 @@ def _stats(args: argparse.Namespace) -> int:
         all_cloud = sum(r["cloud_cost_usd_estimate"] for r in rows)
         if all_cloud:
             print(f"cloud spend ${spent:.4f}; all-cloud estimate ${all_cloud:.4f} ({1 - spent / all_cloud:.0%} saved)")
+        _print_cache_hits(rows)
         if not args.log:
             _print_gate(config, log, sorted({r["category"] for r in rows if r["category"]}))
+    return 0
+
+
+def _print_cache_hits(rows: list[dict[str, Any]]) -> None:
+    """Response-cache hit rate per category: hits (tier "cache") over every request of the category."""
+    totals: dict[str, list[int]] = {}
+    for r in rows:
+        counts = totals.setdefault(r["category"] or "-", [0, 0])
+        counts[1] += r["requests"]
+        if r["tier"] == "cache":
+            counts[0] += r["requests"]
+    if not any(hits for hits, _ in totals.values()):
+        return
+    print(f"{'cache hits':<28}{'hits':>9}{'rate':>8}")
+    for category, (hits, requests) in sorted(totals.items()):
+        print(f"{category:<28}{hits:>9}{hits / requests:>8.0%}")
+    hits, requests = (sum(c[i] for c in totals.values()) for i in (0, 1))
+    print(f"{'all':<28}{hits:>9}{hits / requests:>8.0%}")
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from router.cache import ResponseCache
+    from router.config import load_config
+
+    config = load_config(args.config).cache
+    path = Path(args.path or config.path)
+    if not path.exists():
+        print(f"no response cache at {path} (cache.enabled = {str(config.enabled).lower()})")
+        return 0 if args.cache_command == "clear" else 1
+    cache = ResponseCache(path, size_limit_bytes=int(config.size_limit_mb * 1024 * 1024))
+    try:
+        if args.cache_command == "clear":
+            removed = cache.clear()
+            print(f"{path}: {removed} entries removed")
+            return 0
+        stats = cache.stats()
+        if args.json:
+            print(json.dumps(stats, indent=2))
+            return 0
+        print(f"{path}: {stats['answers']} answers, {stats['entries']} entries, "
+              f"{stats['bytes'] / 1e6:.1f} MB of {stats['size_limit_bytes'] / 1e6:.0f} MB (mode {config.mode})")  # fmt: skip
+        if stats["by_tier_category"]:
+            print(f"{'tier':<8}{'category':<20}{'answers':>9}")
+            for row in stats["by_tier_category"]:
+                print(f"{row['tier']:<8}{row['category']:<20}{row['answers']:>9}")
+        print("hit rates per category: `router stats`")
+    finally:
+        cache.close()
     return 0
 
 
@@ -190,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     copy.add_argument("destination", help="the log to copy into: a postgresql:// URL or a SQLite path")
     copy.add_argument("--from", dest="source", help="the log to copy (default: the configured one)")
     copy.set_defaults(run=_copy_log)
+    cache = commands.add_parser("cache", help="the response cache: what it holds, or empty it")
+    cache.add_argument("--path", help="the cache directory (default: cache.path from the configuration)")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    cache_stats = cache_commands.add_parser("stats", help="answers held per tier and category, and the space they take")
+    cache_stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+    cache_commands.add_parser("clear", help="remove every cached answer (e.g. after changing what the cloud answers)")
+    cache.set_defaults(run=_cache)
     serve = commands.add_parser("serve", help="serve the routing as an OpenAI-compatible HTTP API (/v1/chat/completions)")
     serve.add_argument("--host", help="interface to bind (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (default: server.port, 8000)")

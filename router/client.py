@@ -35,15 +35,7 @@ def _router_headers(response: Any) -> httpx.Headers:
     info = getattr(response, "router", None)
     headers = {"content-type": "application/json"}
     if info is not None:
-        headers.update(
-            {
-                "x-request-id": info.request_id,
-                "x-router-tier": info.tier,
-                "x-router-reason": info.reason.value,
-                "x-router-category": info.category or "",
-                "x-router-backend": info.backend,
-            }
-        )
+        headers.update(info.headers())
     return httpx.Headers(headers)
 
 

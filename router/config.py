@@ -42,6 +42,8 @@ __all__ = [
     "DEFAULT_PII_PATTERNS",
     "LEGACY_LOG",
     "LEGACY_REGISTRY",
+    "CacheConfig",
+    "CategoryCacheConfig",
     "ClassifierConfig",
     "CloudConfig",
     "LocalConfig",
@@ -52,6 +54,7 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "data_dir",
+    "default_cache_path",
     "default_classifier_registry_path",
     "default_log_path",
     "default_registry_path",
@@ -78,6 +81,10 @@ def default_log_path() -> Path:
 
 def default_registry_path() -> Path:
     return data_dir() / "registry"
+
+
+def default_cache_path() -> Path:
+    return data_dir() / "cache"
 
 
 def default_classifier_registry_path() -> Path:
@@ -393,6 +400,73 @@ class LogConfig(_Section):
         return value
 
 
+class CategoryCacheConfig(_Section):
+    """Per-category overrides of the ``[cache]`` settings (``[cache.categories.NAME]``)."""
+
+    enabled: bool | None = Field(None, description="Cache this category's answers (default: the [cache] setting).")
+    similarity: float | None = Field(None, ge=0, le=1, description="Semantic threshold for this category.")
+    ttl_s: float | None = Field(None, gt=0, description="Seconds an answer of this category stays servable.")
+    deterministic_only: bool | None = Field(
+        None, description="Only cache and serve requests with temperature 0 (or unset and a seed)."
+    )
+
+
+class CacheConfig(_Section):
+    """The response cache: repeated questions answered from disk, before any model runs.
+
+    Off by default: a drop-in client must not start repeating answers unasked. ``enabled = true``
+    turns it on with the defaults below.
+    """
+
+    enabled: bool = Field(False, description="Answer repeated questions from the cache.")
+    path: Path = Field(default_factory=default_cache_path, description="The diskcache directory (shared by processes).")
+    mode: Literal["exact", "semantic", "exact_then_semantic"] = Field(
+        "exact_then_semantic",
+        description="exact: the same normalised request; semantic: a single-turn question whose embedding is close "
+        "to a cached one in the same category and scope; exact_then_semantic: exact first, then semantic.",
+    )
+    similarity: float = Field(
+        0.94, ge=0, le=1,
+        description="Cosine (classifier encoder) a semantic hit needs. Chosen on Bitext for >= 99% of hits answering "
+        "the same intent (evals/README.md, 'Response cache').",
+    )  # fmt: skip
+    ttl_s: float = Field(7 * 86400.0, gt=0, description="Seconds an answer stays servable.")
+    size_limit_mb: float = Field(512, gt=0, description="Disk budget; the least recently used entries are evicted beyond it.")
+    scope: str = Field(
+        "user",
+        description="What partitions the cache so one end user's answers never reach another: 'user' (the OpenAI "
+        "'user' field; requests without one share the anonymous scope), 'metadata:KEY' (a metadata value) or "
+        "'global' (one scope).",
+    )
+    semantic_multi_turn: bool = Field(
+        False, description="Also serve semantic hits to conversations with earlier turns (exact hits always are)."
+    )
+    cache_private: bool = Field(
+        False,
+        description="Also cache private categories and PII matches. Entries then live only in this directory, "
+        "which must be as protected as the traffic log (they never leave the machine either way).",
+    )
+    deterministic_only: bool = Field(False, description="Only cache requests with temperature 0 (per category too).")
+    categories: dict[str, CategoryCacheConfig] = Field(default_factory=dict, description="Per-category overrides.")
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, value: str) -> str:
+        if value not in ("user", "global") and not (value.startswith("metadata:") and len(value) > len("metadata:")):
+            raise ValueError("cache.scope must be 'user', 'global' or 'metadata:KEY'")
+        return value
+
+    def for_category(self, category: str | None) -> tuple[bool, float, float, bool]:
+        """(enabled, similarity, ttl_s, deterministic_only) for ``category``, overrides applied."""
+        o = self.categories.get(category or "") or CategoryCacheConfig()
+        return (
+            self.enabled if o.enabled is None else o.enabled,
+            self.similarity if o.similarity is None else o.similarity,
+            self.ttl_s if o.ttl_s is None else o.ttl_s,
+            self.deterministic_only if o.deterministic_only is None else o.deterministic_only,
+        )
+
+
 class ServerConfig(_Section):
     """``router serve``: the same routing behind an OpenAI-compatible HTTP API."""
 
@@ -452,6 +526,7 @@ class RouterConfig(BaseSettings):
     log: LogConfig = Field(default_factory=LogConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     models: dict[str, ModelRoute] = Field(default_factory=dict, description="Requested model name → cloud route.")
     retrain: dict[str, Any] = Field(
         default_factory=dict,

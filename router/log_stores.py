@@ -24,14 +24,15 @@ __all__ = ["SCHEMA_VERSION", "LogStore", "PostgresStore", "SqliteStore", "is_dat
 
 logger = logging.getLogger("router.traffic_log")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Version 1: requests. Version 2 adds feedback (client.feedback) and quality_samples (live evidence
 # for the quality gate). Version 3 gives a quality sample the answer it scored (shadow: the local
 # answer; audit: the cloud's), what it cost and a detail line. Version 4 records which classifier
 # registry version classified a request. Version 5 keeps running totals per day, tier and
 # category (``request_totals``, filled by a trigger in the inserting transaction) so ``router
 # stats`` reads a few hundred rows instead of scanning the log, and still counts rows that
-# retention has since deleted. Each migration step only adds; a log
+# retention has since deleted. Version 6 records, on a response-cache hit, the request whose
+# answer was served (``cached_from``). Each migration step only adds; a log
 # written by an older release opens, is migrated in place, and keeps every row.
 _SCHEMA_V2 = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -96,6 +97,9 @@ CREATE TRIGGER IF NOT EXISTS request_totals_on_insert AFTER INSERT ON requests B
         errors = errors + excluded.errors;
 END;
 COMMIT;
+"""
+_SCHEMA_V6 = """
+ALTER TABLE requests ADD COLUMN cached_from TEXT;
 """
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -229,7 +233,7 @@ DROP TRIGGER IF EXISTS request_totals_on_insert ON requests;
 CREATE TRIGGER request_totals_on_insert AFTER INSERT ON requests FOR EACH ROW EXECUTE FUNCTION router_request_totals();
 """
 # Later versions append their steps here: (version, SQL), applied in order inside one transaction.
-_PG_MIGRATIONS: list[tuple[int, str]] = []
+_PG_MIGRATIONS: list[tuple[int, str]] = [(6, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS cached_from TEXT")]
 
 
 def is_database_url(location: str | Path) -> bool:
@@ -293,7 +297,8 @@ class SqliteStore(LogStore):
             raise sqlite3.DatabaseError(f"{self.path} has log schema {version}; this library reads up to {SCHEMA_VERSION}")
         conn.executescript(_SCHEMA)
         steps = [(2, _SCHEMA_V2, "feedback, quality samples"), (3, _SCHEMA_V3, "answers and cost of quality samples"),
-                 (4, _SCHEMA_V4, "classifier version per request"), (5, _SCHEMA_V5, "running totals for stats; one scan")]  # fmt: skip
+                 (4, _SCHEMA_V4, "classifier version per request"), (5, _SCHEMA_V5, "running totals for stats; one scan"),
+                 (6, _SCHEMA_V6, "response cache hits")]  # fmt: skip
         for target, script, what in steps:
             if version < target:
                 if version >= 1:

@@ -76,6 +76,8 @@ class LogRecord:
     user: str | None = None
     metadata: dict[str, str] | None = None
     redacted: bool = False
+    cached_from: str | None = None
+    """A cache hit: the id of the request whose answer was served (schema 6)."""
 
 
 _COLUMNS = [f.name for f in fields(LogRecord)]
@@ -94,6 +96,16 @@ def _record_from(values: dict[str, Any]) -> LogRecord:
     values["stream"] = bool(values["stream"])
     values["redacted"] = bool(values["redacted"])
     return LogRecord(**values)
+
+
+def _latest_feedback(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Feedback rows (oldest first) as the latest entry per request id, ``accepted`` as a bool."""
+    latest: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        entry = dict(r)
+        entry["accepted"] = None if entry["accepted"] is None else bool(entry["accepted"])
+        latest[entry.pop("request_id")] = entry
+    return latest
 
 
 class TrafficLog:
@@ -151,7 +163,10 @@ class TrafficLog:
         if self.spool is None or not self.spool.pending():
             return
         try:
-            drained = self.spool.drain(lambda rows: store.insert_requests(_COLUMNS, rows, ignore_existing=True))
+            # Rows spooled by an older release lack the newer columns: those default to NULL.
+            drained = self.spool.drain(
+                lambda rows: store.insert_requests(_COLUMNS, [{c: r.get(c) for c in _COLUMNS} for r in rows], ignore_existing=True)
+            )
         except Exception as err:  # still refused: the rows stay spooled for a later write
             logger.debug("traffic log spool not drained yet: %s", err)
             return
@@ -397,13 +412,29 @@ class TrafficLog:
 
     def feedback(self) -> dict[str, dict[str, Any]]:
         """The latest feedback per request id: ``{"score", "accepted", "correction", "created_at"}``."""
-        rows = self._read("SELECT * FROM feedback ORDER BY id")
-        latest: dict[str, dict[str, Any]] = {}
-        for r in rows:
-            entry = dict(r)
-            entry["accepted"] = None if entry["accepted"] is None else bool(entry["accepted"])
-            latest[entry.pop("request_id")] = entry
-        return latest
+        return _latest_feedback(self._read("SELECT * FROM feedback ORDER BY id"))
+
+    def feedback_since(self, after_id: int = 0, *, limit: int | None = None) -> tuple[int, dict[str, dict[str, Any]]]:
+        """Feedback newer than ``after_id`` (the feedback table's id), latest per request, and the last id read.
+
+        For a reader that keeps what it read (finetune's log pool): feedback can correct or reject a
+        row read long ago. Each entry also carries ``rowid``, the request's :meth:`pages` cursor
+        (None once retention deleted it). ``limit`` bounds the feedback rows read; call again with
+        the id returned to read on (it equals ``after_id`` when there was nothing new).
+        """
+        rowid = self._rowid()
+        sql = (f"SELECT f.*, r.{rowid} AS rowid FROM feedback f LEFT JOIN requests r ON r.id = f.request_id "
+               f"WHERE f.id > ? ORDER BY f.id")  # fmt: skip
+        rows = self._read(sql + (f" LIMIT {int(limit)}" if limit is not None else ""), (after_id,))
+        return (int(rows[-1]["id"]) if rows else after_id), _latest_feedback(rows)
+
+    def feedback_between(self, after_rowid: int, last_rowid: int) -> dict[str, dict[str, Any]]:
+        """The latest feedback on each request whose cursor is in ``(after_rowid, last_rowid]``: one page's."""
+        rowid = self._rowid()
+        return _latest_feedback(self._read(
+            f"SELECT * FROM feedback WHERE request_id IN (SELECT id FROM requests WHERE {rowid} > ? AND {rowid} <= ?) ORDER BY id",
+            (after_rowid, last_rowid),
+        ))  # fmt: skip
 
     def get(self, request_id: str) -> LogRecord | None:
         """One logged request by id."""

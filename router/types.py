@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Reason", "RouteInfo", "Tier"]
 
-Tier = Literal["local", "cloud", "handoff"]
+Tier = Literal["local", "cloud", "handoff", "cache"]
 
 
 class Reason(str, Enum):
@@ -63,3 +63,20 @@ class RouteInfo(BaseModel):
     cloud_cost_usd_estimate: float | None = None
     provider_response_id: str | None = None
     """The cloud provider's own id for its answer; ``id`` is always ``request_id``, the key of the log and feedback."""
+    cached_from: str | None = None
+    """On a cache hit (``tier == "cache"``): the request id whose answer was served."""
+    cache_match: str | None = None
+    """On a cache hit: ``"exact"``, or ``"semantic 0.95"`` with the cosine of the two questions."""
+
+    def headers(self) -> dict[str, str]:
+        """The routing facts as HTTP response headers (``router serve``, ``with_raw_response``)."""
+        headers = {
+            "x-request-id": self.request_id,
+            "x-router-tier": self.tier,
+            "x-router-reason": self.reason.value,
+            "x-router-category": self.category or "",
+            "x-router-backend": self.backend,
+        }
+        if self.cached_from is not None:
+            headers["x-router-cache"] = f"hit; match={self.cache_match or ''}; from={self.cached_from}"
+        return headers

@@ -6,6 +6,7 @@ OpenAI-compatible server on 127.0.0.1 reached through litellm, the log is SQLite
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import tempfile
@@ -119,3 +120,58 @@ def settle_local_swap(client: Any, timeout_s: float = 60.0) -> None:
     local.refresh()
     local.wait_for_swap(timeout_s)
 
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """A PostgreSQL server: the one ``ROUTER_TEST_POSTGRES_URL`` names, else the throwaway cluster
+    ``.ci/start-postgres`` starts (as the postgres user; it refuses root). Never a skip."""
+    import subprocess
+
+    url = os.environ.get("ROUTER_TEST_POSTGRES_URL")
+    if url:
+        return url
+    done = subprocess.run([str(_ROOT / ".ci" / "start-postgres")], check=False, capture_output=True, text=True)
+    assert done.returncode == 0, f"no PostgreSQL server for the log tests: {done.stderr.strip()}"
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh database on :func:`pg_server` for one test, dropped after it."""
+    import uuid
+
+    import psycopg
+
+    name = f"router_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield pg_server.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextlib.contextmanager
+def serving(client: Any, **options: Any) -> Iterator[str]:
+    """``router serve`` for ``client`` in a thread on a free loopback port; yields its base URL."""
+    import threading
+    import time
+
+    from router.server import build_server
+
+    server = build_server(client, port=0, log_level="warning", **options)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)

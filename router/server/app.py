@@ -137,6 +137,8 @@ def create_app(client: Client, *, warm: bool = True) -> FastAPI:
         if state.slots is not None and state.slots.locked() and state.waiting >= config.server.max_waiting:
             state.metrics.inc("router_overloaded_total", "Requests refused at once because every slot and the queue were full.")
             return error(503, "the router is overloaded; retry shortly", code="overloaded", headers={"Retry-After": str(config.server.retry_after_s)})
+        if _no_cache(request.headers.get("cache-control", "")):
+            body["cache"] = False
         return await _answer(state, body, error)
 
     @app.post("/v1/feedback", status_code=204, openapi_extra=json_body(FEEDBACK_REQUEST))
@@ -286,16 +288,13 @@ def _sse(state: ServerState, stream: Any, first: Any, started: float) -> Any:
     return EventSourceResponse(events(), headers=headers, ping=15, sep="\n")
 
 
+def _no_cache(cache_control: str) -> bool:
+    """``Cache-Control: no-cache`` (or ``no-store``): answer without the response cache."""
+    return any(d.strip().lower() in ("no-cache", "no-store") for d in cache_control.split(","))
+
+
 def _route_headers(info: Any) -> dict[str, str]:
-    if info is None:
-        return {}
-    return {
-        "x-request-id": info.request_id,
-        "x-router-tier": info.tier,
-        "x-router-reason": info.reason.value,
-        "x-router-category": info.category or "",
-        "x-router-backend": info.backend,
-    }
+    return {} if info is None else info.headers()
 
 
 def _count(state: ServerState, info: Any, seconds: float, usage: Any) -> None:

@@ -50,6 +50,7 @@ _CHAT_COMPLETION_REQUEST: dict[str, Any] = {
         "seed": {"type": "integer"},
         "user": {"type": "string"},
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+        "cache": {"type": "boolean", "description": "false: answer without the response cache (as Cache-Control: no-cache)."},
     },
 }
 

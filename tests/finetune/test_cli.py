@@ -114,3 +114,22 @@ def test_classifiers_default_to_the_data_directory_s_registry(tmp_path, capsys, 
     monkeypatch.chdir(tmp_path)
     assert main(["classifiers", "list"]) == 1
     assert f"no classifier registry at {tmp_path / 'data' / 'hybrid-router' / 'classifiers'}" in capsys.readouterr().err
+
+
+def test_retrain_full_reads_the_whole_log_again(tmp_path, capsys) -> None:
+    from router.traffic_log import LogRecord, TrafficLog
+
+    log_path = tmp_path / "log.sqlite3"
+    with TrafficLog(log_path) as log:
+        for i in range(3):
+            log.record(LogRecord(id=f"r{i}", requested_model="auto", reason="x", stream=False, tier="cloud", category="ORDER",
+                                 messages=[{"role": "user", "content": f"Where is my order number {i}?"}],
+                                 response="It left our warehouse yesterday and arrives within two days.", finish_reason="stop"))  # fmt: skip
+    config = tmp_path / "r.toml"
+    config.write_text(f'[log]\npath = "{log_path}"\n[local]\nregistry_path = "{tmp_path / "reg"}"\n')
+    assert main(["--config", str(config), "retrain", "--dry-run"]) == 0
+    assert "log: whole log read, 3 rows (pool 3 examples)" in capsys.readouterr().out
+    assert main(["--config", str(config), "retrain", "--dry-run"]) == 0
+    assert "log: 0 new rows since rowid 3 (pool 3 examples)" in capsys.readouterr().out
+    assert main(["--config", str(config), "retrain", "--dry-run", "--full"]) == 0
+    assert "log: whole log read, 3 rows (pool 3 examples)" in capsys.readouterr().out

@@ -95,3 +95,20 @@ def test_a_candidate_that_does_not_win_is_kept_but_not_promoted(tmp_path: Path) 
     assert candidate.metrics["examples"] == 3.0 and candidate.dataset_id == result.dataset_id
     # Same data again: already trained on this snapshot, nothing to do.
     assert retrain(config, progress=False, log=lambda _: None).status == "skipped"
+
+
+def test_a_second_retrain_reads_only_new_rows_and_full_reads_them_all(tmp_path: Path) -> None:
+    log_path = _log(tmp_path / "log.sqlite3", 60)
+    config = _config(tmp_path, log_path, min_new_examples=5)
+    lines: list[str] = []
+    first = retrain(config, progress=False, dry_run=True, log=lines.append)
+    assert lines[0].startswith("log: whole log read, 60 rows (pool ")
+    lines.clear()
+    with TrafficLog(log_path) as log:  # feedback on an old row: that row alone is read again
+        log.record_feedback("req-3", score=None, accepted=None, correction="A reviewer's answer to this order question.")
+    second = retrain(config, progress=False, dry_run=True, log=lines.append)
+    assert lines[0].startswith("log: 0 new rows since rowid 60, 1 older rows read again for new feedback (pool ")
+    assert second.dataset_id != first.dataset_id
+    lines.clear()
+    third = retrain(config, progress=False, dry_run=True, full=True, log=lines.append)
+    assert lines[0].startswith("log: whole log read, 60 rows (pool ") and third.dataset_id == second.dataset_id

@@ -279,28 +279,16 @@ def test_local_requests_are_served_while_the_cloud_circuit_is_open(cloud, tmp_pa
 def test_server_reports_the_open_circuit_in_metrics_and_as_a_503(cloud, tmp_path) -> None:
     import httpx
 
-    from router.server import build_server
+    from tests.conftest import serving
 
     cloud.script(default=Reply(503))
-    with Client(config_for(cloud.api_base, tmp_path, breaker_failures=1, breaker_reset_s=30.0)) as client:
-        server = build_server(client, port=0, log_level="warning", warm=False)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 30
-            while not server.started:
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.02)
-            port = server.servers[0].sockets[0].getsockname()[1]
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-                assert "router_cloud_circuit_open{" not in http.get("/metrics").text
-                body = {"model": ROUTE, "messages": QUESTION, "max_tokens": 8}
-                assert http.post("/v1/chat/completions", json=body).status_code == 503  # the provider's own 503
-                refused = http.post("/v1/chat/completions", json=body)
-                metrics = http.get("/metrics").text
-        finally:
-            server.should_exit = True
-            thread.join(timeout=30)
+    with Client(config_for(cloud.api_base, tmp_path, breaker_failures=1, breaker_reset_s=30.0)) as client, \
+            serving(client, warm=False) as url, httpx.Client(base_url=url, timeout=30) as http:  # fmt: skip
+        assert "router_cloud_circuit_open{" not in http.get("/metrics").text
+        body = {"model": ROUTE, "messages": QUESTION, "max_tokens": 8}
+        assert http.post("/v1/chat/completions", json=body).status_code == 503  # the provider's own 503
+        refused = http.post("/v1/chat/completions", json=body)
+        metrics = http.get("/metrics").text
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "cloud_circuit_open"
     assert 25 <= int(refused.headers["Retry-After"]) <= 30
     assert f'router_cloud_circuit_open{{route="{route_key(cloud)}"}} 1' in metrics

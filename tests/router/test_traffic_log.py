@@ -100,7 +100,7 @@ def test_a_schema_4_log_is_migrated_and_its_totals_backfilled(tmp_path) -> None:
         for i in range(3):
             log.record(_dated(i, "2026-01-0" + str(i + 1), tier="cloud", category="ORDER"))
     with sqlite3.connect(path) as db:  # back to what release 4 wrote
-        db.executescript("DROP TRIGGER request_totals_on_insert; DROP TABLE request_totals; PRAGMA user_version=4;")
+        db.executescript("DROP TRIGGER request_totals_on_insert; DROP TABLE request_totals; ALTER TABLE requests DROP COLUMN cached_from; PRAGMA user_version=4;")
     with TrafficLog(path) as log:
         assert [r["requests"] for r in log.summary()] == [3]
         log.record(_dated(9, "2026-01-09", tier="cloud", category="ORDER"))
@@ -113,3 +113,26 @@ def test_import_records_is_bulk_and_idempotent(tmp_path) -> None:
         assert log.import_records(records, batch=10) == 25
         assert log.import_records(records[:5], batch=10) == 5  # already there: skipped, no duplicate
         assert log.count() == 25 and sum(r["requests"] for r in log.summary()) == 25
+
+
+def test_feedback_since_and_between_serve_an_incremental_reader(tmp_path) -> None:
+    """New feedback with the rows it names (by cursor), paged; and one page of rows' feedback."""
+    with TrafficLog(tmp_path / "t.db") as log:
+        for i in range(1, 5):
+            assert log.record(rec(i))
+        log.record_feedback("r1", score=1.0, accepted=True, correction=None)
+        log.record_feedback("r3", score=None, accepted=False, correction=None)
+        log.record_feedback("r1", score=None, accepted=None, correction="better")
+        log.record_feedback("gone", score=0.0, accepted=None, correction=None)  # no such request (retention)
+        last, latest = log.feedback_since()
+        assert last == 4 and set(latest) == {"r1", "r3", "gone"}
+        assert latest["r1"]["correction"] == "better" and latest["r1"]["score"] is None  # the latest, whole
+        assert (latest["r1"]["rowid"], latest["r3"]["rowid"], latest["gone"]["rowid"]) == (1, 3, None)
+        assert latest["r3"]["accepted"] is False
+        assert log.feedback_since(last) == (last, {})
+        first, page = log.feedback_since(0, limit=2)
+        assert first == 2 and page["r1"]["accepted"] is True and set(page) == {"r1", "r3"}
+        assert log.feedback_since(first, limit=2)[0] == 4
+        assert set(log.feedback_between(0, 2)) == {"r1"} and log.feedback_between(0, 2)["r1"]["correction"] == "better"
+        assert set(log.feedback_between(2, 4)) == {"r3"} and log.feedback_between(4, 9) == {}
+        assert log.feedback()["r1"] == log.feedback_between(0, 1)["r1"]

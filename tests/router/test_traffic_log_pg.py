@@ -7,12 +7,9 @@ database. These tests never skip: without a server they fail, saying why.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,29 +19,6 @@ from router.traffic_log import LogRecord, TrafficLog, copy_log
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> str:
-    url = os.environ.get("ROUTER_TEST_POSTGRES_URL")
-    if url:
-        return url
-    done = subprocess.run([str(ROOT / ".ci" / "start-postgres")], capture_output=True, text=True)
-    assert done.returncode == 0, f"no PostgreSQL server for the log tests: {done.stderr.strip()}"
-    return done.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture
-def pg_url(pg_server: str) -> Iterator[str]:
-    import psycopg
-
-    name = f"router_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield pg_server.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def rec(i: int, day: str | None = None, **kw) -> LogRecord:

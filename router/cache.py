@@ -83,31 +83,34 @@ class CacheHit:
 
 
 class _Partition:
-    """The in-memory vectors of one semantic partition."""
+    """The in-memory vectors of one semantic partition, in a matrix grown by doubling: adding a
+    vector costs amortised O(1), not a copy of every vector already there."""
 
     def __init__(self, dim: int) -> None:
         self.keys: list[str] = []
-        self.rows: list[np.ndarray] = []
-        self.matrix = np.zeros((0, dim), dtype=np.float32)
+        self._matrix = np.zeros((16, dim), dtype=np.float32)
 
     def add(self, key: str, vector: np.ndarray) -> None:
+        if len(self.keys) == len(self._matrix):
+            grown = np.zeros((2 * len(self._matrix), self._matrix.shape[1]), dtype=np.float32)
+            grown[: len(self.keys)] = self._matrix
+            self._matrix = grown
+        self._matrix[len(self.keys)] = vector
         self.keys.append(key)
-        self.rows.append(vector)
 
     def nearest(self, query: np.ndarray, k: int) -> list[tuple[float, str]]:
-        if len(self.rows) != len(self.matrix):
-            self.matrix = np.stack(self.rows)
-        if not len(self.matrix):
+        if not self.keys:
             return []
-        sims = self.matrix @ query
-        top = np.argsort(-sims)[:k]
+        sims = self._matrix[: len(self.keys)] @ query
+        top = np.argpartition(-sims, k - 1)[:k] if len(sims) > k else np.arange(len(sims))  # O(n), not a full sort
+        top = top[np.argsort(-sims[top])]
         return [(float(sims[i]), self.keys[i]) for i in top]
 
     def drop(self, key: str) -> None:
+        """Forget ``key`` (its answer is gone); rare, so a compaction is fine."""
         keep = [i for i, k in enumerate(self.keys) if k != key]
+        self._matrix[: len(keep)] = self._matrix[keep]
         self.keys = [self.keys[i] for i in keep]
-        self.rows = [self.rows[i] for i in keep]
-        self.matrix = np.stack(self.rows) if self.rows else self.matrix[:0]
 
 
 def _encode(vector: np.ndarray) -> str:

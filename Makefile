@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover eval-cache bench-load bench-fuzz bench-log clean
+.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover eval-cache eval-security bench-load bench-fuzz bench-log clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ eval-discover: $(STAMP)
 # The response cache on the Bitext replay (about 10 minutes): writes evals/results/cache.json.
 eval-cache: $(STAMP)
 	$(PY) -m evals.cache_eval
+
+# The trust boundary: litellm control keywords, private conversations, feedback stuffing, the PII corpus
+# (about 10 minutes): writes evals/results/security.json (make demo adds private_degenerate_served).
+eval-security: $(STAMP)
+	$(PY) -m evals.security_eval
 
 bench-load: $(STAMP)
 	$(PY) -m evals.load_bench

@@ -324,6 +324,18 @@ class EmbeddingClassifier(ParamsMixin):
         prediction = self._predictions_from(runs)[0]
         return Prediction(prediction.category, prediction.confidence, prediction.label, embedding=runs[0].embedding)
 
+    def classify_many(self, texts: Sequence[str]) -> list[Prediction]:
+        """:meth:`classify` for several texts in one encoder call (a conversation's turns); each keeps its embedding."""
+        self._check_fitted()
+        texts = _check_texts(texts)
+        if not texts:
+            return []
+        runs = self._graph(texts, self.head_)
+        return [
+            Prediction(p.category, p.confidence, p.label, embedding=run.embedding)
+            for p, run in zip(self._predictions_from(runs), runs, strict=True)
+        ]
+
     def embed(self, text: str) -> np.ndarray:
         """The encoder's L2-normalised embedding of ``text``: cosine between two texts is a dot product."""
         self._check_fitted()

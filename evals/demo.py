@@ -174,11 +174,23 @@ def phase_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
         "private": len(private),
         "private_local_unproven": sum(1 for r in private if r["quality"]),
         "private_similarity": mean([r for r in private if r["text"] is not None]),
+        "private_handoff": sum(r["reason"] == "private_handoff" for r in private),
+        "private_degenerate_served": private_degenerate_served(private),
         "errors": sum(r["tier"] == "error" for r in results),
         "cost_routed_usd": spent,
         "cost_all_cloud_usd": all_cloud,
         "saved_share": 1 - spent / all_cloud if all_cloud else 0.0,
     }
+
+
+def private_degenerate_served(private: list[dict[str, Any]]) -> int:
+    """Private answers a user received that the degeneration guard, judging the served text whole
+    with serving's own settings, calls degenerate (echoes, loops): a private query never gets one."""
+    from router.config import LocalConfig
+
+    local = LocalConfig()
+    served = [r for r in private if r["tier"] == "local" and r["text"] is not None]
+    return sum(local.new_guard(r["question"]).check_text(r["text"]) is not None for r in served)
 
 
 def register_shipped_adapter(registry: Path) -> str:
@@ -282,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
             f"\nnon-private queries answered locally: {f['nonprivate_local']} of {f['queries']} ({f['local_share']:.0%}),"
             f" mean similarity {_fmt(f['local_similarity'])}; cloud answers {f['cloud']}, mean similarity {_fmt(f['cloud_similarity'])}"
             f"\nprivate queries (never leave the machine): {f['private']}, {f['private_local_unproven']} answered by a model not proven"
-            f" for them (flagged), mean similarity {_fmt(f['private_similarity'])}"
+            f" for them (flagged), mean similarity {_fmt(f['private_similarity'])}; {f['private_handoff']} handed off because"
+            f" the guard rejected the local answer; degenerate private answers served: {f['private_degenerate_served']}"
             f"\ncost at gpt-4o prices of the non-private queries: routed ${f['cost_routed_usd']:.4f} vs all-cloud"
             f" ${f['cost_all_cloud_usd']:.4f} ({f['saved_share']:.0%} saved; only answers served and accepted by the guard count)"
         )
@@ -298,6 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(demo, indent=2) + "\n")
+    from evals.figures import merge_figures
+
+    served = sum(figures[p]["private_degenerate_served"] for p in figures)
+    merge_figures(args.results.parent / "security.json", {"private_degenerate_served": served,
+                  "private_handoffs_in_demo": sum(figures[p]["private_handoff"] for p in figures)})  # fmt: skip
     print(f"\nwritten to {args.results}; the cloud's similarity is 1.0 by construction (the stand-in replays the references)")
 
 

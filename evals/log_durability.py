@@ -127,7 +127,8 @@ def kill_nine_run(workdir: Path, *, requests: int, clients: int = 8, lock_after:
             holder.close()
     spool = log.with_name(log.name + ".spool")
     spooled_lines = len(spool.read_bytes().splitlines()) if spool.exists() else 0
-    with TrafficLog(log) as reopened:  # opening drains what the killed process spooled
+    with TrafficLog(log) as reopened:
+        reopened.drain()  # what the killed process spooled (a running log drains it in the background)
         logged = {r.id for r in reopened.records()}
     lost = [i for i in acknowledged if i not in logged]
     return {

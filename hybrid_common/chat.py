@@ -22,6 +22,7 @@ __all__ = [
     "message_text",
     "render_prompt",
     "render_turn",
+    "user_turns",
 ]
 
 START_OF_TURN = "<start_of_turn>"
@@ -60,6 +61,12 @@ def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
         if message.get("role") == "user":
             return message_text(message.get("content"))
     return ""
+
+
+def user_turns(messages: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
+    """``(message index, text)`` of every user message, oldest first: the turns a conversation's
+    privacy is decided on (a conversation is as private as its most private turn)."""
+    return [(i, message_text(m.get("content"))) for i, m in enumerate(messages) if m.get("role") == "user"]
 
 
 def logged_query(messages: Any) -> str | None:

@@ -23,7 +23,8 @@ code written as ``except openai.BadRequestError`` keeps working after the import
             └── InternalServerError   5xx (also openai.InternalServerError)
                 └── ServiceUnavailableError  503, with retry_after_s
                     ├── OverloadedError          the local tier's queue is full
-                    └── CloudUnavailableError    a cloud route's circuit is open
+                    ├── CloudUnavailableError    a cloud route's circuit is open
+                    └── LogUnavailableError      the traffic log's database is down or locked
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "CloudUnavailableError",
     "ConfigError",
     "InternalServerError",
+    "LogUnavailableError",
     "MissingDependencyError",
     "NotFittedError",
     "NotFoundError",
@@ -188,6 +190,16 @@ class CloudUnavailableError(ServiceUnavailableError):
     def __init__(self, message: str, *, route: str, retry_after_s: float) -> None:
         super().__init__(message, retry_after_s=retry_after_s, code="cloud_circuit_open")
         self.route = route
+
+
+
+class LogUnavailableError(ServiceUnavailableError):
+    """A read (or explicit write, e.g. feedback) needs the traffic log's database, which cannot be
+    reached or written now; request records keep going to the spool meanwhile. HTTP 503."""
+
+    def __init__(self, message: str, *, location: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, code="log_unavailable")
+        self.location = location
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

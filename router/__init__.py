@@ -37,6 +37,8 @@ _EXPORTS: dict[str, str] = {
     "TrafficLog": "router.traffic_log",
     "LogRecord": "router.traffic_log",
     "RoutingPolicy": "router.policy",
+    "OPENAI_CHAT_PARAMETERS": "router._request",
+    "SDK_OPTIONS": "router._request",
     "render_prompt": "router.chat_template",
     "register_local_backend": "router.backends",
     "LocalBackend": "router.backends",
@@ -89,6 +91,7 @@ if TYPE_CHECKING:  # static analysers see the real names
         RouterError,
         ServiceUnavailableError,
     )
+    from router._request import OPENAI_CHAT_PARAMETERS, SDK_OPTIONS
     from router.backends import LocalBackend, register_local_backend
     from router.client import AsyncClient, AsyncStream, Client, RawResponse, Stream
     from router.cache import ResponseCache

@@ -58,7 +58,7 @@ def scope_of(request: ChatRequest, scope: str) -> str:
 
 def _params(request: ChatRequest) -> dict[str, Any]:
     p = request.params
-    extra = {k: v for k, v in request.cloud_extra.items() if k not in ("user", "metadata")}
+    extra = {**request.cloud_extra, **{f"provider:{k}": v for k, v in request.provider_extra.items()}}
     return {
         "max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "stop": list(p.stop),
         "seed": p.seed, "frequency_penalty": p.frequency_penalty, "presence_penalty": p.presence_penalty,

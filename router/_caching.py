@@ -8,6 +8,11 @@ Never cached: a request that opted out, private categories and PII matches (unle
 ``cache.cache_private``), requests the answer to which is more than text (tools, ``n > 1``,
 JSON modes: anything in ``local_blockers``), answers that failed, were cut short as degenerate
 or came from a local model the quality gate does not trust, and the private hand-off message.
+
+An answer is stored under the route that produced it, not the one the probe expected: after a
+fallback (local to cloud or back) or an adapter swap during the request, its key and tag name the
+tier and model that answered, so invalidating that model's tag evicts it. An answer whose route
+cannot be told is not stored.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ class CacheTier:
 
     def __init__(self, config: CacheConfig) -> None:
         self.config = config
-        self.cache = ResponseCache(config.path, size_limit_bytes=int(config.size_limit_mb * 1024 * 1024))
+        self.cache = ResponseCache(
+            config.path, size_limit_bytes=int(config.size_limit_mb * 1024 * 1024), max_index_entries=config.max_index_entries
+        )
 
     def probe(self, exchange: Exchange, *, route: str) -> CacheProbe | None:
         """The keys of a cacheable request, or None (and why, in the debug log)."""
@@ -65,13 +72,31 @@ class CacheTier:
         if why is not None:
             logger.debug("request %s not cached: %s", exchange.request_id, why)
             return None
+        key, partition = self._keys(exchange, route)
+        return CacheProbe(key, partition, route, similarity, ttl_s)
+
+    def _keys(self, exchange: Exchange, route: str) -> tuple[str, str | None]:
+        """The exact key and the semantic partition (None: no semantic entry) of ``exchange`` answered by ``route``."""
+        request = exchange.request
         scope = scope_of(request, self.config.scope)
         partition = None
         single_turn = sum(1 for m in request.messages if m.get("role") == "user") == 1
         semantic = self.config.mode != "exact" and exchange.embedding is not None and exchange.category is not None
         if semantic and (single_turn or self.config.semantic_multi_turn):  # an edge case has no category to stay within
             partition = partition_key(request, scope=scope, route=route, category=exchange.category)
-        return CacheProbe(request_key(request, scope=scope, route=route), partition, route, similarity, ttl_s)
+        return request_key(request, scope=scope, route=route), partition
+
+    @staticmethod
+    def served_route(exchange: Exchange, route: str) -> str | None:
+        """The route that produced ``exchange``'s answer, from ``route`` (as the engine names what
+        answered) and what the exchange records: the registry version a local answer came from
+        (a swap can land while a request waits), or None when ``route`` names another tier than the
+        one that answered (e.g. the probe's route after a fallback): then nobody knows the route."""
+        if exchange.tier is None or not route.startswith(f"{exchange.tier}:"):
+            return None
+        if exchange.tier == "local" and route.startswith("local:registry:") and exchange.adapter_version:
+            return f"local:registry:{exchange.adapter_version}"
+        return route
 
     def lookup(self, exchange: Exchange, probe: CacheProbe) -> CacheHit | None:
         if self.config.mode != "semantic":
@@ -96,8 +121,12 @@ class CacheTier:
         exchange.cache_hit_key = hit.key
         exchange.mark_first_token()
 
-    def remember(self, exchange: Exchange, *, trusted_local: bool) -> None:
-        """Store a finished exchange's answer if the rules allow it (called once the log row is written)."""
+    def remember(self, exchange: Exchange, *, trusted_local: bool, route: str | None = None) -> None:
+        """Store a finished exchange's answer if the rules allow it (called once the log row is written).
+
+        ``route`` names what answered, computed after serving (the tier and model a fallback moved
+        to); without it the probe's route is assumed, so an answer from another tier is not stored.
+        """
         probe = exchange.cache_probe
         if probe is None:
             return
@@ -114,7 +143,10 @@ class CacheTier:
             why = "answer cut short"
         elif exchange.tier == "local" and (not trusted_local or exchange.decision.quality is not None):
             why = "local model not trusted by the quality gate"
-        if why is not None:
+        served = self.served_route(exchange, route if route is not None else probe.route)
+        if why is None and served is None:
+            why = f"answered by the {exchange.tier} tier, whose route is unknown here"
+        if why is not None or served is None:
             logger.debug("answer %s not cached: %s", exchange.request_id, why)
             return
         answer = CachedAnswer(
@@ -124,7 +156,8 @@ class CacheTier:
             prompt_tokens=exchange.prompt_tokens or 0, completion_tokens=exchange.completion_tokens or 0,
             cloud_cost_usd_estimate=exchange.cloud_cost_usd_estimate, created=time.time(),
         )  # fmt: skip
-        self.cache.put(probe.key, answer, ttl_s=probe.ttl_s, tag=probe.route, partition=probe.partition, embedding=exchange.embedding)
+        key, partition = (probe.key, probe.partition) if served == probe.route else self._keys(exchange, served)
+        self.cache.put(key, answer, ttl_s=probe.ttl_s, tag=served, partition=partition, embedding=exchange.embedding)
 
     def forget(self, request_id: str) -> bool:
         return self.cache.forget(request_id)

@@ -37,13 +37,16 @@ from hybrid_common.errors import (
     OverloadedError,
     RouterError,
 )
+from hybrid_common.chat import user_turns
 from hybrid_common.generation import guarded_pieces
 from hybrid_common.guard import DegenerationGuard
 from hybrid_common.pii import PiiMatcher
 from router._caching import CacheTier
 from router._exchange import Exchange, attach
+from router._feedback import IN_PROCESS_OPERATOR, FeedbackSender, authorize_feedback, check_feedback
 from router._fallback import FallbackRun, TierFailure, fallback_plan, stays_local
 from router._request import ChatRequest
+from router._turns import TurnClassifications
 from router._sampling import (
     ForegroundActivity,
     LocalShadow,
@@ -56,7 +59,7 @@ from router.backends import CloudBackend, GenerationStream, LocalFailure, create
 from router.classifier_watch import ClassifierWatch, FollowedClassifier
 from router.config import RouterConfig
 from router.policy import Decision, RoutingPolicy
-from router.quality import GateVerdict, QualityGate, evidence_reader, model_key
+from router.quality import GateVerdict, QualityGate, evidence_reader, model_key, replay_samples
 from router.traffic_log import TrafficLog
 from router.types import Reason, Tier
 
@@ -116,6 +119,7 @@ class Engine:
                 quality, self.activity, shadow=self._shadow_answer, audit=self._audit_answer,
                 score=self._answer_similarity, record=self._record_sample,
             )  # fmt: skip
+        self._turns = TurnClassifications()
         self._rng = random.Random()
         self._embed: Callable[[str], Any] | None = None
         self._scorer_checked = False
@@ -210,43 +214,43 @@ class Engine:
         return self.gate.verdict(self.served_key(), category)
 
     def _restore_live_samples(self) -> None:
-        """Live evidence (shadow, audit, feedback) survives a restart: reload each window from the log."""
-        if self.log is None or not self.log.path.exists():
+        """Live evidence (shadow, audit, votes) survives a restart: reload each window from the log."""
+        if self.log is None or (self.log.url is None and not self.log.path.exists()):
             return
         try:
             samples = self.log.quality_samples(per_category=self.config.quality.live_window)
         except Exception as err:  # an unreadable log must not stop the router; the gate starts from offline evidence
-            logger.warning("quality gate: live samples not restored from %s: %s", self.log.path, err)
+            logger.warning("quality gate: live samples not restored from %s: %s", self.log.location, err)
             return
-        for sample in samples:
-            self.gate.record(sample["served_key"], sample["category"], sample["similarity"], bool(sample["degenerate"]))
+        replay_samples(self.gate, samples)
 
     def feedback(
-        self, request_id: str, *, score: float | None = None, accepted: bool | None = None, correction: str | None = None
+        self,
+        request_id: str,
+        *,
+        score: float | None = None,
+        accepted: bool | None = None,
+        correction: str | None = None,
+        sender: FeedbackSender = IN_PROCESS_OPERATOR,
     ) -> None:
-        """Store feedback on a logged answer; a score or verdict on a local answer is live quality evidence."""
+        """Store feedback on a logged answer from the caller who received it; a score or verdict on a
+        local answer is that response's one vote (a later vote replaces it)."""
         from hybrid_common.errors import ConfigError, NotFoundError
 
-        if score is None and accepted is None and correction is None:
-            raise BadRequestError("feedback needs a score, accepted or a correction", param="score")
-        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0):
-            raise BadRequestError(f"feedback score must be a number in [0, 1], got {score!r}", param="score")
-        if accepted is not None and not isinstance(accepted, bool):
-            raise BadRequestError("feedback 'accepted' must be true or false", param="accepted")
-        if correction is not None and (not isinstance(correction, str) or not correction.strip()):
-            raise BadRequestError("a feedback correction must be non-empty text", param="correction")
+        check_feedback(score, accepted, correction)
         if self.log is None:
             raise ConfigError("feedback is stored in the traffic log, which is disabled (log.enabled = false)")
         row = self.log.get(request_id)
         if row is None:
             raise NotFoundError(f"no logged request with id {request_id!r}", param="response_id")
+        authorize_feedback(sender, row, rule=self.config.quality.feedback_from)
         self.log.record_feedback(request_id, score=score, accepted=accepted, correction=correction)
         if self.cache_tier is not None and (accepted is False or correction is not None):
             self.cache_tier.forget(request_id)  # a rejected answer is never served again from the cache
         if row.tier == "local" and row.category is not None and (score is not None or accepted is not None):
             value = float(score) if score is not None else (1.0 if accepted else 0.0)
             key = self._key_of(row.adapter_version)
-            self.gate.record(key, row.category, value, degenerate=False)
+            self.gate.record_vote(key, row.category, request_id, value)
             self.log.record_quality_sample(
                 kind="feedback", category=row.category, served_key=key, similarity=value, degenerate=False, request_id=request_id
             )
@@ -410,20 +414,24 @@ class Engine:
     # -- planning -------------------------------------------------------------------------------
 
     def plan(self, request: ChatRequest) -> Exchange:
-        """Classify and decide; a refused request is logged whole, then raised."""
+        """Classify every user turn and decide; a refused request is logged whole, then raised."""
         category = confidence = classify_ms = embedding = None
         classifier, classifier_version, private = self._serving_classifier()
-        if classifier is not None and request.query:
+        turns = [(i, text) for i, text in user_turns(request.messages) if text.strip()]
+        turn_categories: list[tuple[int, str | None]] = []
+        if classifier is not None and turns and request.query:
             with self.activity.running():
                 start = time.perf_counter()
-                prediction = classifier.classify(request.query)
+                predictions = self._turns.classify(classifier, classifier_version, [text for _, text in turns])
                 classify_ms = (time.perf_counter() - start) * 1000
+            prediction = predictions[-1]
             category, confidence = prediction.category, float(prediction.confidence)
             embedding = CacheTier.embedding_of(prediction)
+            turn_categories = [(i, p.category) for (i, _), p in zip(turns, predictions, strict=True)]
         try:
             decision = self.policy.decide(
                 request, category=category, has_classifier=classifier is not None, gate=self.gate_verdict,
-                private_categories=private,
+                private_categories=private, turn_categories=turn_categories,
             )  # fmt: skip
         except RouterError as err:
             refused = Exchange(
@@ -445,7 +453,7 @@ class Engine:
             self._offer_sample(exchange)
         if self.cache_tier is not None and exchange.cache_probe is not None:
             trusted = exchange.tier == "local" and self._trusted_for_cache(exchange.category)
-            self.cache_tier.remember(exchange, trusted_local=trusted)
+            self.cache_tier.remember(exchange, trusted_local=trusted, route=self._cache_route(exchange.decision))
 
     # -- the response cache -----------------------------------------------------------------------
 
@@ -506,8 +514,24 @@ class Engine:
             exchange.decision,
             cloud_to_local=self.config.cloud.fallback_to_local,
             local_servable=not exchange.request.local_blockers,
+            private_handoff=self._private_handoff(exchange.decision),
         )
-        return FallbackRun(plan, allowed=lambda tier: tier != "local" or self._gate_allows_fallback(exchange))
+        run = FallbackRun(plan)
+
+        def allowed(tier: Tier) -> bool:
+            if tier == "local":
+                return self._gate_allows_fallback(exchange)
+            if tier == "handoff":  # only instead of a rejected answer: a busy or crashed model is the caller's 503/500
+                cause = run.failures[-1].cause
+                return isinstance(cause, LocalFailure) and cause.kind == "degenerate"
+            return True
+
+        run.allowed = allowed
+        return run
+
+    def _private_handoff(self, decision: Decision) -> bool:
+        """Whether a private answer the guard rejects becomes the hand-off message (never the degenerate text)."""
+        return decision.private and self.config.quality.private_degenerate == "handoff"
 
     def _gate_allows_fallback(self, exchange: Exchange) -> bool:
         """A failed cloud call falls back to the local tier only for a category the gate has open: an
@@ -555,17 +579,18 @@ class Engine:
         adapter_version = self.local.adapter_version if local.followed_registry else local.adapter_version
         exchange.serve_with("local", self.local.name, self.local.model_name, adapter_version)
         stream, guard = self._start_local(request, deadline=self._local_deadline(request))
-        # A stream that may fall back holds its opening back until the guard has judged it.
-        hold_back = local.hold_back_for(request.query) if request.stream and not stays_local(exchange.decision) else 0
+        # A stream that may fall back (or hand off) holds its opening back until the guard has judged it.
+        fallible = not stays_local(exchange.decision) or self._private_handoff(exchange.decision)
+        hold_back = local.hold_back_for(request.query) if request.stream and fallible else 0
         try:
             for piece in guarded_pieces(stream, guard, hold_back=hold_back):
                 exchange.mark_first_token()
                 yield piece
             if guard.problem is not None:
-                if not stays_local(exchange.decision):
+                if fallible:
                     exchange.rejected_local_text = guard.rejected_text or ""
                     raise LocalFailure("degenerate", guard.problem)
-                # A private or forced-local request cannot fall back: serve the text before the problem, flagged.
+                # A forced-local request (or a private one configured so) cannot fall back: serve the text before the problem, flagged.
                 exchange.degenerate = guard.problem
         except LocalFailure:
             raise
@@ -586,7 +611,13 @@ class Engine:
         return self.cloud.cost(route.price_as, exchange.prompt_tokens or 0, exchange.completion_tokens or 0, wait=False)
 
     def _answer_handoff(self, exchange: Exchange) -> Any:
-        """The configured hand-off message: a private request the local model is not proven for."""
+        """The configured hand-off message: a private request the local model is not proven for, or
+        whose local answer the guard rejected (then the reason says so, and what was wrong)."""
+        if exchange.fallback_from == "local":
+            decision = exchange.decision
+            exchange.decision = dataclasses.replace(
+                decision, reason=Reason.PRIVATE_HANDOFF, detail=f"{decision.detail}; local answer rejected ({exchange.fallback_reason})"
+            )
         exchange.serve_with("handoff", "handoff", "handoff")
         exchange.text = self.config.quality.handoff_message
         exchange.finish_reason = "stop"
@@ -667,7 +698,8 @@ class Engine:
             try:
                 return await attempts[tier](exchange)
             except TierFailure as failure:
-                self._fall_back(exchange, run, failure)
+                # The next tier's check may read the quality gate, which may load or checksum the model: off the loop.
+                await self._in_thread(self._fall_back, exchange, run, failure)
         raise AssertionError("unreachable: the fallback run raises once every tier has failed")
 
     def _serve(self, exchange: Exchange) -> Any:
@@ -704,7 +736,7 @@ class Engine:
             return await self._in_thread(self._answer_locally, e)
 
         if (hit := await self._in_thread(self._cache_hit, exchange)) is not None:
-            return self._answer_from_cache(exchange, hit)
+            return await self._in_thread(self._answer_from_cache, exchange, hit)  # the cache's disk, off the loop
         return await self._adrive(exchange, {"handoff": handoff, "local": local, "cloud": self._aanswer_from_cloud})
 
     async def _aanswer_from_cloud(self, exchange: Exchange) -> Any:
@@ -844,7 +876,7 @@ class Engine:
             return self._threaded(await self._in_thread(self._open_local_stream, e))
 
         if (hit := await self._in_thread(self._cache_hit, exchange)) is not None:
-            return self._threaded(self._open_cache_stream(exchange, hit))
+            return self._threaded(await self._in_thread(self._open_cache_stream, exchange, hit))
         return await self._adrive(exchange, {"handoff": handoff, "local": local, "cloud": self._aopen_cloud_stream})
 
     async def _aopen_cloud_stream(self, exchange: Exchange) -> AsyncIterator[Any]:

@@ -147,6 +147,7 @@ class Exchange:
             user=self.request.user,
             metadata=self.request.metadata,
             cached_from=self.cached_from,
+            caller=self.request.caller,
         )
 
     # -- openai objects -------------------------------------------------------------------------

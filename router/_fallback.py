@@ -4,7 +4,8 @@ Pure logic, no I/O: the engine's four drivers (sync, async, sync stream, async s
 the tier this machine names and report failures back, so every rule lives here once:
 
 * a request starts on the tier its :class:`~router.policy.Decision` chose;
-* a failed local answer goes to the cloud unless the request is private or forced local;
+* a failed local answer goes to the cloud unless the request is private or forced local; a
+  private one whose answer the guard rejected gets the hand-off message instead;
 * a failed cloud call goes to the local tier when ``cloud.fallback_to_local`` is on, the request
   does not name its model on purpose (forced / pinned) and the local tier can serve it;
 * each tier is tried at most once;
@@ -40,15 +41,21 @@ def stays_local(decision: Decision) -> bool:
     return decision.tier == "local" and (decision.private or decision.forced)
 
 
-def fallback_plan(decision: Decision, *, cloud_to_local: bool, local_servable: bool) -> tuple[Tier, ...]:
+def fallback_plan(
+    decision: Decision, *, cloud_to_local: bool, local_servable: bool, private_handoff: bool = False
+) -> tuple[Tier, ...]:
     """The tiers to try, in order, for a request routed by ``decision``.
 
     ``local_servable``: the local tier can serve this request (no tools, images, ...).
+    ``private_handoff``: a private request whose local answer failed may get the hand-off message
+    (the engine allows it only for an answer the guard rejected, see :class:`FallbackRun`).
     """
     if decision.tier == "handoff":  # a private request with a configured hand-off: nothing to try
         return ("handoff",)
     if decision.tier == "local":
-        return ("local",) if stays_local(decision) else ("local", "cloud")
+        if stays_local(decision):
+            return ("local", "handoff") if decision.private and private_handoff else ("local",)
+        return ("local", "cloud")
     if cloud_to_local and local_servable and not decision.forced:
         return ("cloud", "local")
     return ("cloud",)

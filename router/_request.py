@@ -18,11 +18,47 @@ import openai
 from hybrid_common.chat import last_user_text, message_text
 from hybrid_common.errors import BadRequestError
 
-__all__ = ["ChatRequest", "GenerationParams", "build_request"]
+__all__ = ["OPENAI_CHAT_PARAMETERS", "SDK_OPTIONS", "ChatRequest", "GenerationParams", "build_request"]
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _TEXT_ROLES = frozenset({"system", "developer", "user", "assistant"})
 _NOT_GIVEN_TYPES = tuple(t for t in (getattr(openai, "NotGiven", None), getattr(openai, "Omit", None)) if t)
+
+
+def _typed_dict_keys(*types: Any) -> frozenset[str]:
+    return frozenset(k for t in types for k in (*t.__required_keys__, *t.__optional_keys__))
+
+
+def _openai_chat_parameters() -> frozenset[str]:
+    """The body parameters of a chat completion, as the installed ``openai`` SDK types them.
+
+    The allow-list of what a request may set: read from the SDK so a parameter OpenAI adds is
+    accepted without a release of ours, while every keyword litellm reads from the same
+    ``**kwargs`` for itself (``api_base``, ``api_key``, ``mock_response``, callbacks, retries ...)
+    stays out, whatever litellm release adds next.
+    """
+    from openai.types.chat import completion_create_params
+
+    return _typed_dict_keys(completion_create_params.CompletionCreateParamsBase) | {"stream"}
+
+
+def _openai_message_keys() -> frozenset[str]:
+    """Keys a chat message may carry: every ``ChatCompletionMessageParam`` shape, plus the fields of a
+    response's own ``ChatCompletionMessage`` (apps pass an answer back into the history as it came)."""
+    import typing
+
+    from openai.types.chat import ChatCompletionMessage, ChatCompletionMessageParam
+
+    return _typed_dict_keys(*typing.get_args(ChatCompletionMessageParam)) | frozenset(ChatCompletionMessage.model_fields)
+
+
+OPENAI_CHAT_PARAMETERS = _openai_chat_parameters()
+"""What a request body may hold (plus a route's ``extra_params`` and the router's own ``cache``)."""
+SDK_OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
+"""``create`` keywords of the Python SDK that are not body parameters: accepted from :class:`router.Client`
+only (headers and query are the SDK's HTTP transport, never forwarded; ``extra_body`` is checked key by key)."""
+_ROUTER_PARAMETERS = frozenset({"cache"})
+_MESSAGE_KEYS = _openai_message_keys()
 
 # Parameters the local tier honours; any other supplied parameter is passed to the cloud and,
 # if it changes the answer's shape, makes the request cloud-only (see _local_blockers).
@@ -68,9 +104,15 @@ class ChatRequest:
     timeout_s: float | None = None
     max_retries: int | None = None
     cloud_extra: dict[str, Any] = field(default_factory=dict)
+    """Allow-listed OpenAI parameters the router does not read itself (``tools``, ``response_format`` ...), for the cloud."""
+    provider_extra: dict[str, Any] = field(default_factory=dict)
+    """Parameters the route's ``extra_params`` allows, sent in the provider's request body (litellm ``extra_body``)."""
     local_blockers: tuple[str, ...] = ()
     cache: bool = True
     """False when the caller opted out of the response cache (``extra_body={"cache": False}``)."""
+    caller: str | None = None
+    """Who sent it over HTTP (``router serve``: a fingerprint of the API key); None in-process. Set by
+    the server, never from the request's own fields."""
 
     @property
     def query(self) -> str:
@@ -121,6 +163,9 @@ def _messages(raw: Any) -> tuple[list[dict[str, Any]], list[str]]:
             message = message.model_dump(exclude_none=True)
         if not isinstance(message, Mapping):
             raise _bad(f"Invalid type for '{where}': expected an object, got {type(message).__name__}.", where, "invalid_type")
+        unknown = sorted(str(k) for k in message if k not in _MESSAGE_KEYS)
+        if unknown:
+            raise _bad(f"Unrecognized key in '{where}': {unknown[0]!r}.", f"{where}.{unknown[0]}", "unknown_parameter")
         role = message.get("role")
         if not isinstance(role, str) or role not in _ROLES:  # a list or dict role is unhashable: check the type first
             raise _bad(
@@ -196,10 +241,56 @@ def _unencodable(value: Any, where: str, depth: int = 0) -> str | None:
     return None
 
 
-def build_request(*, max_input_chars: int, max_retries: int | None = None, **kwargs: Any) -> ChatRequest:
-    """Validate ``create`` keyword arguments into a :class:`ChatRequest` or raise a 400."""
+def _allowed_arguments(kwargs: Mapping[str, Any], extra_params: frozenset[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The given arguments, ``extra_body`` merged in as the SDK merges it into the JSON body, and the
+    ones a route's ``extra_params`` allows apart; any other name is a 400 naming it."""
     args = {k: v for k, v in kwargs.items() if _given(v)}
-    for name, value in args.items():
+    extra_body = args.pop("extra_body", None)
+    if extra_body is not None:
+        if not isinstance(extra_body, Mapping):
+            raise _bad("Invalid type for 'extra_body': expected an object.", "extra_body", "invalid_type")
+        args.update({k: v for k, v in extra_body.items() if _given(v)})
+        body_keys: set[Any] = set(extra_body)
+    else:
+        body_keys = set()
+    provider: dict[str, Any] = {}
+    for name in list(args):
+        in_body = name in body_keys
+        if name in OPENAI_CHAT_PARAMETERS or name in _ROUTER_PARAMETERS or (name in SDK_OPTIONS and not in_body):
+            continue
+        if isinstance(name, str) and name in extra_params:
+            provider[name] = args.pop(name)
+            continue
+        shown = name if isinstance(name, str) else repr(name)
+        raise _bad(
+            f"Unrecognized request argument supplied: {shown}. Endpoints, credentials, retries and provider options "
+            "come from the router's configuration, never from a request ([models.NAME] extra_params allows more).",
+            str(shown),
+            "unknown_parameter",
+        )
+    for transport in ("extra_headers", "extra_query"):
+        args.pop(transport, None)  # the SDK's HTTP transport options: litellm's transport is configured, not requested
+    return args, provider
+
+
+def build_request(
+    arguments: Mapping[str, Any] | None = None,
+    /,
+    *,
+    max_input_chars: int,
+    max_retries: int | None = None,
+    extra_params: frozenset[str] = frozenset(),
+    caller: str | None = None,
+    **kwargs: Any,
+) -> ChatRequest:
+    """Validate ``create`` keyword arguments into a :class:`ChatRequest` or raise a 400.
+
+    Only OpenAI chat-completion parameters (and ``extra_params``, the names the route's
+    configuration allows) are accepted: a request is untrusted input, and litellm reads its own
+    control keywords (endpoints, keys, mock answers) from the same keyword arguments.
+    """
+    args, provider_extra = _allowed_arguments({**(arguments or {}), **kwargs}, extra_params)
+    for name, value in (*args.items(), *provider_extra.items()):
         # A lone surrogate ("\ud800") is valid JSON but no tokenizer, log or provider can take it.
         if (where := _unencodable(value, name)) is not None:
             raise _bad(f"Invalid '{where}': the text is not valid Unicode (a lone surrogate).", where, "invalid_value")
@@ -268,9 +359,9 @@ def build_request(*, max_input_chars: int, max_retries: int | None = None, **kwa
     for name, feature in _CLOUD_ONLY_FEATURES.items():
         if name in args and args[name] is not False and feature not in blockers:
             blockers.append(feature)
-    cache = _cache_opt(args)
-    for header_arg in ("extra_headers", "extra_query"):
-        args.pop(header_arg, None)  # transport details of the HTTP SDK; litellm takes extra_body only
+    cache = args.pop("cache", True)
+    if not isinstance(cache, bool):
+        raise _bad("Invalid type for 'cache': expected a boolean.", "cache", "invalid_type")
 
     return ChatRequest(
         model=model,
@@ -284,24 +375,9 @@ def build_request(*, max_input_chars: int, max_retries: int | None = None, **kwa
         timeout_s=timeout_s,
         max_retries=max_retries,
         cloud_extra=args,
+        provider_extra=provider_extra,
+        caller=caller,
         local_blockers=tuple(dict.fromkeys(blockers)),
         cache=cache,
     )
 
-
-def _cache_opt(args: dict[str, Any]) -> bool:
-    """Take the router's own ``cache`` flag out of the arguments (top level in server mode, inside
-    ``extra_body`` with the SDK) so it never reaches a provider."""
-    values = [args.pop("cache")] if "cache" in args else []
-    extra = args.get("extra_body")
-    if isinstance(extra, Mapping) and "cache" in extra:
-        extra = dict(extra)
-        values.append(extra.pop("cache"))
-        if extra:
-            args["extra_body"] = extra
-        else:
-            del args["extra_body"]
-    for value in values:
-        if not isinstance(value, bool):
-            raise _bad("Invalid type for 'cache': expected a boolean.", "cache", "invalid_type")
-    return all(values)

@@ -10,6 +10,15 @@ ever unpickled):
   the counter ``seq``. Each process keeps the vectors it has read in memory and reads only the
   ones numbered after them, so a semantic lookup is one counter read and a matrix product.
 
+The in-memory index is bounded: at most ``max_index_entries`` vectors across partitions, the least
+recently looked-up partitions (then a partition's oldest vectors) dropped first. A lookup reads at
+most ``min(max_index_entries, 256)`` new vectors, oldest first, skipping any backlog too large to be
+held anyway; a process that is far behind (just started, or other processes wrote a lot) catches
+up over its next lookups. That is done on the request thread, bounded, rather than by a background
+thread: there is no thread to own and stop per cache, and one lookup's cost stays fixed. Either
+limit can only turn a semantic hit into a miss, never serve a wrong answer: a vector names a key
+whose answer is read, and checked, at lookup time.
+
 Every entry carries a tag naming what produced the answer's route (``local:<served model>`` or
 ``cloud:<route>``): a promotion or rollback of the local model evicts its tag. An answer evicted
 or expired takes its vectors with it (a vector whose answer is gone is dropped when met).
@@ -27,6 +36,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +50,7 @@ __all__ = ["CacheHit", "CachedAnswer", "ResponseCache"]
 logger = logging.getLogger("router.cache")
 
 _SEMANTIC_CANDIDATES = 8  # nearest questions checked before giving up (a gone or too-specific answer skips one)
+_REFRESH_BATCH = 256  # new vectors one lookup reads at most (each a small SQLite read)
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,7 @@ class _Partition:
 
     def __init__(self, dim: int) -> None:
         self.keys: list[str] = []
-        self._matrix = np.zeros((16, dim), dtype=np.float32)
+        self._matrix = np.zeros((2, dim), dtype=np.float32)  # small: a bounded index may hold many tiny partitions
 
     def add(self, key: str, vector: np.ndarray) -> None:
         if len(self.keys) == len(self._matrix):
@@ -106,11 +117,19 @@ class _Partition:
         top = top[np.argsort(-sims[top])]
         return [(float(sims[i]), self.keys[i]) for i in top]
 
-    def drop(self, key: str) -> None:
-        """Forget ``key`` (its answer is gone); rare, so a compaction is fine."""
+    def drop(self, key: str) -> int:
+        """Forget ``key`` (its answer is gone); rare, so a compaction is fine. Returns the vectors removed."""
         keep = [i for i, k in enumerate(self.keys) if k != key]
+        removed = len(self.keys) - len(keep)
         self._matrix[: len(keep)] = self._matrix[keep]
         self.keys = [self.keys[i] for i in keep]
+        return removed
+
+    def drop_oldest(self, n: int) -> None:
+        """Forget the ``n`` vectors added first (the index is over its bound)."""
+        rest = len(self.keys) - n
+        self._matrix[:rest] = self._matrix[n : len(self.keys)]
+        self.keys = self.keys[n:]
 
 
 def _encode(vector: np.ndarray) -> str:
@@ -124,14 +143,25 @@ def _decode(text: str) -> np.ndarray:
 class ResponseCache:
     """Answers by exact key and by nearest question; see the module docstring for the layout."""
 
-    def __init__(self, path: str | Path, *, size_limit_bytes: int, timeout_s: float = 0.05) -> None:
+    def __init__(
+        self, path: str | Path, *, size_limit_bytes: int, timeout_s: float = 0.05, max_index_entries: int = 100_000
+    ) -> None:
+        if max_index_entries < 1:
+            raise ValueError("max_index_entries must be at least 1")
         self.path = Path(path)
         self._size_limit = int(size_limit_bytes)
         self._timeout_s = timeout_s
+        self.max_index_entries = int(max_index_entries)
         self._lock = threading.Lock()
         self._cache: Any = None
-        self._partitions: dict[str, _Partition] = {}
+        self._partitions: OrderedDict[str, _Partition] = OrderedDict()  # least recently looked up first
+        self._indexed = 0  # vectors held in memory, across partitions
         self._loaded_seq = 0
+
+    @property
+    def index_entries(self) -> int:
+        """Question vectors this process holds in memory (at most ``max_index_entries``)."""
+        return self._indexed
 
     # -- the directory ----------------------------------------------------------------------------
 
@@ -168,6 +198,7 @@ class ResponseCache:
         except OSError:
             shutil.rmtree(self.path, ignore_errors=True)
         self._partitions.clear()
+        self._indexed = 0
         self._loaded_seq = 0
         return self._open()
 
@@ -202,6 +233,8 @@ class ResponseCache:
         self._guarded("index refresh", self._refresh)
         with self._lock:
             found = self._partitions.get(partition)
+            if found is not None:
+                self._partitions.move_to_end(partition)  # recently used: evicted last
             candidates = found.nearest(np.asarray(embedding, dtype=np.float32), _SEMANTIC_CANDIDATES) if found else []
         for similarity, key in candidates:
             if similarity < threshold:
@@ -209,8 +242,8 @@ class ResponseCache:
             hit = self.get(key)
             if hit is None:  # evicted, expired or invalidated
                 with self._lock:
-                    if found is not None:
-                        found.drop(key)
+                    if found is not None and self._partitions.get(partition) is found:
+                        self._indexed -= found.drop(key)
                 continue
             if unsupported_specifics(hit.answer.text, hit.answer.question, question):
                 continue
@@ -218,17 +251,21 @@ class ResponseCache:
         return None
 
     def _refresh(self, cache: Any) -> None:
-        """Read the vectors stored since the last refresh (by any process)."""
+        """Read some of the vectors stored since the last refresh (by any process): at most one
+        batch, oldest first, after skipping what the bounded index could not hold anyway."""
         latest = int(cache.get("seq", 0) or 0)
         with self._lock:
             if latest < self._loaded_seq:  # the directory was cleared or rebuilt underneath us
                 self._partitions.clear()
+                self._indexed = 0
                 self._loaded_seq = 0
             start = self._loaded_seq
         if latest == start:
             return
+        first = max(start, latest - self.max_index_entries) + 1  # older ones would be evicted on arrival
+        last = min(latest, first - 1 + min(_REFRESH_BATCH, self.max_index_entries))
         loaded = []
-        for n in range(start + 1, latest + 1):
+        for n in range(first, last + 1):
             entry = cache.get(f"v:{n}")
             if entry is not None:
                 loaded.append(entry)
@@ -237,13 +274,32 @@ class ResponseCache:
                 return  # another thread refreshed meanwhile
             for entry in loaded:
                 self._add_vector(entry["p"], entry["k"], _decode(entry["e"]))
-            self._loaded_seq = latest
+            self._loaded_seq = last
+            self._evict()
 
     def _add_vector(self, partition: str, key: str, vector: np.ndarray) -> None:
         target = self._partitions.get(partition)
         if target is None:
             target = self._partitions[partition] = _Partition(len(vector))
         target.add(key, vector)
+        self._indexed += 1
+
+    def _evict(self) -> None:
+        """Back under ``max_index_entries``: whole partitions, least recently looked up first, then
+        the oldest vectors of the last one. Down to 90% of the bound, so trimming one large
+        partition (a copy of its matrix) happens once per many additions, not at every one."""
+        if self._indexed <= self.max_index_entries:
+            return
+        target = self.max_index_entries - self.max_index_entries // 10
+        while self._indexed > target:
+            name, oldest = next(iter(self._partitions.items()))
+            excess = self._indexed - target
+            if len(oldest.keys) <= excess:
+                del self._partitions[name]
+                self._indexed -= len(oldest.keys)
+            else:
+                oldest.drop_oldest(excess)
+                self._indexed -= excess
 
     # -- writes ------------------------------------------------------------------------------------
 
@@ -295,6 +351,7 @@ class ResponseCache:
         """Remove every entry; how many there were."""
         with self._lock:
             self._partitions.clear()
+            self._indexed = 0
             self._loaded_seq = 0
         return int(self._guarded("clear", lambda c: c.clear(), 0) or 0)
 

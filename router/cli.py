@@ -160,12 +160,11 @@ def _served_key(config: Any) -> str:
 
 def _print_gate(config: Any, log: Any, seen: list[str]) -> None:
     """Per category: the gate's state for the model serving now, its offline and live evidence."""
-    from router.quality import QualityGate, evidence_reader
+    from router.quality import QualityGate, evidence_reader, replay_samples
 
     gate = QualityGate(config.quality, evidence_reader(config.local.followed_registry, config.quality.evidence_dir))
     samples = log.quality_samples(per_category=config.quality.live_window)
-    for sample in samples:
-        gate.record(sample["served_key"], sample["category"], sample["similarity"], bool(sample["degenerate"]))
+    replay_samples(gate, samples)
     key = _served_key(config)
     local = config.routing.local_categories
     categories = sorted(set(seen) | (set() if local == "*" else set(local)) | set(gate.offline(key)))
@@ -186,9 +185,12 @@ def _print_gate(config: Any, log: Any, seen: list[str]) -> None:
         verdict = gate.verdict(key, category)
         offline = gate.offline(key).get(category)
         kinds = by_kind.get(category, {})
-        live = [s for sims in kinds.values() for s in sims]
+        # Votes are evidence of their own (one per response, their own floor), never averaged with similarities.
+        live = [s for kind, sims in kinds.items() if kind != "feedback" for s in sims]
         state = "open" if verdict.open else "closed"
-        note = ", ".join(f"{k} {len(v)} ({sum(v) / len(v):.2f})" for k, v in sorted(kinds.items()))
+        note = ", ".join(f"{k} {len(v)} ({sum(v) / len(v):.2f})" for k, v in sorted(kinds.items()) if k != "feedback")
+        if (votes := gate.votes(key, category)) is not None:
+            note = f"{note + '; ' if note else ''}{votes.describe()}"
         if not verdict.open and verdict.reason is not None:
             note = f"{note + '; ' if note else ''}{verdict.reason.value}"
         print(

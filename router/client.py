@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import httpx
 
+from hybrid_common.errors import NotFoundError
 from router._engine import Engine
+from router._feedback import IN_PROCESS_OPERATOR, FeedbackSender
 from router._request import build_request
 from router.config import RouterConfig, load_config
 
@@ -28,6 +30,21 @@ __all__ = ["AsyncClient", "AsyncStream", "Client", "RawResponse", "Stream"]
 
 _T = TypeVar("_T")
 _UNSET: Any = object()
+
+
+def _event_loop_running() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _sender(user: str | None) -> FeedbackSender:
+    """In-process feedback: the application vouches for it, unless it names the end user it relays."""
+    return IN_PROCESS_OPERATOR if user is None else FeedbackSender(user=user)
 
 
 def _router_headers(response: Any) -> httpx.Headers:
@@ -155,8 +172,18 @@ class _ClientBase:
         # organization, project, default_headers, default_query and http_client are accepted so
         # that constructor calls written for the OpenAI SDK keep working; they configure the
         # SDK's HTTP transport, which litellm owns here.
-        self._engine = _engine or Engine(_config_from(config, api_key, str(base_url) if base_url else None))
+        if _engine is None:
+            resolved = _config_from(config, api_key, str(base_url) if base_url else None)
+            if self._loads_off_the_loop and resolved.warmup == "eager" and _event_loop_running():
+                # An eager load here would block the application's event loop for seconds: load in
+                # the background instead (``await client.warmup()`` waits for it without blocking).
+                resolved = resolved.model_copy(update={"warmup": "background"})
+            _engine = Engine(resolved)
+        self._engine = _engine
         self._options = _Options(timeout, max_retries)
+
+    _loads_off_the_loop = False
+    """AsyncClient: never load a model on the event loop it is constructed in."""
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], **kwargs: Any) -> Any:
@@ -187,13 +214,24 @@ class _ClientBase:
 
     copy = with_options
 
-    def _build(self, kwargs: dict[str, Any]) -> Any:
+    def _build(self, kwargs: dict[str, Any], caller: str | None = None) -> Any:
         if kwargs.get("timeout", _UNSET) is _UNSET:
             kwargs["timeout"] = self._options.timeout
+        config = self._engine.config
+        model = kwargs.get("model")
+        if isinstance(model, str) and model.strip() and not config.requestable(model):
+            raise NotFoundError(
+                f"The model {model!r} does not exist: name 'auto', 'local' or a model in [models] "
+                "(cloud.any_model lets requests name any litellm model).",
+                param="model",
+                code="model_not_found",
+            )
         return build_request(
-            max_input_chars=self._engine.config.routing.max_input_chars,
+            kwargs,
+            max_input_chars=config.routing.max_input_chars,
             max_retries=self._options.max_retries,
-            **kwargs,
+            extra_params=config.extra_params_for(model) if isinstance(model, str) else frozenset(),
+            caller=caller,
         )
 
 
@@ -222,7 +260,11 @@ class Completions:
         ``metadata``, ``timeout``, ``tools``, ``response_format``, ...). Use ``model="auto"`` to
         route with the default cloud model, ``"local"`` to answer in-process, or a cloud model name.
         """
-        request = self._client._build({"messages": messages, "model": model, "stream": stream or False, **kwargs})
+        return self._create({"messages": messages, "model": model, "stream": stream or False, **kwargs})
+
+    def _create(self, arguments: dict[str, Any], caller: str | None = None) -> Any:
+        """``create`` with the caller's identity, which only ``router serve`` knows (its API key)."""
+        request = self._client._build(arguments, caller)
         engine = self._client._engine
         if request.stream:
             return Stream(engine.stream(request))
@@ -265,15 +307,24 @@ class Client(_ClientBase):
         return Chat(self)
 
     def feedback(
-        self, response_id: str, *, score: float | None = None, accepted: bool | None = None, correction: str | None = None
+        self,
+        response_id: str,
+        *,
+        score: float | None = None,
+        accepted: bool | None = None,
+        correction: str | None = None,
+        user: str | None = None,
     ) -> None:
         """Tell the router how an answer was received, by its response id (``r.id``).
 
-        ``score`` (0..1) or ``accepted`` counts towards the category's live quality when the local
-        tier answered; a ``correction`` becomes a training example at the next ``router retrain``.
+        ``score`` (0..1) or ``accepted`` is that answer's one vote on its category's live quality
+        when the local tier answered (a later vote on the same answer replaces it); a
+        ``correction`` becomes a training example at the next ``router retrain``. Pass ``user``
+        when relaying an end user's feedback: it is then taken only for answers that user received
+        (``PermissionDeniedError`` otherwise); without it the application itself vouches for it.
         Stored in the traffic log (it survives restarts); raises ``NotFoundError`` for an unknown id.
         """
-        self._engine.feedback(response_id, score=score, accepted=accepted, correction=correction)
+        self._engine.feedback(response_id, score=score, accepted=accepted, correction=correction, sender=_sender(user))
 
     def sampling_stats(self) -> SamplerStats | None:
         """Shadow and audit answers since this client started (``None`` when sampling is off)."""
@@ -355,19 +406,38 @@ class AsyncChat:
 
 
 class AsyncClient(_ClientBase):
-    """Drop-in for ``openai.AsyncOpenAI``."""
+    """Drop-in for ``openai.AsyncOpenAI``.
+
+    Nothing blocking runs on the event loop: model loads, adapter refreshes, file checksums, log
+    and cache I/O all run on the engine's worker threads (``warmup = "eager"`` loads in the
+    background when the client is built inside a running loop; ``await client.warmup()`` waits).
+    """
+
+    _loads_off_the_loop = True
+
+    async def warmup(self) -> None:  # type: ignore[override]
+        """Load every model now, on a worker thread; the event loop keeps serving meanwhile."""
+        await self._engine._in_thread(self._engine.warmup)
 
     @cached_property
     def chat(self) -> AsyncChat:
         return AsyncChat(self)
 
     async def feedback(
-        self, response_id: str, *, score: float | None = None, accepted: bool | None = None, correction: str | None = None
+        self,
+        response_id: str,
+        *,
+        score: float | None = None,
+        accepted: bool | None = None,
+        correction: str | None = None,
+        user: str | None = None,
     ) -> None:
         """Async twin of :meth:`Client.feedback` (the log write runs in a worker thread)."""
         import asyncio
 
-        await asyncio.to_thread(self._engine.feedback, response_id, score=score, accepted=accepted, correction=correction)
+        await asyncio.to_thread(
+            self._engine.feedback, response_id, score=score, accepted=accepted, correction=correction, sender=_sender(user)
+        )
 
     def sampling_stats(self) -> SamplerStats | None:
         """Shadow and audit answers since this client started (``None`` when sampling is off)."""

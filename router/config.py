@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_PII_PATTERNS",
     "LEGACY_LOG",
     "LEGACY_REGISTRY",
+    "LITELLM_CONTROL_KEYS",
     "CacheConfig",
     "CategoryCacheConfig",
     "ClassifierConfig",
@@ -63,6 +64,19 @@ __all__ = [
     "validate_patterns",
 ]
 
+# litellm options that decide where a call goes, with which credentials, how it is retried, or
+# that answer without calling at all: never allowed as a route's extra_params (a request may set
+# none of them anyway; see router._request).
+LITELLM_CONTROL_KEYS = frozenset({
+    "api_base", "base_url", "api_key", "api_version", "api_type", "organization", "headers", "extra_headers",
+    "extra_body", "extra_query", "mock_response", "mock_tool_calls", "mock_timeout", "mock_delay", "custom_llm_provider",
+    "num_retries", "max_retries", "timeout", "request_timeout", "stream_timeout", "callbacks", "success_callback",
+    "failure_callback", "metadata", "model_list", "fallbacks", "context_window_fallback_dict", "deployment_id",
+    "input_cost_per_token", "output_cost_per_token", "input_cost_per_second", "output_cost_per_second", "caching",
+    "cache", "proxy_server_request", "azure_ad_token", "azure_ad_token_provider", "aws_access_key_id",
+    "aws_secret_access_key", "aws_region_name", "vertex_project", "vertex_location", "vertex_credentials",
+    "drop_params", "additional_drop_params", "model", "messages", "stream", "client", "acompletion", "user_continue_message",
+})  # fmt: skip
 # Defaults of earlier releases, relative to the working directory: still found, with a note on
 # how to move them (see legacy_path_notes).
 LEGACY_REGISTRY = Path(".router/registry")
@@ -203,6 +217,20 @@ class ModelRoute(_Section):
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     pricing_model: str | None = Field(None, description="litellm model name whose prices estimate this route's cost.")
     always_cloud: bool = Field(False, description="Pin: requests naming this model always go to the cloud.")
+    extra_params: tuple[str, ...] = Field(
+        (), description="Provider parameters a request may set for this route beyond OpenAI's (e.g. 'top_k'); sent in "
+        "the provider's request body. Endpoints, keys, retries and litellm's own options can never be allowed.",
+    )  # fmt: skip
+
+    @field_validator("extra_params")
+    @classmethod
+    def _no_control_keys(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not name.isidentifier():
+                raise ValueError(f"extra_params: {name!r} is not a parameter name")
+            if name in LITELLM_CONTROL_KEYS or name.startswith(("api_", "litellm_")):
+                raise ValueError(f"extra_params: {name!r} is a transport or credential setting; configure it on the route instead")
+        return names
 
     @property
     def price_as(self) -> str:
@@ -225,7 +253,7 @@ class CloudConfig(_Section):
     api_key: SecretStr | None = Field(None, description="API key for routes that set none (Client(api_key=...) sets it).")
     timeout_s: float = Field(
         60.0, gt=0,
-        description="Per-attempt timeout (a request's own timeout replaces it). A Retry-After that would end later "
+        description="Per-attempt timeout (a caller's own, shorter timeout replaces it; a longer one does not). A Retry-After that would end later "
         "than this many seconds after the first attempt is not waited for: the error is raised at once.",
     )  # fmt: skip
     max_retries: int = Field(2, ge=0, le=10, description="Retries on connection errors, timeouts, 429 and 5xx.")
@@ -247,6 +275,10 @@ class CloudConfig(_Section):
         "or opens it again on failure.",
     )  # fmt: skip
     drop_unsupported_params: bool = Field(True, description="Let litellm drop parameters a provider does not accept.")
+    any_model: bool = Field(
+        False, description="Let a request name any litellm model string. Off: only 'auto', 'local', names in [models] "
+        "and default_model, so a caller cannot choose the provider (and the key litellm reads for it).",
+    )  # fmt: skip
     fallback_to_local: bool = Field(True, description="Serve locally when the cloud fails and the local tier can.")
     preimport: bool = Field(True, description="Import litellm in the background at client start (it takes seconds).")
 
@@ -305,7 +337,21 @@ class QualityConfig(_Section):
     max_degenerate_rate: float = Field(0.05, ge=0, le=1, description="Ceiling on the share of degenerate local answers.")
     min_samples: int = Field(30, ge=1, description="Evaluated or live samples a category needs before it can open.")
     margin: float = Field(0.02, ge=0, le=0.5, description="Hysteresis: open above floor + margin, close below floor - margin.")
-    live_window: int = Field(200, ge=1, description="Live samples (shadow, audit, feedback) kept per category and version.")
+    live_window: int = Field(
+        200, ge=1, description="Live samples (shadow, audit) and votes (feedback, one per response) kept per category and version."
+    )
+    min_votes: int = Field(20, ge=1, description="Votes (feedback on distinct responses) before they count for a category.")
+    min_vote_acceptance: float = Field(
+        0.6, ge=0, le=1, description="Floor on the mean vote (accepted = 1, rejected = 0, or a score): below it a category closes."
+    )
+    votes_can_open: bool = Field(
+        False, description="Let votes open a category that has fewer than min_samples scored samples (off: votes only close)."
+    )
+    feedback_from: Literal["caller", "anyone"] = Field(
+        "caller",
+        description="Who may post feedback on an answer: 'caller', the one who received it (same API key over HTTP, "
+        "else the same 'user'), or an operator; 'anyone' who knows the response id.",
+    )
     overrides: dict[str, Literal["trust", "distrust"]] = Field(
         default_factory=dict, description="Decide a category by hand: 'trust' opens it, 'distrust' closes it."
     )
@@ -316,7 +362,13 @@ class QualityConfig(_Section):
     )
     handoff_message: str = Field(
         "I can't answer this one automatically. A member of our team will get back to you.",
-        description="The answer given to private requests the local model is not proven for, with private_unproven = 'handoff'.",
+        description="The answer given to private requests the local model is not proven for (private_unproven = "
+        "'handoff'), and to private requests whose local answer the guard rejects (private_degenerate = 'handoff').",
+    )
+    private_degenerate: Literal["handoff", "serve_flagged"] = Field(
+        "handoff",
+        description="A private request whose local answer the degeneration guard rejects (an echo, a loop): give "
+        "handoff_message (reason private_handoff), or serve the text before the problem, flagged (the old way).",
     )
     evidence_dir: Path = Field(
         default_factory=lambda: data_dir() / "evidence",
@@ -432,6 +484,11 @@ class CacheConfig(_Section):
     )  # fmt: skip
     ttl_s: float = Field(7 * 86400.0, gt=0, description="Seconds an answer stays servable.")
     size_limit_mb: float = Field(512, gt=0, description="Disk budget; the least recently used entries are evicted beyond it.")
+    max_index_entries: int = Field(
+        100_000, ge=1,
+        description="Question vectors each process holds in memory for semantic lookups, across partitions; the least "
+        "recently used partitions are dropped beyond it (a semantic miss, never a wrong answer).",
+    )  # fmt: skip
     scope: str = Field(
         "user",
         description="What partitions the cache so one end user's answers never reach another: 'user' (the OpenAI "
@@ -476,6 +533,11 @@ class ServerConfig(_Section):
         default_factory=list,
         description="Bearer tokens a caller must present (Authorization: Bearer ...); empty: no authentication. "
         "Set them with ROUTER_SERVER__API_KEYS='[\"...\"]' rather than in a file you commit.",
+    )
+    operator_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens of operators: accepted wherever api_keys are, and they may also post feedback on "
+        "any response (a caller's key only on the answers it received).",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused with a 413.")
     max_concurrency: int = Field(
@@ -559,6 +621,15 @@ class RouterConfig(BaseSettings):
             return _validated(cls, overrides, source=str(path))
         finally:
             _toml_file.reset(token)
+
+    def requestable(self, model: str) -> bool:
+        """Whether a request may name ``model``: 'auto', 'local', a [models] name, the default, or anything with cloud.any_model."""
+        return self.cloud.any_model or model in ("auto", "local", self.cloud.default_model) or model in self.models
+
+    def extra_params_for(self, model: str) -> frozenset[str]:
+        """The provider parameters a request naming ``model`` may set: its route's ``extra_params``."""
+        name = self.cloud.default_model if model in ("auto", "local") else model
+        return frozenset(self.route_for(name).extra_params)
 
     def route_for(self, model: str) -> ModelRoute:
         """The cloud route for a requested model name; unknown names pass to litellm as they are."""

@@ -16,15 +16,18 @@ import abc
 import logging
 import re
 import sqlite3
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "LogStore", "PostgresStore", "SqliteStore", "is_database_url", "masked_url", "open_store"]
+__all__ = [
+    "SCHEMA_VERSION", "LogStore", "PostgresStore", "SqliteStore", "is_database_url", "is_unavailable", "masked_url", "open_store",
+]
 
 logger = logging.getLogger("router.traffic_log")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Version 1: requests. Version 2 adds feedback (client.feedback) and quality_samples (live evidence
 # for the quality gate). Version 3 gives a quality sample the answer it scored (shadow: the local
 # answer; audit: the cloud's), what it cost and a detail line. Version 4 records which classifier
@@ -100,6 +103,11 @@ COMMIT;
 """
 _SCHEMA_V6 = """
 ALTER TABLE requests ADD COLUMN cached_from TEXT;
+"""
+# Version 7 records who sent a request over HTTP (a fingerprint of its API key), so feedback is
+# taken from that caller only.
+_SCHEMA_V7 = """
+ALTER TABLE requests ADD COLUMN caller TEXT;
 """
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -233,7 +241,10 @@ DROP TRIGGER IF EXISTS request_totals_on_insert ON requests;
 CREATE TRIGGER request_totals_on_insert AFTER INSERT ON requests FOR EACH ROW EXECUTE FUNCTION router_request_totals();
 """
 # Later versions append their steps here: (version, SQL), applied in order inside one transaction.
-_PG_MIGRATIONS: list[tuple[int, str]] = [(6, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS cached_from TEXT")]
+_PG_MIGRATIONS: list[tuple[int, str]] = [
+    (6, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS cached_from TEXT"),
+    (7, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS caller TEXT"),
+]
 
 
 def is_database_url(location: str | Path) -> bool:
@@ -244,6 +255,23 @@ def is_database_url(location: str | Path) -> bool:
 def masked_url(url: str) -> str:
     """The URL with its password replaced, for messages and logs."""
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+# SQLite's codes for a database that cannot be written now; its generic SQLITE_ERROR (a wrong
+# statement, a failed migration) is an OperationalError too, but a bug: retrying will not help.
+_SQLITE_UNAVAILABLE = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL,
+})  # fmt: skip
+
+
+def is_unavailable(err: BaseException) -> bool:
+    """Whether ``err`` says the database cannot be reached or written now (server down, file locked,
+    disk full), which a later attempt may not meet, rather than that a row or statement is wrong."""
+    if isinstance(err, sqlite3.Error):
+        return (getattr(err, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNAVAILABLE
+    psycopg = sys.modules.get("psycopg")  # only a PostgreSQL log has imported it
+    return psycopg is not None and isinstance(err, psycopg.OperationalError)
 
 
 class LogStore(abc.ABC):
@@ -266,6 +294,15 @@ class LogStore(abc.ABC):
     @abc.abstractmethod
     def insert_requests(self, sql_columns: Sequence[str], rows: list[dict[str, Any]], *, ignore_existing: bool) -> None:
         """Insert request rows in one transaction (``ignore_existing``: skip ids already present)."""
+
+    @abc.abstractmethod
+    def probe(self) -> None:
+        """Raise unless the database takes writes now: the log's circuit closes only after this passes."""
+
+    @property
+    def broken(self) -> bool:
+        """Whether the connection is lost for good (a server restart): the log then opens a new one."""
+        return False
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -295,10 +332,12 @@ class SqliteStore(LogStore):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"{self.path} has log schema {version}; this library reads up to {SCHEMA_VERSION}")
+        if version == SCHEMA_VERSION:
+            return  # nothing to write: a reader opens the log even while another process holds the write lock
         conn.executescript(_SCHEMA)
         steps = [(2, _SCHEMA_V2, "feedback, quality samples"), (3, _SCHEMA_V3, "answers and cost of quality samples"),
                  (4, _SCHEMA_V4, "classifier version per request"), (5, _SCHEMA_V5, "running totals for stats; one scan"),
-                 (6, _SCHEMA_V6, "response cache hits")]  # fmt: skip
+                 (6, _SCHEMA_V6, "response cache hits"), (7, _SCHEMA_V7, "caller of each request")]  # fmt: skip
         for target, script, what in steps:
             if version < target:
                 if version >= 1:
@@ -329,6 +368,10 @@ class SqliteStore(LogStore):
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    def probe(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")  # takes the write lock (waiting up to the busy timeout), writes nothing
+        self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
         self.conn.close()
@@ -402,6 +445,13 @@ class PostgresStore(LogStore):
             return
         with self.conn.transaction(), self.conn.cursor() as cursor:
             cursor.executemany(sql, rows)
+
+    def probe(self) -> None:
+        self.conn.execute("SELECT 1")
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.conn.broken or self.conn.closed)
 
     def close(self) -> None:
         self.conn.close()

@@ -16,9 +16,10 @@ testable without a model. The order of the rules is the contract:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from hybrid_common.chat import message_text
 from hybrid_common.errors import BadRequestError, PrivacyError
 from hybrid_common.pii import PiiMatcher, luhn_valid
 from router._request import ChatRequest
@@ -73,6 +74,7 @@ class RoutingPolicy:
         has_classifier: bool,
         gate: Callable[[str], GateVerdict] | None = None,
         private_categories: frozenset[str] = frozenset(),
+        turn_categories: Sequence[tuple[int, str | None]] = (),
     ) -> Decision:
         """Apply the rules in order; raise when no tier may serve the request.
 
@@ -80,15 +82,13 @@ class RoutingPolicy:
         every local category is served (the behaviour before the gate existed).
         ``private_categories`` adds to the configured ones (those the serving classifier version
         marks private: categories found by ``router discover`` and marked private there).
+        ``turn_categories`` is ``(message index, category)`` of every user turn: a conversation is
+        as private as its most private turn, so an earlier private turn keeps it on the machine.
         """
         cloud_model = self.cloud_model_for(request.model)
         blockers = ", ".join(request.local_blockers)
 
-        private_reason: tuple[Reason, str] | None = None
-        if category is not None and (category in self._private_categories or category in private_categories):
-            private_reason = (Reason.PRIVATE_CATEGORY, category)
-        elif (pii := self.pii_match(request.all_text)) is not None:
-            private_reason = (Reason.PII_MATCH, pii)
+        private_reason = self._private_reason(request, category, turn_categories, private_categories)
         if private_reason is not None:
             if blockers:
                 raise PrivacyError(
@@ -96,7 +96,7 @@ class RoutingPolicy:
                     f"machine, but the local tier cannot serve it ({blockers}).",
                     code="private_request_not_servable",
                 )
-            return self._private(private_reason, category, cloud_model, gate)
+            return self._private(private_reason[:2], category or private_reason[2], cloud_model, gate)
 
         if request.model == LOCAL_MODEL:
             if blockers:
@@ -126,6 +126,26 @@ class RoutingPolicy:
             if not verdict.open:
                 return Decision("cloud", verdict.reason or Reason.LOCAL_QUALITY_UNPROVEN, verdict.detail, cloud_model)
         return Decision("local", Reason.LOCAL_CATEGORY, category, cloud_model)
+
+    def _private_reason(
+        self,
+        request: ChatRequest,
+        category: str | None,
+        turn_categories: Sequence[tuple[int, str | None]],
+        extra_private: frozenset[str],
+    ) -> tuple[Reason, str, str | None] | None:
+        """Why the conversation must stay on the machine (reason, detail naming the turn, the private
+        category), or None: the last turn's category, then any earlier turn's, then PII anywhere."""
+        private = self._private_categories | extra_private
+        if category is not None and category in private:
+            return Reason.PRIVATE_CATEGORY, category, category
+        for index, turn_category in turn_categories:
+            if turn_category is not None and turn_category in private:
+                return Reason.PRIVATE_CATEGORY, f"{turn_category} (an earlier turn, messages[{index}])", turn_category
+        for index, message in enumerate(request.messages):
+            if (pii := self.pii_match(message_text(message.get("content")))) is not None:
+                return Reason.PII_MATCH, f"{pii} in messages[{index}]", None
+        return None
 
     def _private(
         self, why: tuple[Reason, str], category: str | None, cloud_model: str, gate: Callable[[str], GateVerdict] | None

@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,9 @@ from router.types import Reason
 
 __all__ = [
     "CategoryEvidence",
+    "VoteEvidence",
     "evidence_reader",
+    "replay_samples",
     "model_key",
     "GateVerdict",
     "QualityGate",
@@ -166,6 +168,46 @@ class _LiveWindow:
         )
 
 
+@dataclass(frozen=True)
+class VoteEvidence:
+    """Users' verdicts on local answers of one category: at most one vote per response, the latest."""
+
+    acceptance: float
+    votes: int
+
+    def describe(self) -> str:
+        return f"{self.acceptance:.0%} of {self.votes} votes accepted"
+
+
+class _Votes:
+    """The last ``size`` responses voted on, one vote each: a new vote on a response replaces its old one."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.by_response: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, response_id: str, value: float) -> None:
+        self.by_response.pop(response_id, None)
+        self.by_response[response_id] = value
+        while len(self.by_response) > self.size:
+            self.by_response.popitem(last=False)
+
+    def evidence(self) -> VoteEvidence | None:
+        n = len(self.by_response)
+        return VoteEvidence(sum(self.by_response.values()) / n, n) if n else None
+
+
+def replay_samples(gate: QualityGate, samples: Sequence[Mapping[str, object]]) -> None:
+    """Feed logged live samples (oldest first) to ``gate``: feedback rows as votes, the rest as similarities."""
+    for sample in samples:
+        key, category = sample["served_key"], str(sample["category"])
+        if sample["kind"] == "feedback":
+            if sample.get("request_id"):
+                gate.record_vote(key, category, str(sample["request_id"]), float(sample["similarity"]))  # type: ignore[arg-type]
+        else:
+            gate.record(key, category, float(sample["similarity"]), bool(sample["degenerate"]))  # type: ignore[arg-type]
+
+
 class QualityGate:
     """Decides, per served version and category, whether local answers are proven good enough.
 
@@ -186,6 +228,7 @@ class QualityGate:
         self._refresh_s = refresh_s
         self._offline: dict[str | None, tuple[float, Mapping[str, CategoryEvidence]]] = {}
         self._live: dict[tuple[str | None, str], _LiveWindow] = {}
+        self._votes: dict[tuple[str | None, str], _Votes] = {}
         self._aliases: dict[str, tuple[str, ...]] = {}
         self._state: dict[tuple[str | None, str], bool] = {}
         self._lock = threading.Lock()
@@ -206,8 +249,25 @@ class QualityGate:
         with self._lock:
             self._offline.pop(version, None)
 
+    def record_vote(self, version: str | None, category: str, response_id: str, value: float) -> GateVerdict:
+        """A user's verdict on one local answer (1 accepted, 0 rejected, or a score in between).
+
+        One vote per response counts, the latest: a caller repeating its vote changes nothing. Votes
+        are evidence of their own, with their own floor: they can close a category, and open one
+        only where ``votes_can_open`` allows it.
+        """
+        with self._lock:
+            votes = self._votes.setdefault((version, category), _Votes(self._config.live_window))
+            votes.add(response_id, max(0.0, min(1.0, float(value))))
+        return self.verdict(version, category)
+
+    def votes(self, version: str | None, category: str) -> VoteEvidence | None:
+        with self._lock:
+            votes = self._votes.get((version, category))
+            return votes.evidence() if votes is not None else None
+
     def record(self, version: str | None, category: str, similarity: float, degenerate: bool) -> GateVerdict:
-        """Add one live sample (shadow, audit or feedback) and return the category's verdict after it."""
+        """Add one scored live sample (shadow, audit, fallback) and return the category's verdict after it."""
         with self._lock:
             window = self._live.setdefault((version, category), _LiveWindow(self._config.live_window))
             window.samples.append((max(0.0, min(1.0, float(similarity))), bool(degenerate)))
@@ -248,13 +308,24 @@ class QualityGate:
             return GateVerdict(False, Reason.LOCAL_QUALITY_DISTRUSTED, "distrusted by configuration (quality.overrides)")
         if not self._config.enabled:
             return GateVerdict(True, None, "quality gate disabled")
+        cfg = self._config
         evidence = self.evidence(version, category)
-        if evidence is None or evidence.samples < self._config.min_samples:
+        votes = self.votes(version, category)
+        enough_votes = votes is not None and votes.votes >= cfg.min_votes
+        if evidence is None or evidence.samples < cfg.min_samples:
+            if enough_votes and cfg.votes_can_open and votes.acceptance >= cfg.min_vote_acceptance:  # type: ignore[union-attr]
+                return GateVerdict(True, None, f"{votes.describe()} (quality.votes_can_open)")  # type: ignore[union-attr]
             have = f"{evidence.samples} samples" if evidence else "no evaluation"
             return GateVerdict(
                 False, Reason.LOCAL_QUALITY_UNPROVEN,
-                f"{have} for {category} on {version or 'the configured model'}; need {self._config.min_samples} "
-                "(run `router evaluate`, `router retrain`, or enable shadow answers)",
+                f"{have} for {category} on {version or 'the configured model'}; need {cfg.min_samples} "
+                "(run `router evaluate`, `router retrain`, or enable shadow answers; votes alone do not open a category)",
+            )  # fmt: skip
+        if enough_votes and votes.acceptance < cfg.min_vote_acceptance:  # type: ignore[union-attr]
+            return GateVerdict(
+                False, Reason.LOCAL_QUALITY_BELOW_FLOOR,
+                f"{votes.describe()}, under the {cfg.min_vote_acceptance:.0%} floor (quality.min_vote_acceptance); "  # type: ignore[union-attr]
+                f"{evidence.describe()}",
             )  # fmt: skip
         key = (version, category)
         with self._lock:

@@ -4,11 +4,17 @@ Durability and isolation from serving are the design constraints:
 
 * each request is one ``INSERT`` in its own transaction, so a row is either whole or absent;
 * WAL with ``synchronous=NORMAL`` means a committed row survives a crash of this process;
-* :meth:`TrafficLog.record` never raises. A row the database will not take now (locked past the
-  busy timeout, disk full) goes to a local spool (:mod:`router.log_spool`), fsynced before the
-  request's response is returned, and is written to the database by a later ``record`` once it
-  takes writes again; only a row that not even the spool could take is counted in ``failures``
-  (``lost``) and dropped, with a warning.
+* :meth:`TrafficLog.record` never raises, and waits for the database at most ``busy_timeout_s``
+  once. A row the database will not take now (locked past the busy timeout, disk full, server
+  down) goes to a local spool (:mod:`router.log_spool`), fsynced before the request's response is
+  returned; only a row that not even the spool could take is counted in ``failures`` (``lost``)
+  and dropped, with a warning.
+* A refused write opens a circuit: later writes go to the spool at once instead of each waiting
+  out the busy timeout in turn. A background drainer retries the database every
+  ``retry_interval_s`` (reconnecting to a restarted PostgreSQL server), closes the circuit, and
+  writes the spool back in batches of ``drain_batch`` rows, off the request path.
+* Reads (and feedback, which the caller asked for explicitly) cannot be spooled: while the
+  database is unreachable they raise :class:`~hybrid_common.errors.LogUnavailableError` (HTTP 503).
 
 Secrets that look like API keys are always scrubbed from stored text; other PII optionally, with
 the same matcher routing uses (:class:`hybrid_common.pii.PiiMatcher`), so the log blanks exactly
@@ -17,6 +23,7 @@ what routing would have kept on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -30,7 +37,7 @@ from typing import Any
 
 from hybrid_common.pii import PiiMatcher
 from router.log_spool import LogSpool
-from router.log_stores import SCHEMA_VERSION, LogStore, is_database_url, masked_url, open_store
+from router.log_stores import SCHEMA_VERSION, LogStore, is_database_url, is_unavailable, masked_url, open_store
 
 __all__ = ["LogRecord", "TrafficLog"]
 
@@ -78,6 +85,9 @@ class LogRecord:
     redacted: bool = False
     cached_from: str | None = None
     """A cache hit: the id of the request whose answer was served (schema 6)."""
+    caller: str | None = None
+    """Who sent the request over HTTP (a fingerprint of its API key, never the key; schema 7): feedback
+    on the answer is taken from the same caller only."""
 
 
 _COLUMNS = [f.name for f in fields(LogRecord)]
@@ -123,6 +133,8 @@ class TrafficLog:
         busy_timeout_s: float = 5.0,
         synchronous: str = "normal",
         retain_days: float | None = None,
+        retry_interval_s: float = 1.0,
+        drain_batch: int = 500,
     ) -> None:
         self.url = str(location) if is_database_url(location) else None
         self.path = Path(location) if self.url is None else Path(spool_path or "traffic-log")
@@ -146,6 +158,13 @@ class TrafficLog:
             self._redact = PiiMatcher(redact_patterns) if redact_patterns else None
         self._lock = threading.Lock()
         self._store: LogStore | None = None
+        self._retry_interval_s = retry_interval_s
+        self._drain_batch = drain_batch
+        self._down: str | None = None
+        """Why the database refused, while the circuit is open (writes then spool without trying it)."""
+        self._drainer: threading.Thread | None = None
+        self._drainer_guard = threading.Lock()  # taken after self._lock when both are held
+        self._closing = threading.Event()
 
     @property
     def location(self) -> str:
@@ -153,25 +172,113 @@ class TrafficLog:
         return self._store.location if self._store is not None else (self.url and masked_url(self.url)) or str(self.path)
 
     def _connection(self) -> LogStore:
+        """The open store (call under ``self._lock``); opening it hands a leftover spool to the drainer."""
         if self._store is None:
-            store = open_store(self.url or self.path, busy_timeout_s=self._busy_timeout_s, synchronous=self._synchronous)
-            self._store = store
-            self._drain_spool_into(store)  # rows an earlier process could not write, e.g. before a crash
+            self._store = open_store(self.url or self.path, busy_timeout_s=self._busy_timeout_s, synchronous=self._synchronous)
+            if self.spool is not None and self.spool.pending():
+                self._kick()  # rows an earlier process could not write, e.g. before a crash
         return self._store
 
-    def _drain_spool_into(self, store: LogStore) -> None:
-        if self.spool is None or not self.spool.pending():
-            return
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[LogStore]:
+        """The store, under the lock. A database that cannot be reached or written opens the circuit and
+        raises :class:`~hybrid_common.errors.LogUnavailableError` (HTTP 503, not a 500); a connection lost
+        for good (a server restart) is dropped, so the next use reconnects."""
+        with self._lock:
+            try:
+                yield self._connection()
+            except Exception as err:
+                self._forget_broken_store()
+                if not is_unavailable(err):
+                    raise
+                self._trip(err)
+                from hybrid_common.errors import LogUnavailableError
+
+                raise LogUnavailableError(
+                    f"the traffic log {self.location} is unavailable: {err}", location=self.location,
+                    retry_after_s=max(1.0, self._retry_interval_s),
+                ) from err  # fmt: skip
+
+    def _forget_broken_store(self) -> None:
+        if self._store is not None and self._store.broken:
+            with contextlib.suppress(Exception):
+                self._store.close()
+            self._store = None
+
+    def _trip(self, err: BaseException) -> None:
+        """Open the circuit: writes spool at once until the drainer finds the database taking writes again."""
+        if self._down is None:
+            kept = f"records are kept in {self.spool.path}" if self.spool is not None else "records are lost (no spool)"
+            logger.warning(
+                "traffic log %s refused a write (%s); %s until it takes writes again (retried every %.1f s)",
+                self.location, err, kept, self._retry_interval_s,
+            )  # fmt: skip
+        self._down = f"{type(err).__name__}: {err}"
+        self._kick()
+
+    def _pending(self) -> bool:
+        return self.spool is not None and self.spool.pending()
+
+    def _kick(self) -> None:
+        """Start the background drainer unless it is running (or the log is closing)."""
+        with self._drainer_guard:
+            if self._drainer is None and not self._closing.is_set():
+                self._drainer = threading.Thread(target=self._drain_loop, name="traffic-log-drainer", daemon=True)
+                self._drainer.start()
+
+    def _drain_loop(self) -> None:
+        """Retry the database every ``retry_interval_s`` while it refuses, and empty the spool; then stop."""
+        rest = self._down is not None  # a database that just refused gets the interval before the next try
+        while not (rest and self._closing.wait(self._retry_interval_s)) and not self._closing.is_set():
+            self.drain()
+            with self._drainer_guard:
+                if self._down is None and not self._pending():
+                    self._drainer = None
+                    return
+            rest = True
+        with self._drainer_guard:
+            self._drainer = None
+
+    def drain(self) -> int:
+        """Retry a database that refused writes, then write the spooled rows to it; rows written.
+
+        At most ``drain_batch`` rows per transaction, each under the lock on its own, so a request's
+        write waits for one batch at most. The background drainer calls this (and :meth:`close`);
+        if the database refuses again the rows stay spooled, and a redone drain skips the ones
+        already written.
+        """
+        was_down = self._down is not None
+        if not was_down and not self._pending():
+            return 0
         try:
-            # Rows spooled by an older release lack the newer columns: those default to NULL.
-            drained = self.spool.drain(
-                lambda rows: store.insert_requests(_COLUMNS, [{c: r.get(c) for c in _COLUMNS} for r in rows], ignore_existing=True)
-            )
-        except Exception as err:  # still refused: the rows stay spooled for a later write
+            # Probed before the spool's lock is taken, so writers spooling meanwhile never wait behind a drain
+            # that the database refuses.
+            with self._using() as store:
+                store.probe()
+                self._down = None
+        except Exception as err:  # noqa: BLE001 - still refused: the circuit stays open
+            self._trip(err)
+            logger.debug("traffic log %s still refuses writes: %s", self.location, err)
+            return 0
+        if was_down:
+            logger.warning("traffic log %s takes writes again", self.location)
+        if self.spool is None or not self.spool.pending():
+            return 0
+        try:
+            drained = self.spool.drain(self._insert_spooled)
+        except Exception as err:  # noqa: BLE001 - the rows stay spooled; an outage has opened the circuit
             logger.debug("traffic log spool not drained yet: %s", err)
-            return
+            return 0
         if drained:
-            logger.warning("traffic log: %d spooled record(s) written to %s", drained, store.location)
+            logger.warning("traffic log: %d spooled record(s) written to %s", drained, self.location)
+        return drained
+
+    def _insert_spooled(self, rows: list[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), self._drain_batch):
+            # Rows spooled by an older release lack the newer columns: those default to NULL.
+            batch = [{c: r.get(c) for c in _COLUMNS} for r in rows[start : start + self._drain_batch]]
+            with self._using() as store:
+                store.insert_requests(_COLUMNS, batch, ignore_existing=True)
 
     def _scrub(self, value: Any) -> Any:
         """Redact every string inside ``value`` (before JSON encoding, so structure survives)."""
@@ -200,25 +307,48 @@ class TrafficLog:
         return row
 
     def record(self, record: LogRecord) -> bool:
-        """Write one row atomically, or spool it durably; False (and ``failures`` + 1) if neither worked."""
+        """Write one row atomically, or spool it durably; False (and ``failures`` + 1) if neither worked.
+
+        Waits for the database at most ``busy_timeout_s``, once: while the circuit is open the row
+        goes straight to the spool.
+        """
         try:
             row = self._row(record)
         except Exception as err:  # the log must never fail a request, whatever went wrong
             return self._lost(err)
-        try:
-            with self._lock:
-                store = self._connection()
-                try:
-                    store.insert_requests(_COLUMNS, [row], ignore_existing=False)
-                except store.integrity_errors as err:  # e.g. the id is already logged: a bug, not an outage
-                    return self._lost(err)
-        except Exception as err:  # locked past the busy timeout, disk full, server down: spool it
-            return self._spool_row(row, err)
-        self._drain_spool()
+        outcome = self._insert(row) if self._down is None else None
+        if isinstance(outcome, BaseException):  # e.g. the id is already logged: a bug, not an outage
+            return self._lost(outcome)
+        if outcome is None:  # refused or known down: spool it
+            return self._spool_row(row)
+        if self._pending():
+            self._kick()  # e.g. rows another process spooled: drained in the background
         if self._retain_days is not None and time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + 3600
             threading.Thread(target=self._prune_quietly, name="traffic-log-retention", daemon=True).start()
         return True
+
+    def _insert(self, row: dict[str, Any]) -> bool | BaseException | None:
+        """Insert one request row: True once written, the error if the database rejects the row itself,
+        None if the database refused (or the lock stayed taken past ``busy_timeout_s``)."""
+        wait_s = max(self._busy_timeout_s, 0.1)  # another thread's write holds the lock for milliseconds
+        if not self._lock.acquire(timeout=wait_s):
+            logger.warning("traffic log busy for over %.1f s; the record is spooled", wait_s)
+            return None
+        try:
+            if self._down is not None:  # a writer this one waited behind found the database down
+                return None
+            store = self._connection()
+            store.insert_requests(_COLUMNS, [row], ignore_existing=False)
+            return True
+        except Exception as err:
+            if self._store is not None and isinstance(err, self._store.integrity_errors):
+                return err
+            self._forget_broken_store()
+            self._trip(err)  # under the lock, so the writers queued behind this one spool at once
+            return None
+        finally:
+            self._lock.release()
 
     def _prune_quietly(self) -> None:
         try:
@@ -236,12 +366,12 @@ class TrafficLog:
             rows.append(self._row(record))
             handed += 1
             if len(rows) >= batch:
-                with self._lock:
-                    self._connection().insert_requests(_COLUMNS, rows, ignore_existing=True)
+                with self._using() as store:
+                    store.insert_requests(_COLUMNS, rows, ignore_existing=True)
                 rows = []
         if rows:
-            with self._lock:
-                self._connection().insert_requests(_COLUMNS, rows, ignore_existing=True)
+            with self._using() as store:
+                store.insert_requests(_COLUMNS, rows, ignore_existing=True)
         return handed
 
     def _lost(self, err: object) -> bool:
@@ -249,39 +379,27 @@ class TrafficLog:
         logger.warning("traffic log write failed; the record is lost (%s total): %s", self.failures, err)
         return False
 
-    def _spool_row(self, row: dict[str, Any], err: BaseException) -> bool:
+    def _spool_row(self, row: dict[str, Any]) -> bool:
+        """Keep a row the database did not take, fsynced, and have the drainer write it later."""
+        reason = self._down or "the log was busy"
         if self.spool is None:
-            return self._lost(err)
+            return self._lost(reason)
         try:
             self.spool.append(row)
         except OSError as spool_err:
-            return self._lost(f"{err}; the spool {self.spool.path} failed too: {spool_err}")
+            return self._lost(f"{reason}; the spool {self.spool.path} failed too: {spool_err}")
         self.spooled += 1
-        logger.warning(
-            "traffic log write failed (%s); the record is kept in %s and written to the log when it takes writes again "
-            "(%d spooled so far)", err, self.spool.path, self.spooled,
-        )  # fmt: skip
+        logger.debug("traffic log record %s spooled (%d so far): %s", row.get("id"), self.spooled, reason)
+        self._kick()
         return True
 
-    def _drain_spool(self) -> None:
-        """Write spooled rows once the database takes writes again (a ``stat`` when there are none)."""
-        if self.spool is None or not self.spool.pending():
-            return
-        with self._lock:
-            try:
-                store = self._connection()
-            except Exception as err:  # noqa: BLE001 - still refused: the rows stay spooled
-                logger.debug("traffic log spool not drained yet: %s", err)
-                return
-            self._drain_spool_into(store)
-
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            return self._connection().query(sql, args)
+        with self._using() as store:
+            return store.query(sql, args)
 
     def _rowid(self) -> str:
-        with self._lock:
-            return self._connection().rowid
+        with self._using() as store:
+            return store.rowid
 
     def count(self) -> int:
         return int(self._read("SELECT COUNT(*) AS n FROM requests")[0]["n"])
@@ -403,8 +521,8 @@ class TrafficLog:
             "accepted": None if accepted is None else int(accepted),
             "correction": self._scrub(correction) if correction is not None else None,
         }
-        with self._lock:
-            self._connection().execute(
+        with self._using() as store:
+            store.execute(
                 "INSERT INTO feedback (request_id, created_at, score, accepted, correction) "
                 "VALUES (:request_id, :created_at, :score, :accepted, :correction)",
                 row,
@@ -461,8 +579,8 @@ class TrafficLog:
         """
         stored = self._scrub(answer) if answer is not None and self._store_messages else None
         try:
-            with self._lock:
-                self._connection().execute(
+            with self._using() as store:
+                store.execute(
                     "INSERT INTO quality_samples (created_at, request_id, kind, category, served_key, similarity, degenerate,"
                     " answer, cost_usd, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (_now(), request_id, kind, category, served_key, float(similarity), int(degenerate), stored, cost_usd, detail),
@@ -474,22 +592,37 @@ class TrafficLog:
             return False
 
     def quality_samples(self, *, per_category: int) -> list[dict[str, Any]]:
-        """The newest ``per_category`` samples of every (served_key, category), oldest first."""
+        """The newest ``per_category`` scored samples and votes of every (served_key, category), oldest first.
+
+        Votes (``kind = 'feedback'``) are a window of their own, with only the latest vote on each
+        response: repeated votes on one answer neither count twice nor push other evidence out.
+        """
         rows = self._read(
             """SELECT * FROM (
-                   SELECT *, ROW_NUMBER() OVER (PARTITION BY served_key, category ORDER BY id DESC) AS rank
-                   FROM quality_samples) AS ranked
+                   SELECT *, ROW_NUMBER() OVER (PARTITION BY served_key, category, kind = 'feedback' ORDER BY id DESC) AS rank
+                   FROM quality_samples
+                   WHERE kind <> 'feedback' OR id IN (SELECT MAX(id) FROM quality_samples WHERE kind = 'feedback' GROUP BY request_id)
+               ) AS ranked
                WHERE rank <= ? ORDER BY id""",
             (per_category,),
         )
         return [dict(r) for r in rows]
 
     def close(self) -> None:
-        self._drain_spool()
+        """Stop the drainer, write what is spooled if the database takes it now, and disconnect.
+
+        The log stays usable: a later call reconnects.
+        """
+        self._closing.set()
+        drainer = self._drainer
+        if drainer is not None:
+            drainer.join()
+        self.drain()
         with self._lock:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+        self._closing.clear()
 
     def __enter__(self) -> TrafficLog:
         return self

@@ -78,5 +78,6 @@ class RouteInfo(BaseModel):
             "x-router-backend": self.backend,
         }
         if self.cached_from is not None:
-            headers["x-router-cache"] = f"hit; match={self.cache_match or ''}; from={self.cached_from}"
+            # Not the source request's id: over HTTP that id would let one caller post feedback on another's answer.
+            headers["x-router-cache"] = f"hit; match={self.cache_match or ''}"
         return headers

@@ -20,11 +20,12 @@ from typing import Any, TypeVar
 from hybrid_common.errors import (
     APIError,
     AuthenticationError,
+    BadRequestError,
     CloudUnavailableError,
     MissingDependencyError,
     from_openai_error,
 )
-from router._request import ChatRequest
+from router._request import OPENAI_CHAT_PARAMETERS, ChatRequest
 from router.backends._retry import RETRYABLE, describe, retry_wait_s
 from router.backends.circuit import CircuitBreaker, CircuitBreakers
 from router.config import CloudConfig, ModelRoute
@@ -75,15 +76,24 @@ class CloudBackend:
 
     def _kwargs(self, request: ChatRequest, route: ModelRoute, stream: bool, timeout_s: float | None) -> dict[str, Any]:
         p = request.params
-        kwargs: dict[str, Any] = {
+        stray = set(request.cloud_extra) - OPENAI_CHAT_PARAMETERS
+        if stray:  # build_request lets none through; a request object built elsewhere must not either
+            raise BadRequestError(f"Unrecognized request argument supplied: {min(stray)}.", param=min(stray), code="unknown_parameter")
+        # The request's OpenAI parameters first: everything after them is the route's configuration.
+        kwargs: dict[str, Any] = dict(request.cloud_extra)
+        kwargs.update({
             "model": route.litellm_model,
             "messages": request.messages,
             "stream": stream,
-            "timeout": timeout_s or self._config.timeout_s,
+            # A caller's own timeout may only shorten the configured one.
+            "timeout": min(timeout_s, self._config.timeout_s) if timeout_s else self._config.timeout_s,
             "num_retries": 0,  # retries are ours, so back-off and logging see every attempt
             "drop_params": self._config.drop_unsupported_params,
-            **request.cloud_extra,
-        }
+        })  # fmt: skip
+        if request.provider_extra:
+            # Route-allowed provider options travel in the provider's request body, where litellm
+            # forwards them without acting on them.
+            kwargs["extra_body"] = dict(request.provider_extra)
         optional = {
             "max_tokens": p.max_tokens,
             "temperature": p.temperature,

@@ -13,7 +13,11 @@ Request threads never touch a context, which gives three properties a lock could
 
 A worker stuck in native code past a job's deadline (plus ``hang_grace_s``) is retired and
 replaced by a fresh one with a new context; the stuck thread frees its context if it ever returns.
-An exception in native code fails that job and rebuilds the worker's context.
+The replacement is loaded by a background thread that retries with capped exponential back-off
+when the load fails (the model file vanished, the context could not be allocated); while no live
+worker is left, jobs are refused at once (``LocalFailure("overloaded")``, the same refusal as a
+full queue: the caller falls back or gets a 503 with Retry-After) instead of each waiting out its
+deadline. An exception in native code fails that job and rebuilds the worker's context.
 """
 
 from __future__ import annotations
@@ -193,8 +197,17 @@ class LlamaWorkerPool:
         hang_grace_s: float,
         stop_sequences: list[str],
         max_wait_s: float | None = None,
+        respawn_backoff_s: float = 0.5,
+        respawn_backoff_max_s: float = 30.0,
     ) -> None:
         self._factory = new_context
+        self.respawn_backoff_s = respawn_backoff_s
+        self.respawn_backoff_max_s = respawn_backoff_max_s
+        self._missing = 0  # hung workers retired and not yet replaced
+        self._respawner: threading.Thread | None = None
+        self._stopping = threading.Event()  # set by close(): the respawner stops retrying
+        self.respawn_failures = 0
+        """Failed attempts to load a replacement worker's context (each retried after a back-off)."""
         self.max_queue = max_queue
         self.max_wait_s = max_wait_s
         self.service_s: float | None = None
@@ -243,6 +256,8 @@ class LlamaWorkerPool:
             if self._closed:
                 raise LocalFailure("error", "the local tier is closed")
             running = sum(1 for w in self._workers if not w.retired)
+            if running == 0:  # every worker hung and its replacement has not loaded yet
+                raise LocalFailure("overloaded", "no local worker is running; a replacement is being loaded")
             if self._pending >= running + self.max_queue:
                 raise LocalFailure("overloaded", f"{self._pending} local requests already waiting or running")
             if self.max_wait_s is not None and self.service_s is not None and self._pending >= running:
@@ -310,12 +325,56 @@ class LlamaWorkerPool:
         job.out.put(LocalFailure("timeout", "the local model hung and was replaced"))
         self._finished(job)  # its slot is free now; the stuck thread's own _finished() will not count it again
         self.replaced_hung += 1
-        try:
-            context = self._new_context()
-        except Exception as err:  # noqa: BLE001
-            logger.error("could not start a replacement local worker: %s", err)
+        with self._lock:
+            self._missing += 1
+            if self._respawner is None or not self._respawner.is_alive():
+                self._respawner = threading.Thread(target=self._respawn, name="llama-respawn", daemon=True)
+                self._respawner.start()
+
+    def _respawn(self) -> None:
+        """Load contexts for the retired workers, retrying a failed load after a back-off that
+        doubles up to ``respawn_backoff_max_s``: off the request path and off the watchdog."""
+        delay = self.respawn_backoff_s
+        while not self._stopping.is_set():
+            with self._lock:
+                if self._missing == 0:
+                    self._respawner = None
+                    return
+            try:
+                context = self._new_context()
+            except Exception as err:  # noqa: BLE001 - retried after the back-off
+                self.respawn_failures += 1
+                logger.error("could not start a replacement local worker (%s); retrying in %.1f s", err, delay)
+                self._refuse_queued()
+                self._stopping.wait(delay)
+                delay = min(self.respawn_backoff_max_s, delay * 2)
+                continue
+            delay = self.respawn_backoff_s
+            with self._lock:
+                if not self._closed:
+                    self._missing -= 1
+                    self._start_worker(len(self._workers), context)
+                    logger.info("replacement local worker %d started", len(self._workers) - 1)
+                    continue
+            context.llama.close()  # closed while loading
             return
-        self._start_worker(len(self._workers), context)
+        self._refuse_queued()  # closing with no live worker: close() need not wait for these
+
+    def _refuse_queued(self) -> None:
+        """With no live worker left, fail the jobs already queued now rather than at their deadline."""
+        with self._lock:
+            if any(not w.retired for w in self._workers):
+                return
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is _STOP:  # close() is under way: leave it for the workers
+                self._queue.put(job)
+                return
+            job.out.put(LocalFailure("overloaded", "no local worker is running; a replacement is being loaded"))
+            self._finished(job)
 
     # -- shutdown ---------------------------------------------------------------------------------
 
@@ -329,6 +388,7 @@ class LlamaWorkerPool:
             if self._closed:
                 return True
             self._closed = True
+            self._stopping.set()
             deadline = time.monotonic() + timeout_s
             while self._pending > 0 and time.monotonic() < deadline:
                 self._idle.wait(timeout=max(0.0, deadline - time.monotonic()))

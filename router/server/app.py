@@ -26,6 +26,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from router._feedback import FeedbackSender
 from router.server.errors import error_body, error_for_exception
 from router.server.metrics import Metrics
 from router.server.schema import FEEDBACK_REQUEST, chat_completion_request, json_body
@@ -62,7 +63,7 @@ class ServerState:
 
 
 def _secrets(config: RouterConfig) -> tuple[str, ...]:
-    values = [key.get_secret_value() for key in config.server.api_keys]
+    values = [key.get_secret_value() for key in (*config.server.api_keys, *config.server.operator_keys)]
     keys = [config.cloud.api_key, *(route.api_key for route in config.models.values())]
     values += [k.get_secret_value() for k in keys if k is not None and hasattr(k, "get_secret_value")]
     return tuple(v for v in values if len(v) >= 4)
@@ -97,13 +98,21 @@ def create_app(client: Client, *, warm: bool = True) -> FastAPI:
         state.metrics.inc("router_http_errors_total", "Requests answered with an error status.", status=str(status))
         return JSONResponse(error_body(status, state.redact(message), param=param, code=code), status_code=status, headers=headers)
 
+    callers = [key.get_secret_value() for key in config.server.api_keys]
+    operators = [key.get_secret_value() for key in config.server.operator_keys]
+
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Any) -> Response:
-        if request.url.path.startswith("/v1/") and config.server.api_keys:
+        request.state.caller, request.state.operator = None, False
+        if request.url.path.startswith("/v1/") and (callers or operators):
             given = request.headers.get("authorization", "")
             token = given[7:].strip() if given.lower().startswith("bearer ") else ""
-            if not any(hmac.compare_digest(token.encode(), key.get_secret_value().encode()) for key in config.server.api_keys):
+            # Every key is compared (no early exit), so the time taken says nothing about which matched.
+            is_operator = any([hmac.compare_digest(token.encode(), key.encode()) for key in operators])
+            is_caller = any([hmac.compare_digest(token.encode(), key.encode()) for key in callers])
+            if not (is_operator or is_caller):
                 return error(401, "missing or invalid bearer token (Authorization: Bearer <key>)", code="invalid_api_key")
+            request.state.caller, request.state.operator = caller_id(token), is_operator
         response: Response = await call_next(request)
         return response
 
@@ -139,7 +148,7 @@ def create_app(client: Client, *, warm: bool = True) -> FastAPI:
             return error(503, "the router is overloaded; retry shortly", code="overloaded", headers={"Retry-After": str(config.server.retry_after_s)})
         if _no_cache(request.headers.get("cache-control", "")):
             body["cache"] = False
-        return await _answer(state, body, error)
+        return await _answer(state, body, error, request.state.caller)
 
     @app.post("/v1/feedback", status_code=204, openapi_extra=json_body(FEEDBACK_REQUEST))
     async def feedback(request: Request) -> Response:
@@ -149,14 +158,21 @@ def create_app(client: Client, *, warm: bool = True) -> FastAPI:
         response_id = body.pop("response_id", None)
         if not isinstance(response_id, str) or not response_id:
             return error(400, "'response_id' (the id of a chat completion) is required", param="response_id")
-        unknown = set(body) - {"score", "accepted", "correction"}
+        unknown = set(body) - {"score", "accepted", "correction", "user"}
         if unknown:
             return error(400, f"unknown feedback fields: {sorted(unknown)}", param=min(unknown))
+        user = body.pop("user", None)
+        if user is not None and not isinstance(user, str):
+            return error(400, "'user' must be a string", param="user")
+        # Without API keys the body's 'user' is the only identity there is: a weak one, documented as such.
+        sender = FeedbackSender(user=user, caller=request.state.caller, operator=request.state.operator)
         try:
-            await anyio.to_thread.run_sync(lambda: client.feedback(response_id, **body), limiter=state.limiter)
+            await anyio.to_thread.run_sync(lambda: client._engine.feedback(response_id, sender=sender, **body), limiter=state.limiter)
         except Exception as err:  # noqa: BLE001 - mapped to an OpenAI-shaped error
             status, payload = error_for_exception(err)
-            return error(status, payload["error"]["message"], param=payload["error"]["param"], code=payload["error"]["code"])
+            retry_after = getattr(err, "retry_after_s", None)
+            headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if status == 503 and retry_after else None
+            return error(status, payload["error"]["message"], param=payload["error"]["param"], code=payload["error"]["code"], headers=headers)
         return Response(status_code=204)
 
     return app
@@ -199,7 +215,14 @@ async def _read_json(request: Any, limit: int) -> tuple[dict[str, Any], tuple[in
     return body, None
 
 
-async def _answer(state: ServerState, body: dict[str, Any], error: Any) -> Any:
+def caller_id(token: str) -> str:
+    """A stable name for an API key that reveals nothing of it: what the log keeps to match feedback to its caller."""
+    import hashlib
+
+    return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+async def _answer(state: ServerState, body: dict[str, Any], error: Any, caller: str | None) -> Any:
     """Run one chat completion on a worker thread while holding a slot; a stream keeps it until it ends."""
     stream = bool(body.pop("stream", False))
     model = body.pop("model", None)
@@ -208,9 +231,9 @@ async def _answer(state: ServerState, body: dict[str, Any], error: Any) -> Any:
         return error(400, "'model' is required (a configured model name, 'auto' or 'local')", param="model")
     if messages is None:
         return error(400, "'messages' is required", param="messages")
-    odd = sorted(k for k in body if not k.isidentifier() or k == "self")
-    if odd:
-        return error(400, f"unknown parameter {odd[0]!r}", param=odd[0])
+    # The rest of the body is what the SDK would send as extra_body: every key is checked against
+    # the allow-list there (router._request), none is a keyword argument of ours.
+    arguments = {"model": model, "messages": messages, "stream": stream, "extra_body": body}
     assert state.slots is not None
     state.waiting += 1
     try:
@@ -220,10 +243,10 @@ async def _answer(state: ServerState, body: dict[str, Any], error: Any) -> Any:
     state.in_flight += 1
     handed_to_stream = False
     started = time.perf_counter()
-    create = state.client.chat.completions.create
+    create = state.client.chat.completions._create
     try:
         try:
-            result = await anyio.to_thread.run_sync(lambda: create(model=model, messages=messages, stream=stream, **body), limiter=state.limiter)
+            result = await anyio.to_thread.run_sync(lambda: create(arguments, caller), limiter=state.limiter)
             # A stream's first chunk is awaited here, so a failure before any output is still an HTTP error.
             first = await anyio.to_thread.run_sync(_next_or_none, iter(result), limiter=state.limiter) if stream else None
         except Exception as err:  # noqa: BLE001 - every failure becomes an OpenAI-shaped error
@@ -234,13 +257,21 @@ async def _answer(state: ServerState, body: dict[str, Any], error: Any) -> Any:
             return error(status, payload["error"]["message"], param=payload["error"]["param"], code=payload["error"]["code"], headers=headers)
         if not stream:
             _count(state, result.router, time.perf_counter() - started, result.usage)
-            payload = json.loads(state.redact(json.dumps(result.model_dump(mode="json", exclude_none=True))))
+            payload = json.loads(state.redact(json.dumps(_public(result.model_dump(mode="json", exclude_none=True)))))
             return JSONResponse(payload, headers=_route_headers(result.router))
         handed_to_stream = True
         return _sse(state, result, first, started)
     finally:
         if not handed_to_stream:
             _release(state)
+
+
+def _public(payload: dict[str, Any]) -> dict[str, Any]:
+    """A response as a caller over HTTP may see it: a cache hit does not name the request it was copied from."""
+    info = payload.get("router")
+    if isinstance(info, dict):
+        info.pop("cached_from", None)
+    return payload
 
 
 def _next_or_none(iterator: Any) -> Any:
@@ -268,7 +299,7 @@ def _sse(state: ServerState, stream: Any, first: Any, started: float) -> Any:
         try:
             while chunk is not None:
                 last = chunk
-                yield state.redact(chunk.model_dump_json(exclude_none=True))
+                yield state.redact(json.dumps(_public(chunk.model_dump(mode="json", exclude_none=True))))
                 try:
                     chunk = await anyio.to_thread.run_sync(_next_or_none, iterator, limiter=state.limiter)
                 except Exception as err:  # noqa: BLE001 - after the 200 is sent, an error travels as an event

@@ -36,8 +36,11 @@ def error_for_exception(err: BaseException) -> tuple[int, dict[str, Any]]:
     """Status and body for an exception raised while answering."""
     import openai
 
-    from hybrid_common.errors import ConfigError, RouterError
+    from hybrid_common.errors import ConfigError, LogUnavailableError, RouterError
 
+    if isinstance(err, LogUnavailableError):  # where the log lives and why it failed stay in the server log
+        logger.warning("traffic log unavailable: %s", err)
+        return 503, error_body(503, "the traffic log is unavailable; retry shortly", code="log_unavailable")
     if isinstance(err, openai.APITimeoutError):
         return 504, error_body(504, f"the request timed out: {err}", code="timeout")
     if isinstance(err, openai.APIConnectionError):

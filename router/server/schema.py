@@ -62,6 +62,7 @@ FEEDBACK_REQUEST: dict[str, Any] = {
         "score": {"type": "number", "minimum": 0, "maximum": 1},
         "accepted": {"type": "boolean"},
         "correction": {"type": "string"},
+        "user": {"type": "string", "description": "The end user the answer went to (on a server without API keys)."},
     },
     "additionalProperties": False,
 }

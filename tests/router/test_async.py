@@ -45,3 +45,31 @@ async def test_async_local_failure_falls_back(make_config) -> None:
         client.warmup()
         r = await client.chat.completions.create(model="auto", messages=user("I want to cancel my order"), max_tokens=8)
         assert r.router.tier == "cloud" and r.router.fallback_from == "local"
+
+
+async def test_nothing_blocking_runs_on_the_event_loop(make_config, tmp_path, caplog) -> None:
+    """asyncio's debug mode reports every callback that holds the loop: model loads, adapter
+    checksums, cache and log I/O must all run on worker threads, construction included."""
+    import logging
+
+    loop = asyncio.get_running_loop()
+    debug, slow = loop.get_debug(), loop.slow_callback_duration
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.5  # a model load takes seconds; a scheduling hiccup on a busy 2-core box does not
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    config = make_config(warmup="eager", cache={"enabled": True, "path": tmp_path / "cache"})
+    try:
+        async with AsyncClient(config) as client:  # eager warm-up inside a running loop: must not load here
+            await client.warmup()
+            for model, text in (("auto", "I want to cancel my order"), ("gpt-4o", "I want to leave a review about your customer service")):
+                for _ in range(2):  # the second is a cache hit
+                    await client.chat.completions.create(model=model, messages=user(text), max_tokens=4)
+                stream = await client.chat.completions.create(model=model, messages=user(text), max_tokens=4, stream=True)
+                async with stream:
+                    [c async for c in stream]
+            await client.feedback((await client.chat.completions.create(model="local", messages=user("hi"), max_tokens=2)).id, accepted=True)
+    finally:
+        loop.set_debug(debug)
+        loop.slow_callback_duration = slow
+    held = [r.getMessage() for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()]
+    assert held == []

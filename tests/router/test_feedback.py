@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from router import AsyncClient, BadRequestError, Client, NotFoundError, RouterConfig
+from router import AsyncClient, BadRequestError, Client, NotFoundError, PermissionDeniedError, RouterConfig
 from router.traffic_log import SCHEMA_VERSION, LogRecord, TrafficLog
 from router.types import Reason
 
@@ -49,22 +49,93 @@ def test_feedback_is_stored_scrubbed_and_survives_a_restart(tmp_path: Path) -> N
     assert stored["chatcmpl-0"]["score"] == 0.25
 
 
-def test_rejections_withdraw_a_category_and_the_verdict_survives_a_restart(tmp_path: Path) -> None:
+def served_key(tmp_path: Path) -> str:
+    with Client(config(tmp_path)) as client:
+        return client._engine.served_key()
+
+
+def log_shadow_samples(tmp_path: Path, key: str, similarity: float, n: int = 3) -> None:
+    """Scored evidence (what shadow answers leave in the log) that opens ORDER for ``key``."""
+    with TrafficLog(tmp_path / "traffic.sqlite3") as log:
+        for i in range(n):
+            log.record_quality_sample(kind="shadow", category="ORDER", served_key=key, similarity=similarity, degenerate=False, request_id=f"s-{i}")
+
+
+def test_rejections_close_an_open_category_the_verdict_survives_a_restart_and_a_new_vote_replaces_the_old(tmp_path: Path) -> None:
     log_rows(tmp_path / "traffic.sqlite3")
-    trusted = {"overrides": {}}
-    with Client(config(tmp_path, **trusted)) as client:
-        engine = client._engine
-        key = engine.served_key()
+    key = served_key(tmp_path)
+    log_shadow_samples(tmp_path, key, 0.95)
+    votes = {"overrides": {}, "min_votes": 3}
+    with Client(config(tmp_path, **votes)) as client:
+        assert client._engine.gate.verdict(key, "ORDER").open  # opened by the shadow answers
         for i in range(3):
             client.feedback(f"chatcmpl-{i}", accepted=False)
-        verdict = engine.gate.verdict(key, "ORDER")
-        assert not verdict.open and verdict.reason is Reason.LOCAL_QUALITY_BELOW_FLOOR and "(live)" in verdict.detail
-    with Client(config(tmp_path, **trusted)) as again:  # a new process would see the same
-        verdict = again._engine.gate.verdict(again._engine.served_key(), "ORDER")
-        assert not verdict.open and "3 samples (live)" in verdict.detail
-        for i in range(3):  # three acceptances reopen it (well above floor + margin)
+        verdict = client._engine.gate.verdict(key, "ORDER")
+        assert not verdict.open and verdict.reason is Reason.LOCAL_QUALITY_BELOW_FLOOR and "0% of 3 votes" in verdict.detail
+    with Client(config(tmp_path, **votes)) as again:  # a new process would see the same
+        verdict = again._engine.gate.verdict(key, "ORDER")
+        assert not verdict.open and "0% of 3 votes" in verdict.detail
+        for i in range(3):  # the same users change their minds: each answer's latest vote is the one that counts
             again.feedback(f"chatcmpl-{i}", accepted=True)
-        assert again._engine.gate.verdict(again._engine.served_key(), "ORDER").open
+        verdict = again._engine.gate.verdict(key, "ORDER")
+        assert verdict.open and again._engine.gate.votes(key, "ORDER").votes == 3
+
+
+def test_thirty_votes_on_one_answer_count_once(tmp_path: Path) -> None:
+    log_rows(tmp_path / "traffic.sqlite3")
+    key = served_key(tmp_path)
+    with Client(config(tmp_path, overrides={}, min_votes=3, votes_can_open=True)) as client:
+        for _ in range(30):
+            client.feedback("chatcmpl-0", accepted=True)
+        gate = client._engine.gate
+        assert gate.votes(key, "ORDER").votes == 1 and not gate.verdict(key, "ORDER").open
+    with TrafficLog(tmp_path / "traffic.sqlite3") as log:  # restored from the log, the same single vote
+        assert [s["request_id"] for s in log.quality_samples(per_category=10)] == ["chatcmpl-0"]
+    log_shadow_samples(tmp_path, key, 0.95)
+    with Client(config(tmp_path, overrides={}, min_votes=3)) as client:
+        for _ in range(30):  # and thirty rejections of one answer do not close an open category
+            client.feedback("chatcmpl-1", accepted=False)
+        assert client._engine.gate.verdict(key, "ORDER").open
+
+
+def test_votes_alone_open_a_category_only_where_the_operator_allows_it(tmp_path: Path) -> None:
+    log_rows(tmp_path / "traffic.sqlite3")
+    key = served_key(tmp_path)
+    with Client(config(tmp_path, overrides={}, min_votes=3)) as client:
+        for i in range(3):
+            client.feedback(f"chatcmpl-{i}", accepted=True)
+        verdict = client._engine.gate.verdict(key, "ORDER")
+        assert not verdict.open and verdict.reason is Reason.LOCAL_QUALITY_UNPROVEN and "votes alone" in verdict.detail
+    with Client(config(tmp_path, overrides={}, min_votes=3, votes_can_open=True)) as client:
+        assert client._engine.gate.verdict(key, "ORDER").open
+
+
+def test_votes_and_similarities_have_separate_floors(tmp_path: Path) -> None:
+    """A 0/1 vote is not averaged with cosine similarities: 0.8 similarity and three rejections close on the votes."""
+    log_rows(tmp_path / "traffic.sqlite3")
+    key = served_key(tmp_path)
+    log_shadow_samples(tmp_path, key, 0.8)
+    with Client(config(tmp_path, overrides={}, min_votes=3)) as client:
+        for i in range(3):
+            client.feedback(f"chatcmpl-{i}", accepted=True)
+        gate = client._engine.gate
+        assert gate.evidence(key, "ORDER").similarity == pytest.approx(0.8)  # votes never enter the similarity mean
+        assert gate.votes(key, "ORDER").acceptance == 1.0 and gate.verdict(key, "ORDER").open
+
+
+def test_feedback_is_taken_only_from_the_user_who_received_the_answer(tmp_path: Path) -> None:
+    with TrafficLog(tmp_path / "traffic.sqlite3") as log:
+        log.record(LogRecord(id="chatcmpl-a", requested_model="auto", reason="local_category", stream=False, tier="local",
+                             category="ORDER", messages=QUESTION, response="Today.", user="alice"))  # fmt: skip
+    with Client(config(tmp_path)) as client:
+        with pytest.raises(PermissionDeniedError, match="only from the caller"):
+            client.feedback("chatcmpl-a", accepted=True, user="mallory")
+        client.feedback("chatcmpl-a", accepted=True, user="alice")
+        client.feedback("chatcmpl-a", accepted=False)  # the application itself (no user) vouches for what it sends
+    with Client(config(tmp_path, feedback_from="anyone")) as client:
+        client.feedback("chatcmpl-a", score=0.5, user="mallory")
+    with TrafficLog(tmp_path / "traffic.sqlite3") as log:
+        assert log.feedback()["chatcmpl-a"]["score"] == 0.5
 
 
 def test_feedback_on_a_cloud_answer_is_stored_but_says_nothing_about_the_local_model(tmp_path: Path) -> None:
@@ -148,7 +219,7 @@ def test_a_log_written_by_the_previous_schema_is_migrated(tmp_path: Path) -> Non
         log.record_feedback("old-1", score=None, accepted=True, correction=None)
         assert log.feedback()["old-1"]["accepted"] is True
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     conn.close()
 
 

@@ -1,8 +1,10 @@
 """The local tier under load and faults: bounded queue, slow readers, close, hangs and crashes.
 
-Every test runs the real packaged model in llama.cpp. Faults are injected by wrapping the real
-``Llama`` a worker is given: a decode that blocks until released (a hang) or raises after a few
-pieces (a crash in the native layer); the model itself still does the work.
+The ``slow`` tests run the real packaged model in llama.cpp. Faults are injected by wrapping the
+real ``Llama`` a worker is given: a decode that blocks until released (a hang) or raises after a few
+pieces (a crash in the native layer), or a load that fails; the model itself still does the work.
+The pool's own bookkeeping (replacing a hung worker whose replacement will not load) is also
+tested without a model, with a stand-in context that echoes a fixed answer.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from typing import Any
 import pytest
 
 from router import APITimeoutError, Client, OverloadedError
+from router.backends.base import GenerationParams, LocalFailure
 from router.backends.llama_cpp import LlamaCppBackend
+from router.backends.llama_workers import GenerationJob, JobDone, LlamaWorkerPool
 from tests.conftest import user
-
-pytestmark = pytest.mark.slow
 
 ORDER_QUERY = "I want to cancel the order I placed yesterday"
 
@@ -58,11 +60,16 @@ class FaultyLlama:
 
 @pytest.fixture
 def faults(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """``faults["next"] = "hang" | "crash"`` arms the next generation; ``faults["contexts"]`` lists every context made."""
+    """``faults["next"] = "hang" | "crash"`` arms the next generation; ``faults["failing_loads"] = n`` fails the
+    next n context loads; ``faults["contexts"]`` lists every context made."""
     plan: dict[str, Any] = {"release": threading.Event(), "hanging": threading.Event(), "contexts": []}
     real_new = LlamaCppBackend._new_llama
 
     def new_llama(self: LlamaCppBackend, adapter_path: Any, *, vocab_only: bool = False) -> Any:
+        if not vocab_only and plan.get("failing_loads", 0) > 0:
+            plan["failing_loads"] -= 1
+            plan["failed_loads"] = plan.get("failed_loads", 0) + 1
+            raise FileNotFoundError("injected: the model file vanished")
         llama = real_new(self, adapter_path, vocab_only=vocab_only)
         if vocab_only:
             return llama
@@ -90,6 +97,7 @@ def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
     return thread, box
 
 
+@pytest.mark.slow
 def test_a_full_queue_refuses_at_once_and_routed_requests_fall_back(make_config, faults) -> None:
     with Client(make_config(local={"workers": 1, "max_queue": 0, "retry_after_s": 3})) as client:
         client.warmup()
@@ -115,6 +123,7 @@ def test_a_full_queue_refuses_at_once_and_routed_requests_fall_back(make_config,
         assert [r.error_type for r in rows if r.requested_model == "local"].count("OverloadedError") == 1
 
 
+@pytest.mark.slow
 def test_a_slow_stream_reader_does_not_hold_up_other_local_requests(make_config) -> None:
     with Client(make_config(local={"workers": 1, "max_queue": 2, "timeout_s": 60})) as client:
         client.warmup()
@@ -127,6 +136,7 @@ def test_a_slow_stream_reader_does_not_hold_up_other_local_requests(make_config)
         assert first.router.tier == "local"
 
 
+@pytest.mark.slow
 def test_close_waits_for_the_generation_in_flight(make_config, faults) -> None:
     client = Client(make_config(local={"workers": 1, "max_queue": 2}))
     client.warmup()
@@ -140,6 +150,7 @@ def test_close_waits_for_the_generation_in_flight(make_config, faults) -> None:
     assert all(ctx.closed for ctx in faults["contexts"])
 
 
+@pytest.mark.slow
 def test_a_hung_worker_is_replaced_and_the_tier_recovers(make_config, faults) -> None:
     local = {"workers": 1, "max_queue": 2, "timeout_s": 2.0, "hang_grace_s": 0.5}
     with Client(make_config(local=local)) as client:
@@ -163,6 +174,7 @@ def test_a_hung_worker_is_replaced_and_the_tier_recovers(make_config, faults) ->
         assert stuck.closed and len(faults["contexts"]) == 2
 
 
+@pytest.mark.slow
 def test_a_crash_mid_generation_falls_back_and_the_context_is_rebuilt(make_config, faults) -> None:
     with Client(make_config(local={"workers": 1, "max_queue": 2})) as client:
         client.warmup()
@@ -176,3 +188,117 @@ def test_a_crash_mid_generation_falls_back_and_the_context_is_rebuilt(make_confi
         assert faults["contexts"][0].closed and len(faults["contexts"]) == 2  # rebuilt
         again = client.chat.completions.create(model="local", messages=user(ORDER_QUERY), max_tokens=8)
         assert again.router.tier == "local" and again.choices[0].message.content
+
+
+@pytest.mark.slow
+def test_a_hung_worker_whose_replacement_will_not_load_refuses_at_once_until_a_retry_loads(make_config, faults) -> None:
+    local = {"workers": 1, "max_queue": 2, "timeout_s": 2.0, "hang_grace_s": 0.5}
+    with Client(make_config(local=local)) as client:
+        client.warmup()
+        faults["next"], faults["failing_loads"] = "hang", 3  # retried after 0.5, 1 and 2 s of back-off
+        with pytest.raises(APITimeoutError):
+            client.chat.completions.create(model="local", messages=user("Say hello."), max_tokens=8)
+        deadline = time.monotonic() + 20
+        while faults.get("failed_loads", 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        asked = time.monotonic()
+        with pytest.raises(OverloadedError) as refused:  # forced local: a 503 now, not a wait for the deadline
+            client.chat.completions.create(model="local", messages=user(ORDER_QUERY), max_tokens=8)
+        assert time.monotonic() - asked < 1.0 and refused.value.retry_after_s is not None
+        routed = client.chat.completions.create(model="auto", messages=user(ORDER_QUERY), max_tokens=8)
+        assert (routed.router.tier, routed.router.fallback_from) == ("cloud", "local")
+        assert routed.router.fallback_reason.startswith("overloaded")
+        deadline = time.monotonic() + 30
+        while len(faults["contexts"]) < 2 and time.monotonic() < deadline:  # the fourth load succeeds
+            time.sleep(0.1)
+        time.sleep(0.2)  # its worker starts right after the load
+        recovered = client.chat.completions.create(model="local", messages=user(ORDER_QUERY), max_tokens=8)
+        assert recovered.router.tier == "local" and recovered.choices[0].message.content
+        assert faults["failed_loads"] == 3 and len(faults["contexts"]) == 2
+
+
+# -- the pool's own logic, with a stand-in context ---------------------------------------------------
+
+
+class EchoContext:
+    """Stands in for a ``Llama`` in tests of the pool's bookkeeping: answers "ok", or blocks first while ``hold`` is unset."""
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.hold = hold
+        self.closed = False
+
+    def create_completion(self, tokens: list[int], **kwargs: Any) -> Iterator[dict[str, Any]]:
+        if self.hold is not None:
+            self.hold.wait(60)
+        return self._chunks()
+
+    @staticmethod
+    def _chunks() -> Iterator[dict[str, Any]]:
+        yield {"choices": [{"text": "ok", "finish_reason": None}]}
+        yield {"choices": [{"text": "", "finish_reason": "stop"}]}
+
+    def tokenize(self, text: bytes, add_bos: bool = False, special: bool = True) -> list[int]:
+        return list(text)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _job(seconds: float) -> GenerationJob:
+    return GenerationJob([1, 2, 3], GenerationParams(), 8, time.monotonic() + seconds)
+
+
+def _until(condition: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(condition())
+
+
+def test_a_failed_replacement_is_retried_in_the_background_and_the_pool_refuses_until_it_loads() -> None:
+    hold, broken = threading.Event(), threading.Event()
+    loads: list[tuple[float, str, bool]] = []  # (when, on which thread, succeeded)
+
+    def new_context() -> tuple[Any, str | None]:
+        first = not loads
+        loads.append((time.monotonic(), threading.current_thread().name, first or not broken.is_set()))
+        if first:
+            return EchoContext(hold), "v1"  # the worker that will hang
+        if broken.is_set():
+            raise FileNotFoundError("model.gguf: no such file")
+        return EchoContext(), "v1"
+
+    pool = LlamaWorkerPool(
+        new_context, workers=1, max_queue=4, hang_grace_s=0.05, stop_sequences=[],
+        respawn_backoff_s=0.02, respawn_backoff_max_s=0.16,
+    )  # fmt: skip
+    try:
+        broken.set()
+        hung, queued = _job(0.1), _job(30)
+        pool.submit(hung)
+        pool.submit(queued)  # waits behind the hung job
+        assert isinstance(hung.out.get(timeout=10), LocalFailure)  # the hang is detected, the worker retired
+        refusal = queued.out.get(timeout=5)  # at the first failed load, not after its 30 s deadline
+        assert isinstance(refusal, LocalFailure) and refusal.kind == "overloaded"
+        assert _until(lambda: pool.respawn_failures >= 5)
+        asked = time.monotonic()
+        with pytest.raises(LocalFailure) as refused:
+            pool.submit(_job(30))
+        assert refused.value.kind == "overloaded" and time.monotonic() - asked < 0.5
+        assert pool.workers == 0 and pool.depth == 0
+        retries = loads[1:]
+        assert all(thread == "llama-respawn" for _, thread, _ in retries)  # never a request thread, nor the watchdog
+        gaps = [b[0] - a[0] for a, b in zip(retries, retries[1:], strict=False)]
+        assert gaps[0] >= 0.015 and gaps[2] >= 0.06 and max(gaps) < 0.16 + 1.0  # doubling, then capped
+
+        broken.clear()
+        assert _until(lambda: pool.workers == 1)
+        served = _job(10)
+        pool.submit(served)
+        assert served.out.get(timeout=10) == "ok"
+        done = served.out.get(timeout=10)
+        assert isinstance(done, JobDone) and done.finish_reason == "stop"
+        assert pool.replaced_hung == 1 and sum(ok for _, _, ok in loads) == 2
+    finally:
+        hold.set()
+        pool.close(5)

@@ -47,7 +47,7 @@ def test_cloud_reasons(policy, category, has_classifier, reason) -> None:
 
 def test_privacy_beats_everything(policy) -> None:
     d = policy.decide(req("my email is jane@example.com", model="gpt-4o-pinned"), category=None, has_classifier=True)
-    assert (d.tier, d.reason, d.detail, d.private) == ("local", Reason.PII_MATCH, "email", True)
+    assert (d.tier, d.reason, d.detail, d.private) == ("local", Reason.PII_MATCH, "email in messages[0]", True)
     d = policy.decide(req(), category="ACCOUNT", has_classifier=True)
     assert (d.tier, d.reason, d.private) == ("local", Reason.PRIVATE_CATEGORY, True)
 

@@ -7,9 +7,17 @@ database. These tests never skip: without a server they fail, saying why.
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,7 +26,54 @@ import pytest
 from router.traffic_log import LogRecord, TrafficLog, copy_log
 
 pytestmark = pytest.mark.slow
+_START_POSTGRES = Path(__file__).resolve().parents[2] / ".ci" / "start-postgres"
 
+
+@dataclass
+class Cluster:
+    """A PostgreSQL cluster of one test's own, which it may stop and start again."""
+
+    data: Path
+    port: int
+    url: str
+
+    def _pg_ctl(self, *args: str) -> None:
+        pg_ctl = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))[-1]
+        command = " ".join([pg_ctl, "-D", str(self.data), "-w", *args])
+        as_postgres = ["su", "postgres", "-s", "/bin/sh", "-c"] if os.geteuid() == 0 else ["sh", "-c"]
+        subprocess.run([*as_postgres, command], check=True, capture_output=True)
+
+    def stop(self) -> None:
+        self._pg_ctl("-m", "fast", "stop")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg_ctl("-l", str(self.data / "server.log"), "-o", f"'{options}'", "start")
+
+
+@pytest.fixture
+def own_pg() -> Iterator[Cluster]:
+    """A throwaway cluster (``.ci/start-postgres``) this test may stop: the shared one serves the others."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    data = Path(f"/tmp/hybrid-router-pg-{uuid.uuid4().hex[:12]}")  # not under pytest's tmp: postgres must reach it
+    done = subprocess.run([str(_START_POSTGRES), str(data), str(port)], capture_output=True, text=True)
+    assert done.returncode == 0, f"no PostgreSQL cluster of this test's own: {done.stderr.strip()}"
+    cluster = Cluster(data, port, done.stdout.strip().splitlines()[-1])
+    yield cluster
+    try:
+        cluster.stop()
+    except subprocess.CalledProcessError:
+        pass  # already stopped
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def rec(i: int, day: str | None = None, **kw) -> LogRecord:
@@ -140,3 +195,48 @@ def test_retrain_reads_its_examples_from_a_postgresql_log(pg_url: str, tmp_path:
     examples = examples_from_log(config.log_location, categories=["ORDER"])
     assert sorted(e.answer for e in examples) == ["Answer 0.", "Answer 1.", "Answer 2."]
     assert "s3cret-pw" not in repr(config) and "s3cret-pw" not in TrafficLog(with_password, spool=False).location
+
+
+def test_the_log_reconnects_after_postgresql_restarts_and_drains_its_spool(own_pg: Cluster, tmp_path: Path) -> None:
+    from router.errors import LogUnavailableError
+
+    log = TrafficLog(own_pg.url, spool_path=tmp_path / "pg.spool", busy_timeout_s=1)
+    assert log.record(rec(1))
+    own_pg.stop()
+    assert all(log.record(rec(i)) for i in range(2, 6))  # the server is down: spooled, durable, no exception
+    assert (log.spooled, log.failures) == (4, 0) and log.spool.pending()
+    with pytest.raises(LogUnavailableError) as down:  # a read cannot be spooled: a clear 503, not a driver error
+        log.get("r1")
+    assert down.value.status_code == 503 and down.value.code == "log_unavailable" and down.value.retry_after_s >= 1
+    own_pg.start()
+    assert log.record(rec(6))
+    eventually(lambda: not log.spool.pending())  # reconnected and drained, with no restart of the log
+    assert sorted(r.id for r in log.records()) == [f"r{i}" for i in range(1, 7)]
+    assert log.get("r1") is not None and log.failures == 0
+    log.close()
+    with TrafficLog(own_pg.url, spool=False) as fresh:  # in the table, as another process sees it
+        assert fresh.count() == 6
+
+
+def test_feedback_over_http_is_a_503_while_the_postgresql_log_is_down(own_pg: Cluster, tmp_path: Path) -> None:
+    import httpx
+
+    from router import Client, RouterConfig
+    from tests.conftest import serving
+
+    with TrafficLog(own_pg.url, spool=False) as log:
+        log.record(rec(1, tier="cloud"))
+    config = RouterConfig(
+        local={"registry_path": None}, cloud={"preimport": False}, warmup="lazy",
+        log={"url": own_pg.url, "path": tmp_path / "local.sqlite3"},
+    )  # fmt: skip
+    with Client(config) as client, serving(client, warm=False) as url, httpx.Client(base_url=url, timeout=60) as http:
+        assert http.post("/v1/feedback", json={"response_id": "r1", "accepted": True}).status_code == 204
+        own_pg.stop()
+        down = http.post("/v1/feedback", json={"response_id": "r1", "accepted": False})
+        assert down.status_code == 503, down.text
+        assert down.json()["error"]["code"] == "log_unavailable" and own_pg.url not in down.text
+        own_pg.start()
+        eventually(lambda: http.post("/v1/feedback", json={"response_id": "r1", "score": 0.5}).status_code == 204)
+    with TrafficLog(own_pg.url, spool=False) as log:
+        assert log.feedback()["r1"]["score"] == 0.5

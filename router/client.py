@@ -221,8 +221,8 @@ class _ClientBase:
         model = kwargs.get("model")
         if isinstance(model, str) and model.strip() and not config.requestable(model):
             raise NotFoundError(
-                f"The model {model!r} does not exist: name 'auto', 'local' or a model in [models] "
-                "(cloud.any_model lets requests name any litellm model).",
+                f"The model {model!r} does not exist: name 'auto', 'local', a model in [models] or a bare model name "
+                "(a provider prefix chooses the provider, which only the configuration may; cloud.any_model allows it).",
                 param="model",
                 code="model_not_found",
             )

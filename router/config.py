@@ -276,8 +276,9 @@ class CloudConfig(_Section):
     )  # fmt: skip
     drop_unsupported_params: bool = Field(True, description="Let litellm drop parameters a provider does not accept.")
     any_model: bool = Field(
-        False, description="Let a request name any litellm model string. Off: only 'auto', 'local', names in [models] "
-        "and default_model, so a caller cannot choose the provider (and the key litellm reads for it).",
+        False, description="Let a request name any litellm model string. Off: 'auto', 'local', names in [models], "
+        "default_model and bare model names ('gpt-4o'); a provider-prefixed string ('ollama/...') is a 404, so a "
+        "caller cannot choose the provider and its endpoint.",
     )  # fmt: skip
     fallback_to_local: bool = Field(True, description="Serve locally when the cloud fails and the local tier can.")
     preimport: bool = Field(True, description="Import litellm in the background at client start (it takes seconds).")
@@ -623,8 +624,15 @@ class RouterConfig(BaseSettings):
             _toml_file.reset(token)
 
     def requestable(self, model: str) -> bool:
-        """Whether a request may name ``model``: 'auto', 'local', a [models] name, the default, or anything with cloud.any_model."""
-        return self.cloud.any_model or model in ("auto", "local", self.cloud.default_model) or model in self.models
+        """Whether a request may name ``model``: 'auto', 'local', a [models] name, the default, a bare
+        model name (``gpt-4o``: unchanged OpenAI code keeps working), or anything with cloud.any_model.
+
+        A provider-prefixed string (``ollama/…``, ``openai/…``) that is not configured is refused:
+        it would let the caller choose the provider and its endpoint.
+        """
+        if self.cloud.any_model or model in ("auto", "local", self.cloud.default_model) or model in self.models:
+            return True
+        return "/" not in model and ":" not in model
 
     def extra_params_for(self, model: str) -> frozenset[str]:
         """The provider parameters a request naming ``model`` may set: its route's ``extra_params``."""

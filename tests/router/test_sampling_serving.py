@@ -59,7 +59,7 @@ def test_requests_that_may_not_be_sampled_never_are(make_config) -> None:
     with Client(config) as client:
         # private: answered locally, never sent out (no audit)
         private = client.chat.completions.create(model="auto", messages=user("I need to change my payment method"), max_tokens=8)
-        assert private.router.tier == "local"
+        assert private.router.tier in ("local", "handoff")  # handoff: the base model's answer was rejected by the guard
         # forced local: no audit
         client.chat.completions.create(model="local", messages=user(DELIVERY_QUERY), max_tokens=8)
         # the app asked that it not be stored

@@ -119,11 +119,6 @@ class ChatRequest:
         """The text to classify: the last user message."""
         return last_user_text(self.messages)
 
-    @property
-    def all_text(self) -> str:
-        """Every message's text, for privacy checks."""
-        return "\n".join(message_text(m.get("content")) for m in self.messages)
-
 
 def _given(value: Any) -> bool:
     return value is not None and not (_NOT_GIVEN_TYPES and isinstance(value, _NOT_GIVEN_TYPES))

@@ -39,7 +39,7 @@ class TurnClassifications:
                     found[i] = hit
         missing = [i for i in range(len(texts)) if i not in found]
         if missing:
-            fresh = classifier.classify_many([texts[i] for i in missing]) if len(missing) > 1 else [classifier.classify(texts[missing[0]])]
+            fresh = classifier.classify_many([texts[i] for i in missing])
             with self._lock:
                 self.encoded += len(missing)
                 for i, prediction in zip(missing, fresh, strict=True):

@@ -417,17 +417,20 @@ class Engine:
         """Classify every user turn and decide; a refused request is logged whole, then raised."""
         category = confidence = classify_ms = embedding = None
         classifier, classifier_version, private = self._serving_classifier()
-        turns = [(i, text) for i, text in user_turns(request.messages) if text.strip()]
+        every_turn = user_turns(request.messages)
+        turns = [(i, text) for i, text in every_turn if text.strip()]
         turn_categories: list[tuple[int, str | None]] = []
-        if classifier is not None and turns and request.query:
+        if classifier is not None and turns:
+            # Earlier turns are classified even when the last one has no text (an image): they decide privacy.
             with self.activity.running():
                 start = time.perf_counter()
                 predictions = self._turns.classify(classifier, classifier_version, [text for _, text in turns])
                 classify_ms = (time.perf_counter() - start) * 1000
-            prediction = predictions[-1]
-            category, confidence = prediction.category, float(prediction.confidence)
-            embedding = CacheTier.embedding_of(prediction)
             turn_categories = [(i, p.category) for (i, _), p in zip(turns, predictions, strict=True)]
+            if turns[-1][0] == every_turn[-1][0]:  # the last user turn has text: it is what gets routed
+                prediction = predictions[-1]
+                category, confidence = prediction.category, float(prediction.confidence)
+                embedding = CacheTier.embedding_of(prediction)
         try:
             decision = self.policy.decide(
                 request, category=category, has_classifier=classifier is not None, gate=self.gate_verdict,

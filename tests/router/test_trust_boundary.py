@@ -12,7 +12,7 @@ import pytest
 
 from evals.security_eval import control_keys, probe_control_keys
 from evals.standin_cloud import StandinCloud
-from router import BadRequestError, Client, NotFoundError, RouterConfig
+from router import BadRequestError, Client, NotFoundError, PrivacyError, RouterConfig
 from tests.conftest import bitext_rows
 
 
@@ -106,6 +106,9 @@ def test_an_earlier_private_turn_keeps_the_whole_conversation_local(make_config:
             assert "PAYMENT (an earlier turn, messages[0])" in r.router.detail
         r = client.chat.completions.create(model="auto", messages=_conversation("my card 4111 1111 1111 1111 123 was declined", other), max_tokens=4)
         assert r.router.reason.value in ("pii_match", "private_handoff") and "card_number in messages[0]" in r.router.detail
+        image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
+        with pytest.raises(PrivacyError):  # a last turn without text does not hide a private earlier one
+            client.chat.completions.create(model="auto", messages=[*_conversation(PAYMENT_FIRST, "see"), image], max_tokens=4)
         engine = client._engine
         encoded = engine._turns.encoded
         client.chat.completions.create(model="auto", messages=_conversation(PAYMENT_FIRST, FOLLOW_UP, "thanks"), max_tokens=4)

@@ -161,8 +161,10 @@ def replay_conversations(client: Any, conversations: list[dict[str, Any]], cloud
     """Each conversation turn by turn as a chat app sends it; what reached the cloud, and what the last-message rule would send."""
     from router import APIError
 
-    policy, private_categories = client._engine.policy, frozenset()
-    leaks, old_rule_leaks, turns, cloud_turns, handoffs, examples = 0, 0, 0, 0, 0, []
+    from hybrid_common.chat import earlier_turns
+
+    policy, private_categories, local = client._engine.policy, frozenset(), client.config.local
+    leaks, old_rule_leaks, turns, cloud_turns, handoffs, degenerate, local_answers, examples = 0, 0, 0, 0, 0, 0, 0, []
     for conversation in tqdm(conversations, unit="conversation", desc="private conversations"):
         before = len(cloud.received())
         history: list[dict[str, str]] = []
@@ -178,6 +180,10 @@ def replay_conversations(client: Any, conversations: list[dict[str, Any]], cloud
             info = r.router
             cloud_turns += info.tier == "cloud"
             handoffs += info.reason.value == "private_handoff"
+            if info.tier == "local":  # what a user received, judged whole by serving's guard with the conversation
+                local_answers += 1
+                guard = local.new_guard(text, earlier_turns(history))
+                degenerate += guard.check_text(r.choices[0].message.content or "") is not None
             # The last-message rule: the same request, judged with no earlier turns and no PII outside the last one.
             if len(history) > 1:
                 request = client._build({"model": "gpt-4o", "messages": [history[-1]], "max_tokens": max_tokens})
@@ -197,6 +203,8 @@ def replay_conversations(client: Any, conversations: list[dict[str, Any]], cloud
         "private_conversation_leaks": leaks,
         "private_conversation_cloud_turns": cloud_turns,
         "private_conversation_handoffs": handoffs,
+        "private_conversation_local_answers": local_answers,
+        "private_conversation_degenerate_served": degenerate,
         "private_conversations_last_message_rule_would_send": old_rule_leaks,
         "private_conversation_examples": examples,
     }

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hybrid_common.chat import END_OF_TURN, START_OF_TURN, last_user_text
+from hybrid_common.chat import END_OF_TURN, START_OF_TURN, earlier_turns, last_user_text
 
 if TYPE_CHECKING:
     from finetune.datasets import Example
@@ -205,7 +205,7 @@ def evaluate_model(
         backend.load()
         for example in tqdm(examples, desc=label, unit="answer", disable=not progress):
             messages = list(example.messages)
-            guard = local.new_guard(last_user_text(messages))
+            guard = local.new_guard(last_user_text(messages), earlier_turns(messages))  # as served
             started = time.perf_counter()
             stream = backend.generate(
                 messages, GenerationParams(), max_tokens=max_tokens, deadline=time.monotonic() + _EVAL_TIMEOUT_S

@@ -16,6 +16,7 @@ __all__ = [
     "END_OF_TURN",
     "START_OF_TURN",
     "STOP_SEQUENCES",
+    "earlier_turns",
     "is_text_only",
     "last_user_text",
     "logged_query",
@@ -67,6 +68,12 @@ def user_turns(messages: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
     """``(message index, text)`` of every user message, oldest first: the turns a conversation's
     privacy is decided on (a conversation is as private as its most private turn)."""
     return [(i, message_text(m.get("content"))) for i, m in enumerate(messages) if m.get("role") == "user"]
+
+
+def earlier_turns(messages: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The texts of the messages before the last user message: what an answer must not merely repeat."""
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages))
+    return [text for m in messages[:last] if (text := message_text(m.get("content"))).strip()]
 
 
 def logged_query(messages: Any) -> str | None:

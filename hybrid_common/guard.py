@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from difflib import SequenceMatcher
 
 __all__ = ["DegenerationGuard"]
@@ -34,6 +35,9 @@ _COVERAGE_SHARE = 0.5  # words inside trigrams said 3+ times, as a share of all 
 _SEPARATOR_WINDOW = 16  # the last this-many non-space characters ...
 _SEPARATOR_SHARE = 0.75  # ... being mostly punctuation is a separator run
 _FOREIGN_CHARS = 2  # characters of a script absent from the question
+_EARLIER_TURNS = 6  # a conversation's last this-many earlier messages are echo sources too ...
+_EARLIER_WORDS = 16  # ... compared on their opening this many words
+_MIN_ECHO_WORDS = 3  # shorter texts are not judged as echoes
 
 # Scripts a Latin-script question should not be answered in (base models drift into these).
 _SCRIPTS: dict[str, re.Pattern[str]] = {
@@ -73,13 +77,24 @@ class DegenerationGuard:
     question-echo check on.
     """
 
-    def __init__(self, *, question: str = "", min_span: int = 48, reject_echo: bool = True) -> None:
-        self._question = _normalise(question) if reject_echo else ""
-        self._question_words = _words(self._question) if reject_echo else []
-        self._question_clause_marks = sum(question.count(c) for c in ",:")
+    def __init__(
+        self, *, question: str = "", earlier: Sequence[str] = (), min_span: int = 48, reject_echo: bool = True
+    ) -> None:
+        # What an answer must not open by repeating: the question, and in a conversation the earlier
+        # turns (a base model continues a chat by replaying the previous answer or question).
+        self._echo_sources: list[tuple[list[str], int, str]] = []
+        if reject_echo:
+            question_words = _words(_normalise(question))
+            if question_words:
+                self._echo_sources.append((question_words, sum(question.count(c) for c in ",:"), "echoed the question"))
+            for turn in earlier[-_EARLIER_TURNS:]:
+                words = _words(_normalise(turn))[:_EARLIER_WORDS]
+                if len(words) >= _MIN_ECHO_WORDS:
+                    marks = sum(_opening(turn, len(words)).count(c) for c in ",:")
+                    self._echo_sources.append((words, marks, "echoed an earlier turn"))
+        self._echo_pending = set(range(len(self._echo_sources)))
         self._min_span = min_span
-        self._allowed_scripts = {name for name, pattern in _SCRIPTS.items() if pattern.search(question)}
-        self._echo_checked = False
+        self._allowed_scripts = {name for name, pattern in _SCRIPTS.items() if pattern.search(" ".join([question, *earlier]))}
         self.problem: str | None = None
         self.rejected_text: str | None = None
         """The text in which ``problem`` was found (live evidence scores it against the answer served instead)."""
@@ -122,24 +137,31 @@ class DegenerationGuard:
     # -- the individual checks --------------------------------------------------------------------
 
     def _echo(self, text: str, *, final: bool) -> str | None:
-        """The answer opens with the question (small edits allowed), or is nothing but it."""
-        if not self._question_words or self._echo_checked:
+        """The answer opens with the question or an earlier turn (small edits allowed), or is nothing
+        but the start of one (an echo cut short by the token limit)."""
+        if not self._echo_pending:
             return None
         words = _words(text)
-        size = len(self._question_words)
-        if not final and len(words) < size + _ECHO_SLACK:
-            return None  # wait until the opening is as long as the question (with slack for edits)
-        self._echo_checked = True
-        lengths = range(max(1, size - _ECHO_SLACK), size + _ECHO_SLACK + 1)
-        ratio = max(SequenceMatcher(a=words[:n], b=self._question_words, autojunk=False).ratio() for n in lengths)
-        if ratio < _ECHO_SIMILARITY:
-            return None
-        # "To check the early exit fee, please ..." restates the question as a clause and goes on: the
-        # comma (or colon) it adds is what a bare echo ("check the early exit fee mendatanguser") lacks.
-        opening = _opening(text, size + _ECHO_SLACK)
-        if sum(opening.count(c) for c in ",:") > self._question_clause_marks:
-            return None
-        return "echoed the question"
+        for index in sorted(self._echo_pending):
+            source, clause_marks, problem = self._echo_sources[index]
+            size = len(source)
+            if not final and len(words) < size + _ECHO_SLACK:
+                continue  # wait until the opening is as long as the source (with slack for edits)
+            self._echo_pending.discard(index)
+            lengths = range(max(1, size - _ECHO_SLACK), size + _ECHO_SLACK + 1)
+            ratio = max(SequenceMatcher(a=words[:n], b=source, autojunk=False).ratio() for n in lengths)
+            if final and _MIN_ECHO_WORDS <= len(words) < size - _ECHO_SLACK and 2 * len(words) >= size:
+                # The whole answer is the first half (or more) of the source: an echo the token cap cut short.
+                ratio = max(ratio, SequenceMatcher(a=words, b=source[: len(words)], autojunk=False).ratio())
+            if ratio < _ECHO_SIMILARITY:
+                continue
+            # "To check the early exit fee, please ..." restates the question as a clause and goes on: the
+            # comma (or colon) it adds is what a bare echo ("check the early exit fee mendatanguser") lacks.
+            opening = _opening(text, size + _ECHO_SLACK)
+            if sum(opening.count(c) for c in ",:") > clause_marks:
+                continue
+            return problem
+        return None
 
     def _adjacent_repeat(self, text: str) -> str | None:
         """A span said again right after itself, at the end of the text (whitespace folded)."""

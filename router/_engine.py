@@ -37,7 +37,7 @@ from hybrid_common.errors import (
     OverloadedError,
     RouterError,
 )
-from hybrid_common.chat import user_turns
+from hybrid_common.chat import earlier_turns, user_turns
 from hybrid_common.generation import guarded_pieces
 from hybrid_common.guard import DegenerationGuard
 from hybrid_common.pii import PiiMatcher
@@ -571,7 +571,7 @@ class Engine:
         stream = self.local.generate(
             request.messages, request.params, max_tokens=local.answer_tokens(request.params.max_tokens), deadline=deadline
         )
-        return stream, local.new_guard(request.query)
+        return stream, local.new_guard(request.query, earlier_turns(request.messages))
 
     def _guarded_local_pieces(self, exchange: Exchange) -> Iterator[str]:
         request = exchange.request

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -203,9 +204,11 @@ class LocalConfig(_Section):
         """Characters a fallible local stream holds back before its first chunk (capped for huge prompts)."""
         return min(2000, self.stream_hold_back_chars + len(question))
 
-    def new_guard(self, question: str) -> DegenerationGuard:
-        """The degeneration guard for one answer to ``question``, as configured."""
-        return DegenerationGuard(question=question, min_span=self.degenerate_min_span, reject_echo=self.reject_echo)
+    def new_guard(self, question: str, earlier: Sequence[str] = ()) -> DegenerationGuard:
+        """The degeneration guard for one answer to ``question`` (after the conversation's ``earlier`` turns), as configured."""
+        return DegenerationGuard(
+            question=question, earlier=earlier, min_span=self.degenerate_min_span, reject_echo=self.reject_echo
+        )
 
 
 class ModelRoute(_Section):

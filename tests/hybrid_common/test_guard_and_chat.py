@@ -112,3 +112,33 @@ def test_logged_query_is_the_last_text_user_message_or_none() -> None:
     assert logged_query([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]) is None
     assert logged_query([{"role": "system", "content": "be brief"}]) is None
     assert logged_query(None) is None and logged_query(["not a message"]) is None
+
+
+def test_an_answer_that_replays_an_earlier_turn_is_an_echo() -> None:
+    """Read from the traffic log of a conversation replay: the base model continued by repeating the
+    previous answer or question with stray tokens; the question alone did not catch it."""
+    handoff = "I can't answer this one automatically. A member of our team will get back to you."
+    earlier = ["what payment methods do you accept?", handoff]
+    assert DegenerationGuard(question="can I do it from my phone?").check_text(handoff + "łę\nibley\n") is None
+    guard = DegenerationGuard(question="can I do it from my phone?", earlier=earlier)
+    assert guard.check_text(handoff + "łę\nibley\n") == "echoed an earlier turn"
+    replay = "what payment methods do you accept mendatang\nI can't"
+    assert DegenerationGuard(question="and is there a fee?", earlier=earlier).check_text(replay) == "echoed an earlier turn"
+    sound = "I understand that you are wondering about fees. Card payments have no fee; bank transfers cost 1 euro."
+    opener = "I understand that you want to know the payment methods. We accept cards and bank transfers."
+    assert DegenerationGuard(question="and is there a fee?", earlier=["what payment methods?", opener]).check_text(sound) is None
+
+
+def test_an_echo_cut_short_by_the_token_cap_is_an_echo() -> None:
+    question = "my card 4539 1433 3776 1746 was charged twice for the same account upgrade"
+    assert DegenerationGuard(question=question).check_text("my card 4539 1433 3776 1746 was charged") == "echoed the question"
+    assert DegenerationGuard(question=question).check_text("my card was charged twice? Let me check") is None
+    assert DegenerationGuard(question="where is my order?").check_text("Your order ships today.") is None
+
+
+def test_earlier_turns_are_the_messages_before_the_last_user_message() -> None:
+    from hybrid_common.chat import earlier_turns
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "where is my order?"}]  # fmt: skip
+    assert earlier_turns(messages) == ["Be brief.", "hi", "Hello!"] and earlier_turns(messages[:2]) == ["Be brief."]

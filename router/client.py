@@ -176,7 +176,7 @@ class _ClientBase:
             resolved = _config_from(config, api_key, str(base_url) if base_url else None)
             if self._loads_off_the_loop and resolved.warmup == "eager" and _event_loop_running():
                 # An eager load here would block the application's event loop for seconds: load in
-                # the background instead (``await client.warmup()`` waits for it without blocking).
+                # the background instead (``await asyncio.to_thread(client.warmup)`` waits without blocking).
                 resolved = resolved.model_copy(update={"warmup": "background"})
             _engine = Engine(resolved)
         self._engine = _engine
@@ -410,14 +410,11 @@ class AsyncClient(_ClientBase):
 
     Nothing blocking runs on the event loop: model loads, adapter refreshes, file checksums, log
     and cache I/O all run on the engine's worker threads (``warmup = "eager"`` loads in the
-    background when the client is built inside a running loop; ``await client.warmup()`` waits).
+    background when the client is built inside a running loop; ``await asyncio.to_thread(client.warmup)``
+    waits for it, since ``warmup()`` itself blocks, as it does on :class:`Client`).
     """
 
     _loads_off_the_loop = True
-
-    async def warmup(self) -> None:  # type: ignore[override]
-        """Load every model now, on a worker thread; the event loop keeps serving meanwhile."""
-        await self._engine._in_thread(self._engine.warmup)
 
     @cached_property
     def chat(self) -> AsyncChat:

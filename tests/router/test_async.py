@@ -60,7 +60,7 @@ async def test_nothing_blocking_runs_on_the_event_loop(make_config, tmp_path, ca
     config = make_config(warmup="eager", cache={"enabled": True, "path": tmp_path / "cache"})
     try:
         async with AsyncClient(config) as client:  # eager warm-up inside a running loop: must not load here
-            await client.warmup()
+            await asyncio.to_thread(client.warmup)
             for model, text in (("auto", "I want to cancel my order"), ("gpt-4o", "I want to leave a review about your customer service")):
                 for _ in range(2):  # the second is a cache hit
                     await client.chat.completions.create(model=model, messages=user(text), max_tokens=4)

@@ -11,7 +11,9 @@
    or PII) are replayed turn by turn through ``router.Client`` with ``make demo``'s classifier and
    PAYMENT private; a leak is a private turn's text in anything the stand-in cloud received.
    The same conversations are also judged by the last-message rule (the policy given no earlier
-   turns), to show what the old rule would have sent.
+   turns), to show what the old rule would have sent. They are replayed twice: with the untuned
+   packaged model, and with the shipped adapter serving (``*_adapter`` keys), and every local
+   answer a user received is judged whole by serving's guard with its conversation.
 3. **Feedback**: thirty votes on one response, against a category that is closed (votes may
    open it) and one that is open: the number of gate verdict changes they cause.
 4. **PII**: the matcher's recall and false alarms on the committed corpus (``evals.pii_eval``).
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
-    from evals.demo import LOCAL_CATEGORIES, PRIVATE_CATEGORIES, load_bitext, split, train_classifier
+    from evals.demo import LOCAL_CATEGORIES, PRIVATE_CATEGORIES, load_bitext, register_shipped_adapter, split, train_classifier
     from evals.figures import merge_figures
     from evals.pii_eval import measure as measure_pii
     from evals.standin_cloud import StandinCloud
@@ -285,6 +287,13 @@ def main(argv: list[str] | None = None) -> None:
             conversations = [json.loads(line) for line in CONVERSATIONS.read_text(encoding="utf-8").splitlines() if line.strip()]
             print(f"[3/4] {len(conversations)} conversations whose earlier turn is private, turn by turn")
             figures |= replay_conversations(client, conversations, cloud, max_tokens=args.max_tokens)
+        print("      again with the shipped adapter serving (make demo's phase 2), which answers where the base model cannot")
+        version = register_shipped_adapter(args.workdir / "registry")
+        tuned = config.model_copy(update={"local": config.local.model_copy(update={"registry_path": args.workdir / "registry"})})
+        with Client(tuned) as client:
+            assert client._engine.served_key() == f"registry:{version}"
+            adapter = replay_conversations(client, conversations, cloud, max_tokens=args.max_tokens)
+        figures |= {f"{k}_adapter": v for k, v in adapter.items() if k not in ("private_conversations",)}
         print("[4/4] feedback stuffing and the PII corpus")
         with tempfile.TemporaryDirectory() as tmp:
             figures |= feedback_flips(Path(tmp))

@@ -336,6 +336,30 @@ class EmbeddingClassifier(ParamsMixin):
             for p, run in zip(self._predictions_from(runs), runs, strict=True)
         ]
 
+    def classify_embedding(self, embedding: np.ndarray) -> Prediction:
+        """:meth:`classify` for an embedding already computed (no encoder run): the head in numpy.
+
+        For embeddings the encoder did not produce directly, such as a conversation's turns mixed
+        into one vector; it is re-normalised first, so cosines stay cosines. For an encoder
+        embedding it agrees with :meth:`classify` to float rounding.
+        """
+        self._check_fitted()
+        vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.head_.dim or not np.all(np.isfinite(vector)):
+            raise ConfigError(f"expected a finite embedding of {self.head_.dim} values, got shape {vector.shape}")
+        norm = float(np.linalg.norm(vector))
+        vector = vector / norm if norm > 0 else vector
+        head = self.head_
+        exemplars = head.exemplars
+        run = GraphRun(
+            embedding=vector,
+            logits=head.coef @ vector + head.intercept,
+            max_cosine=float((head.memory @ vector).max()) if len(head.memory) else 0.0,
+            max_exemplar_cosine=float((exemplars @ vector).max()) if len(exemplars) else 0.0,
+        )
+        prediction = self._predictions_from([run])[0]
+        return Prediction(prediction.category, prediction.confidence, prediction.label, embedding=vector)
+
     def embed(self, text: str) -> np.ndarray:
         """The encoder's L2-normalised embedding of ``text``: cosine between two texts is a dot product."""
         self._check_fitted()

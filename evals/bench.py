@@ -82,6 +82,21 @@ def _classify_latencies(classifier: Any, queries: list[str], pause_s: float = 0.
     return out
 
 
+def _turn_latencies(engine: Any, classifier: Any, queries: list[str], earlier: list[str]) -> list[float]:
+    """Classification of each query as the last turn after ``earlier`` turns, as a request pays it:
+    the turn cache (earlier turns found there, the new one encoded) plus the walk over the topics."""
+    from router import resolve_topics
+
+    out = []
+    for q in queries:
+        texts = [*earlier, q]
+        start = time.perf_counter()
+        predictions = engine._turns.classify(classifier, None, texts)
+        resolve_topics(list(enumerate(texts)), predictions)
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=400)
@@ -152,6 +167,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  quiet:                 p50 {_percentile(quiet, 50):.2f} ms, p99 {_percentile(quiet, 99):.2f} ms"
           f"   int8: p50 {_percentile(quiet_int8, 50):.2f} ms, p99 {_percentile(quiet_int8, 99):.2f} ms")  # fmt: skip
 
+    print("classification of a request's last turn, the path a request takes (turn cache + conversation walk)")
+    earlier = ["I want to cancel my order", "ok, and how long will that take?", "what if it already shipped?"]
+    _turn_latencies(engine, classifier, queries[:50], earlier)  # warm; the earlier turns are cached from here on
+    single_turn = _turn_latencies(engine, classifier, [q + " " for q in queries], [])
+    fourth_turn = _turn_latencies(engine, classifier, [q + "  " for q in queries], earlier)
+    turn_ratio = _percentile(fourth_turn, 50) / _percentile(single_turn, 50)
+    print(f"  single question:       p50 {_percentile(single_turn, 50):.2f} ms; fourth turn of a conversation: p50"
+          f" {_percentile(fourth_turn, 50):.2f} ms (ratio {turn_ratio:.3f}; one encoder run each)")  # fmt: skip
+
     stop = threading.Event()
     generated = [0]
 
@@ -221,6 +245,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     results = {
         "classify_p50_ms": round(_percentile(quiet, 50), 3),
+        "request_classify_p50_ms_single_question": round(_percentile(single_turn, 50), 3),
+        "request_classify_p50_ms_fourth_turn": round(_percentile(fourth_turn, 50), 3),
+        "request_classify_p50_ratio_fourth_turn": round(turn_ratio, 3),
         "classify_p99_ms": round(_percentile(quiet, 99), 3),
         "classify_p50_ms_under_generation": round(_percentile(busy, 50), 3),
         "classify_p99_ms_under_generation": round(_percentile(busy, 99), 3),

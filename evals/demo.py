@@ -14,7 +14,10 @@
    guard; private answers are shown apart;
 6. **the response cache** (``[cache] enabled = true``): the phase-2 router with the cache on
    answers another set of held-out queries, then the same questions again, as a support desk
-   hears them; hits (exact and semantic), their latency and the calls they saved are reported.
+   hears them; hits (exact and semantic), their latency and the calls they saved are reported;
+7. **conversations**: the phase-2 router answers 30 conversations of the conversation benchmark
+   (``evals/corpora/conversations.jsonl``) turn by turn, each answer sent back as history; local
+   share and similarity are reported for first turns and follow-ups apart.
    Figures go to ``evals/results/demo.json``.
 """
 
@@ -218,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=150, help="held-out queries replayed in each phase")
     parser.add_argument("--answer-tokens", type=int, default=256, help="local answer cap (full-length Bitext answers)")
     parser.add_argument("--cache-queries", type=int, default=60, help="queries asked twice with the response cache on")
+    parser.add_argument("--conversations", type=int, default=30, help="benchmark conversations answered turn by turn")
     parser.add_argument("--workdir", type=Path, default=Path(".demo"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -237,15 +241,19 @@ def main(argv: list[str] | None = None) -> None:
     unseen = sorted(unseen, key=lambda r: hashlib.sha256(r["instruction"].encode()).hexdigest())
     phases = {"phase1": unseen[: args.queries], "phase2": unseen[args.queries : 2 * args.queries]}
     repeated = unseen[2 * args.queries : 2 * args.queries + args.cache_queries]
+    from evals.conversation_eval import load_conversations, write_recorded_answers
+
+    conversations = [c for c in load_conversations() if c["split"] == "test"][-args.conversations :] if args.conversations else []
     answers = args.workdir / "recorded-answers.jsonl"
-    with answers.open("w", encoding="utf-8") as fh:
+    write_recorded_answers(answers, conversations)  # each turn's reference, found by its conversation
+    with answers.open("a", encoding="utf-8") as fh:
         for r in rows:
             fh.write(json.dumps({"query": r["instruction"], "answer": r["response"].replace("\r\n", "\n").strip()}) + "\n")
 
-    print("[1/6] stand-in cloud on 127.0.0.1 in recorded-answer mode (it answers with Bitext's reference answers)")
+    print("[1/7] stand-in cloud on 127.0.0.1 in recorded-answer mode (it answers with Bitext's reference answers)")
     results: dict[str, list[dict[str, Any]]] = {}
     with StandinCloud(answers=answers, record=args.workdir / "standin-requests.jsonl") as cloud:
-        print(f"[2/6] training the classifier on {len(train)} Bitext queries, calibrating on {len(calibration)}")
+        print(f"[2/7] training the classifier on {len(train)} Bitext queries, calibrating on {len(calibration)}")
         train_classifier(train, calibration, args.workdir / "classifier")
         base = {
             "models": {"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
@@ -256,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
             "warmup": "eager",
         }
         for phase, registry, label in (
-            ("phase1", None, "[3/6] phase 1: the untuned packaged model, no evidence yet"),
-            ("phase2", args.workdir / "registry", "[4/6] phase 2: the adapter shipped from make demo-retrain, with its evaluation"),
+            ("phase1", None, "[3/7] phase 1: the untuned packaged model, no evidence yet"),
+            ("phase2", args.workdir / "registry", "[4/7] phase 2: the adapter shipped from make demo-retrain, with its evaluation"),
         ):
             print(label)
             version = register_shipped_adapter(registry) if registry is not None else None
@@ -279,10 +287,12 @@ def main(argv: list[str] | None = None) -> None:
                           f" {config.quality.audit_rate:.0%} of local ones): {sampled.offered} queued, {sampled.completed} scored,"
                           f" {sampled.preempted} stopped for a foreground request, {sampled.expired + sampled.dropped_queue_full} dropped")  # fmt: skip
             print(f"      traffic log: {log_path}")
-        print(f"[5/6] the response cache on: {len(repeated)} more held-out queries, then the same questions again")
+        print(f"[5/7] the response cache on: {len(repeated)} more held-out queries, then the same questions again")
         cache_figures = cache_step(base, args.workdir, repeated, answer_tokens=args.answer_tokens)
+        print(f"[6/7] conversations: the phase-2 router answers {len(conversations)} benchmark conversations turn by turn")
+        conversation_rows = conversation_step(base, args.workdir, conversations, answer_tokens=args.answer_tokens)
 
-    print("[6/6] scoring every served answer against Bitext's reference answer")
+    print("[7/7] scoring every served answer against Bitext's reference answer")
     for phase_results in results.values():
         score(phase_results)
     figures = {phase: phase_figures(r) for phase, r in results.items()}
@@ -299,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
             f"\ncost at gpt-4o prices of the non-private queries: routed ${f['cost_routed_usd']:.4f} vs all-cloud"
             f" ${f['cost_all_cloud_usd']:.4f} ({f['saved_share']:.0%} saved; only answers served and accepted by the guard count)"
         )
+    conversation_figures = conversation_summary(conversation_rows)
     demo = {
         "phase1_untuned_nonprivate_local": figures["phase1"]["nonprivate_local"],
         "phase2_local_share": figures["phase2"]["local_share"],
@@ -308,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         "phases": figures,
         "shipped_adapter_sha256": manifest["adapter_sha256"],
         "cache": cache_figures,
+        "conversations": conversation_figures,
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(demo, indent=2) + "\n")
@@ -351,6 +363,42 @@ def cache_step(base: dict[str, Any], workdir: Path, rows: list[dict[str, str]], 
         "second_asking_hit_share": by_tier["cache"] / len(again) if again else 0.0,
         "hit_p50_ms": percentile(lat, 50) if lat else None,
     }  # fmt: skip
+
+
+def conversation_step(base: dict[str, Any], workdir: Path, conversations: list[dict[str, Any]], *, answer_tokens: int) -> list[dict[str, Any]]:
+    """Phase 2's router answers whole conversations, each served answer sent back as history."""
+    from evals.conversation_eval import judge, replay_conversations
+    from router import Client, RouterConfig
+
+    if not conversations:
+        return []
+    for stale in workdir.glob("traffic-conversations.sqlite3*"):
+        stale.unlink()
+    log_path = (workdir / "traffic-conversations.sqlite3").resolve()
+    config = RouterConfig(
+        **base, local={"registry_path": workdir / "registry", "default_max_tokens": answer_tokens}, log={"path": log_path},
+    )  # fmt: skip
+    with Client(config) as client:
+        rows = replay_conversations(client, conversations, max_tokens=answer_tokens, desc="conversations")
+    judge(rows)
+    print(f"      traffic log: {log_path}")
+    return rows
+
+
+def conversation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """First turns and follow-ups apart: local share (non-private turns), similarity, the guard's verdict."""
+    from evals.conversation_eval import serving_figures
+
+    if not rows:
+        return {}
+    figures = serving_figures(rows)
+    print(f"\nCONVERSATIONS: {len({r['conversation'] for r in rows})} conversations, {len(rows)} turns (phase-2 router)\n")
+    for part, label in (("first_turns", "first turns"), ("followups", "follow-ups"), ("context_dependent_followups", "  of which context-dependent")):
+        g = figures[part]
+        print(f"{label:<30} {g['turns']:>4} turns: local {g['local_share'] or 0:.0%} of non-private at similarity {_fmt(g['local_similarity'])}"
+              f" (cloud {_fmt(g['cloud_similarity'])}); degenerate local answers {_fmt(g['local_degenerate_rate'])};"
+              f" private {g['private']}; sticky {g['sticky_cloud']}")  # fmt: skip
+    return figures
 
 
 def _fmt(value: float | None) -> str:

@@ -76,17 +76,38 @@ UNKNOWN_QUERY_ANSWER = "I'm sorry, I can't help with that request."
 
 
 def load_recorded_answers(path: Path) -> dict[str, str]:
-    """``query`` → ``answer`` from a JSONL file; queries match after whitespace normalisation."""
+    """``query`` → ``answer`` from a JSONL file; queries match after whitespace normalisation.
+
+    An entry may give ``conversation`` (the user turns in order, the last one being answered)
+    instead of ``query``: a follow-up such as "ok do it" then gets the answer recorded for its own
+    conversation. A request is looked up by its whole conversation first, then by its last turn.
+    """
     answers: dict[str, str] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             entry = json.loads(line)
-            answers[_query_key(entry["query"])] = entry["answer"]
+            turns = entry["conversation"] if "conversation" in entry else [entry["query"]]
+            answers[_conversation_key(turns)] = entry["answer"]
     return answers
 
 
 def _query_key(text: str) -> str:
     return " ".join(text.split())
+
+
+def _conversation_key(user_turns: list[str]) -> str:
+    return "\x1e".join(_query_key(turn) for turn in user_turns)
+
+
+def _user_texts(messages: list[Any]) -> list[str]:
+    texts = []
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") == "user":
+            content = m.get("content") or ""
+            if isinstance(content, list):
+                content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+            texts.append(str(content))
+    return texts
 
 
 def build_recorded_app(answers: dict[str, str], record: Path) -> Any:
@@ -104,10 +125,9 @@ def build_recorded_app(answers: dict[str, str], record: Path) -> Any:
         body = await request.json()
         with record.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps({"path": request.url.path, "body": body}) + "\n")
-        question = next((m.get("content") or "" for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
-        if isinstance(question, list):
-            question = "".join(part.get("text", "") for part in question if isinstance(part, dict))
-        answer = answers.get(_query_key(question), UNKNOWN_QUERY_ANSWER)
+        turns = _user_texts(body.get("messages", []))
+        question = turns[-1] if turns else ""
+        answer = answers.get(_conversation_key(turns)) or answers.get(_query_key(question), UNKNOWN_QUERY_ANSWER)
         common = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": RECORDED_MODEL, "system_fingerprint": "recorded-answers"}
         usage = {"prompt_tokens": len(question.split()), "completion_tokens": len(answer.split()), "total_tokens": len(question.split()) + len(answer.split())}
         if not body.get("stream"):

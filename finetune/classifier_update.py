@@ -39,11 +39,13 @@ def labelled_texts(
     Examples without a category are skipped unless ``unlabelled_as_out_of_scope``, which labels
     them ``None`` (the classifier's out-of-scope marker). Note that a logged category is the
     router's own prediction; only reviewed or imported labels make a sound training signal.
+    Follow-ups are skipped: their category is their conversation's, so "ok do it" logged under
+    ORDER would teach the classifier that "ok do it" *is* ORDER, which it is only in context.
     """
     texts: list[str] = []
     labels: list[str | None] = []
     for example in examples:
-        if example.category is None and not unlabelled_as_out_of_scope:
+        if example.followup or (example.category is None and not unlabelled_as_out_of_scope):
             continue
         if example.query.strip():
             texts.append(example.query)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hybrid_common.chat import is_text_only, last_user_text, logged_query, message_text
+from hybrid_common.chat import earlier_turns, is_text_only, last_user_text, logged_query, message_text, topic_messages, user_turns
 from hybrid_common.errors import ArtifactError, ArtifactIntegrityError, ConfigError
 from hybrid_common.files import MANIFEST_DIGEST_KEY, fsync_dir, manifest_digest, sha256_file, write_text_atomic
 from hybrid_common.guard import DegenerationGuard
@@ -91,6 +91,8 @@ class Example:
     answer: str
     category: str | None = None
     source: str = ""
+    topic_start: int | None = None
+    """A later turn: the index of the message that opened its topic, as the router logged it."""
 
     def __post_init__(self) -> None:
         messages = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in self.messages)
@@ -115,13 +117,35 @@ class Example:
         """The last user message: the text the query classifier sees."""
         return last_user_text(self.messages)
 
+    @property
+    def followup(self) -> bool:
+        """Whether the example answers a later turn of a conversation (more than one user message):
+        the local model must answer it from the history, so it is measured apart from first questions."""
+        return len(user_turns(self.messages)) > 1
+
+    def served_messages(self, history: str) -> tuple[dict[str, str], ...]:
+        """The prompt the local model is given for this example under ``local.history``: the whole
+        conversation, or (``"topic"``) its topic's user turns as one question
+        (:func:`hybrid_common.chat.topic_messages`), so training and evaluation see what serving sends."""
+        if history != "topic" or self.topic_start is None or not 0 <= self.topic_start < len(self.messages):
+            return self.messages
+        return tuple(topic_messages(self.messages, self.topic_start))
+
+    def as_served(self, history: str) -> Example:
+        """This example with :meth:`served_messages` as its conversation (what training renders)."""
+        messages = self.served_messages(history)
+        return self if messages is self.messages else dataclasses.replace(self, messages=messages, topic_start=None)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "messages": [dict(m) for m in self.messages],
             "answer": self.answer,
             "category": self.category,
             "source": self.source,
         }
+        if self.topic_start is not None:
+            out["topic_start"] = self.topic_start
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Example:
@@ -134,7 +158,10 @@ class Example:
             raise ConfigError("example field 'answer' must be a string")
         if category is not None and not isinstance(category, str):
             raise ConfigError("example field 'category' must be a string or null")
-        return cls(tuple(messages), answer, category, str(data.get("source", "")))
+        topic_start = data.get("topic_start")
+        if topic_start is not None and (isinstance(topic_start, bool) or not isinstance(topic_start, int) or not 0 <= topic_start < len(messages)):
+            raise ConfigError("example field 'topic_start' must be the index of one of its messages, or absent")
+        return cls(tuple(messages), answer, category, str(data.get("source", "")), topic_start=topic_start)
 
 
 def _check_messages(messages: Any) -> list[dict[str, str]]:
@@ -164,7 +191,8 @@ class DatasetFilters(BaseModel):
         gt=0.0,
         le=1.0,
         description="Jaccard similarity of word shingles of the normalised prompt at or above which a later "
-        "example is a near duplicate of an earlier one; 1.0 disables near-duplicate removal.",
+        "example is a near duplicate of an earlier one (for a follow-up, its last user turn must be one too); "
+        "1.0 disables near-duplicate removal.",
     )
     shingle_words: int = Field(3, ge=1, le=10, description="Words per shingle for near-duplicate detection.")
     scrub_pii: bool = Field(True, description="Replace PII matches in prompts and answers with [NAME].")
@@ -299,7 +327,7 @@ def _log_example(
             logger.debug("log row %s skipped: unsupported message %r", record.id, m)
             return None
         messages.append({"role": m["role"], "content": message_text(content)})
-    return Example(tuple(messages), answer, record.category, source)
+    return Example(tuple(messages), answer, record.category, source, topic_start=record.topic_start)
 
 
 def examples_from_jsonl(path: str | Path, *, category: str | None = None) -> list[Example]:
@@ -435,20 +463,38 @@ def _signatures(shingle_sets: Sequence[frozenset[str]]) -> np.ndarray:
     return out
 
 
+_Turn = tuple[bool, frozenset[str]]  # (is a follow-up, shingles of the last user turn)
+
+
+def _last_turn(example: Example, n: int) -> _Turn:
+    return example.followup, _shingles(_normalise(example.query), n)
+
+
 class _NearDuplicateIndex:
-    """LSH buckets over MinHash signatures; a hit is confirmed by the exact Jaccard similarity."""
+    """LSH buckets over MinHash signatures; a hit is confirmed by the exact Jaccard similarity.
+
+    A follow-up is a near duplicate only when its last user turn is one too: conversations that
+    share a long history (the same question, a cached answer) but ask different things next are
+    different examples, and the whole-conversation shingles alone would be dominated by the history.
+    """
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
         self._bands, self._rows = _band_shape(threshold)
         self._buckets: list[dict[bytes, list[int]]] = [{} for _ in range(self._bands)]
         self._sets: list[frozenset[str]] = []
+        self._turns: list[_Turn] = []
 
     def _keys(self, signature: np.ndarray) -> list[bytes]:
         raw, width = signature.tobytes(), self._rows * signature.itemsize
         return [raw[i * width : (i + 1) * width] for i in range(self._bands)]
 
-    def match(self, shingles: frozenset[str], signature: np.ndarray) -> bool:
+    def _same_turn(self, turn: _Turn, other: _Turn) -> bool:
+        if not (turn[0] or other[0]):
+            return True  # two single questions: the whole prompt is the question
+        return _jaccard(turn[1], other[1]) >= self.threshold
+
+    def match(self, shingles: frozenset[str], signature: np.ndarray, turn: _Turn) -> bool:
         if not shingles:
             return False
         seen: set[int] = set()
@@ -456,15 +502,16 @@ class _NearDuplicateIndex:
             for j in bucket.get(key, ()):
                 if j not in seen:
                     seen.add(j)
-                    if _jaccard(shingles, self._sets[j]) >= self.threshold:
+                    if _jaccard(shingles, self._sets[j]) >= self.threshold and self._same_turn(turn, self._turns[j]):
                         return True
         return False
 
-    def add(self, shingles: frozenset[str], signature: np.ndarray) -> None:
+    def add(self, shingles: frozenset[str], signature: np.ndarray, turn: _Turn) -> None:
         if not shingles:
             return
         index = len(self._sets)
         self._sets.append(shingles)
+        self._turns.append(turn)
         for bucket, key in zip(self._buckets, self._keys(signature), strict=True):
             bucket.setdefault(key, []).append(index)
 
@@ -483,15 +530,17 @@ def _drop_near_duplicates(
     """Keep-mask: False for an example near-duplicating ``reference`` or an earlier kept example."""
     index = _NearDuplicateIndex(threshold)
     ref_sets = [_shingles(e.prompt_text, shingle_words) for e in reference]
-    for s, sig in zip(ref_sets, _signatures(ref_sets), strict=True):
-        index.add(s, sig)
+    for e, s, sig in zip(reference, ref_sets, _signatures(ref_sets), strict=True):
+        index.add(s, sig, _last_turn(e, shingle_words))
     sets = [_shingles(e.prompt_text, shingle_words) for e in examples]
     keep = []
-    for s, sig in _progress(zip(sets, _signatures(sets), strict=True), len(sets), "near-duplicates"):
-        duplicate = index.match(s, sig)
+    rows = zip(examples, sets, _signatures(sets), strict=True)
+    for e, s, sig in _progress(rows, len(sets), "near-duplicates"):
+        turn = _last_turn(e, shingle_words)
+        duplicate = index.match(s, sig, turn)
         keep.append(not duplicate)
         if not duplicate:
-            index.add(s, sig)
+            index.add(s, sig, turn)
     return keep
 
 
@@ -548,7 +597,8 @@ def _filter_reason(example: Example, filters: DatasetFilters) -> str | None:
     if len(example.answer) > filters.max_answer_chars:
         return "answer_too_long"
     if filters.drop_degenerate:
-        guard = DegenerationGuard(question=example.query)
+        # As served: in a conversation, an answer replaying an earlier turn is degenerate too.
+        guard = DegenerationGuard(question=example.query, earlier=earlier_turns(example.messages))
         if guard.check_text(example.answer):
             return "degenerate"
     return None

@@ -14,7 +14,7 @@ import functools
 import re
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hybrid_common.chat import END_OF_TURN, START_OF_TURN, earlier_turns, last_user_text
+from hybrid_common.pruning import prune_to_fit
 
 if TYPE_CHECKING:
     from finetune.datasets import Example
@@ -33,6 +34,7 @@ __all__ = [
     "EvalReport",
     "ScoredAnswer",
     "evaluate_model",
+    "followup_line",
     "rouge_l",
     "similarity_scores",
     "summarise",
@@ -81,6 +83,8 @@ class ScoredAnswer:
     completion_tokens: int
     seconds: float
     category: str | None = None
+    followup: bool = False
+    """The example answers a later turn of a conversation (:attr:`finetune.datasets.Example.followup`)."""
 
 
 @dataclass
@@ -99,8 +103,12 @@ UNCATEGORISED = "(uncategorised)"  # the by_category key of examples without a c
 
 
 def summarise(answers: Sequence[ScoredAnswer]) -> dict[str, float]:
-    """Mean quality, degenerate and format-valid rates, speed and count of ``answers``."""
+    """Mean quality, degenerate and format-valid rates, speed and count of ``answers``; and the mean
+    similarity of follow-ups and of first questions apart (0.0 for a kind with no answer: read it
+    with ``followup_count``), so a model good at first questions cannot hide poor follow-ups."""
     n = max(1, len(answers))
+    followups = [a.similarity for a in answers if a.followup]
+    first_turns = [a.similarity for a in answers if not a.followup]
     return {
         "similarity": sum(a.similarity for a in answers) / n,
         "rouge_l": sum(a.rouge_l for a in answers) / n,
@@ -109,7 +117,22 @@ def summarise(answers: Sequence[ScoredAnswer]) -> dict[str, float]:
         "tokens_per_s": sum(a.completion_tokens for a in answers) / max(1e-9, sum(a.seconds for a in answers)),
         "latency_p50_ms": statistics.median(a.seconds for a in answers) * 1000 if answers else 0.0,
         "examples": float(len(answers)),
+        "followup_count": float(len(followups)),
+        "followup_similarity": statistics.fmean(followups) if followups else 0.0,
+        "followup_degenerate_rate": statistics.fmean(a.degenerate is not None for a in answers if a.followup) if followups else 0.0,
+        "first_turn_similarity": statistics.fmean(first_turns) if first_turns else 0.0,
     }
+
+
+def followup_line(metrics: Mapping[str, float]) -> str | None:
+    """``follow-ups n of N: similarity x (first questions y)`` for a report ("-" for a kind with no
+    answer); None for metrics measured before follow-ups were counted."""
+    if "followup_count" not in metrics:
+        return None
+    count, total = int(metrics["followup_count"]), int(metrics.get("examples", 0))
+    followups = f"{metrics['followup_similarity']:.3f}" if count else "-"
+    first = f"{metrics['first_turn_similarity']:.3f}" if count < total else "-"
+    return f"follow-ups {count} of {total}: similarity {followups} (first questions {first})"
 
 
 def summarise_by_category(answers: Sequence[ScoredAnswer]) -> dict[str, dict[str, float]]:
@@ -204,7 +227,10 @@ def evaluate_model(
     try:
         backend.load()
         for example in tqdm(examples, desc=label, unit="answer", disable=not progress):
-            messages = list(example.messages)
+            messages = list(example.served_messages(local.history))  # the prompt serving gives the local model
+            # A conversation longer than the window is pruned as serving prunes it (system prompt, latest turns).
+            pruned = prune_to_fit(messages, lambda m: backend.fits(m, max_tokens), summary_chars=local.summary_chars)
+            messages = list(pruned.messages) if pruned is not None else messages
             guard = local.new_guard(last_user_text(messages), earlier_turns(messages))  # as served
             started = time.perf_counter()
             stream = backend.generate(
@@ -232,6 +258,7 @@ def evaluate_model(
             completion_tokens=tokens,
             seconds=seconds,
             category=example.category,
+            followup=example.followup,
         )
         for example, (text, _finish, tokens, seconds, problem, valid), sim in zip(examples, raw, similarities, strict=True)
     ]

@@ -92,6 +92,7 @@ def evaluate_served(
 
 def format_report(result: EvidenceResult, config: RouterConfig) -> str:
     """The per-category table ``router evaluate`` prints, with the verdict the router's gate gives on it."""
+    from finetune.evaluate import followup_line
     from router.quality import QualityGate, evidence_from_metrics
 
     evidence = evidence_from_metrics(result.report.by_category, f"evaluation {result.recorded_in.name}")
@@ -101,4 +102,6 @@ def format_report(result: EvidenceResult, config: RouterConfig) -> str:
         verdict = gate.verdict(result.key, category)
         state = "open" if verdict.open else (verdict.reason.value if verdict.reason else "closed")
         lines.append(f"  {category:<20}{m['examples']:>5.0f}{m['similarity']:>12.3f}{m['degenerate_rate']:>12.1%}  {state}")
+    if (line := followup_line(result.report.metrics)) is not None:
+        lines.append(f"  {line}")
     return "\n".join(lines)

@@ -31,7 +31,7 @@ from finetune.datasets import (
     examples_from_jsonl,
     prune_snapshots,
 )
-from finetune.evaluate import evaluate_model
+from finetune.evaluate import evaluate_model, followup_line
 from finetune.gate import GateDecision, decide
 from finetune.log_pool import LogPool
 from finetune.registry import BASE_VERSION, ModelRegistry, ModelVersion
@@ -174,7 +174,8 @@ def retrain(
             f"{config.filters.min_eval_per_category} examples in the evaluation buckets; nothing changed",
             snapshot.id, serving_version=serving_name,
         )  # fmt: skip
-    train_set = _capped(snapshot.train, config.max_train_examples, config.training.seed)
+    # Trained on the prompts the local model is served (local.history: a later turn as one question about its topic).
+    train_set = [e.as_served(config.serving.history) for e in _capped(snapshot.train, config.max_train_examples, config.training.seed)]
     if dry_run:
         return RetrainResult("skipped", f"dry run: would train on {len(train_set)} examples from dataset {snapshot.id}", snapshot.id, serving_version=serving_name)
     base_model = str(config.base_model or "packaged")
@@ -208,6 +209,9 @@ def retrain(
     )  # fmt: skip
     (run_dir / "evaluation.json").write_text(json.dumps(candidate_report.as_dict(), indent=1))
     decision = decide(candidate_report.metrics, serving_metrics, config.gate)
+    for who, metrics in ((f"served {serving.version}", serving_metrics), ("candidate", candidate_report.metrics)):
+        if (line := followup_line(metrics)) is not None:  # reported, not gated: the gate reads the overall figures
+            log(f"{who}: {line}")
     version = registry.add(
         adapter, metrics=candidate_report.metrics, category_metrics=candidate_report.by_category, dataset_id=snapshot.id,
         train={**train_info, "eval_set": _eval_fingerprint(snapshot), "gate": decision.reasons},

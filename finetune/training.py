@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hybrid_common.chat import END_OF_TURN, render_prompt
 from hybrid_common.errors import ArtifactError, MissingDependencyError
+from hybrid_common.pruning import prune_to_fit
 
 if TYPE_CHECKING:
     from finetune.datasets import Example
@@ -148,9 +149,23 @@ def load_base_model(gguf_path: str | Path | None = None, *, device: str = "auto"
 
 
 def encode_example(tokenizer: Any, example: Example, config: TrainConfig) -> tuple[list[int], list[int]]:
-    """Token ids and labels (``-100`` outside the answer) with the serving template."""
-    prompt = render_prompt(list(example.messages))
-    prompt_ids = tokenizer(prompt, add_special_tokens=True).input_ids[-config.max_prompt_tokens :]
+    """Token ids and labels (``-100`` outside the answer) with the serving template.
+
+    A conversation longer than ``max_prompt_tokens`` is pruned as the router prunes one for a
+    window it overflows (:func:`hybrid_common.pruning.prune_to_fit`: system prompt and the most
+    recent whole turns), so the model learns from prompts shaped like the ones it is served; only
+    a single turn too long on its own is cut from the left.
+    """
+
+    def prompt_ids_of(messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        return list(tokenizer(render_prompt(list(messages)), add_special_tokens=True).input_ids)
+
+    prompt_ids = prompt_ids_of(example.messages)
+    if len(prompt_ids) > config.max_prompt_tokens:
+        pruned = prune_to_fit(example.messages, lambda m: len(prompt_ids_of(m)) <= config.max_prompt_tokens)
+        if pruned is not None:
+            prompt_ids = prompt_ids_of(pruned.messages)
+    prompt_ids = prompt_ids[-config.max_prompt_tokens :]
     # The end-of-turn marker is learnt too: it is how the served model knows to stop.
     answer_ids = tokenizer(example.answer.strip() + END_OF_TURN, add_special_tokens=False).input_ids
     answer_ids = answer_ids[: config.max_answer_tokens]

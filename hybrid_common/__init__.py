@@ -15,6 +15,7 @@ module             holds
 ``pii``            PII patterns and the matcher (card numbers: issuer prefix + Luhn)
 ``guard``          the degeneration guard
 ``generation``     the guarded-generation loop used by serving and evaluation
+``pruning``        a conversation cut to a context window (system prompt and recent turns)
 ``lazy``           PEP 562 lazy exports for package ``__init__`` modules
 =================  ====================================================================
 """
@@ -29,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "DEFAULT_PII_PATTERNS": "hybrid_common.pii",
     "DegenerationGuard": "hybrid_common.guard",
     "PiiMatcher": "hybrid_common.pii",
+    "Pruned": "hybrid_common.pruning",
+    "prune_to_fit": "hybrid_common.pruning",
     "RouterError": "hybrid_common.errors",
     "guarded_pieces": "hybrid_common.generation",
     "is_card_number": "hybrid_common.pii",
@@ -48,3 +51,4 @@ if TYPE_CHECKING:
     from hybrid_common.guard import DegenerationGuard
     from hybrid_common.lazy import lazy_exports
     from hybrid_common.pii import DEFAULT_PII_PATTERNS, PiiMatcher, is_card_number, luhn_valid
+    from hybrid_common.pruning import Pruned, prune_to_fit

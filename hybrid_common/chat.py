@@ -76,6 +76,19 @@ def earlier_turns(messages: Sequence[Mapping[str, Any]]) -> list[str]:
     return [text for m in messages[:last] if (text := message_text(m.get("content"))).strip()]
 
 
+def topic_messages(messages: Sequence[Mapping[str, Any]], start: int) -> list[dict[str, Any]]:
+    """A conversation as one question about its current topic: the instructions (system and
+    developer messages) and the user turns from message ``start`` on (the turn that opened the
+    topic), joined into one user message; the answers in between are left out.
+
+    For a small local model trained on single questions: given its own earlier answer it tends to
+    replay it, and a follow-up such as "ok do it" means nothing without the question it follows.
+    """
+    instructions = [dict(m) for m in messages if m.get("role") in ("system", "developer")]
+    texts = [message_text(m.get("content")) for m in messages[start:] if m.get("role") == "user"]
+    return [*instructions, {"role": "user", "content": "\n".join(t.strip() for t in texts if t.strip())}]
+
+
 def logged_query(messages: Any) -> str | None:
     """The query of a logged conversation (its last user message, stripped), or None when there is
     none or a user message is not text only (images, tool parts): discovery, dataset labelling and

@@ -24,6 +24,10 @@ _EXPORTS: dict[str, str] = {
     "CloudConfig": "router.config",
     "ClassifierConfig": "router.config",
     "RoutingConfig": "router.config",
+    "ConversationConfig": "router.config",
+    "TurnTopic": "router._conversation",
+    "context_dependent": "router._conversation",
+    "resolve_topics": "router._conversation",
     "LogConfig": "router.config",
     "QualityConfig": "router.config",
     "ServerConfig": "router.config",
@@ -91,6 +95,7 @@ if TYPE_CHECKING:  # static analysers see the real names
         RouterError,
         ServiceUnavailableError,
     )
+    from router._conversation import TurnTopic, context_dependent, resolve_topics
     from router._request import OPENAI_CHAT_PARAMETERS, SDK_OPTIONS
     from router.backends import LocalBackend, register_local_backend
     from router.client import AsyncClient, AsyncStream, Client, RawResponse, Stream
@@ -99,6 +104,7 @@ if TYPE_CHECKING:  # static analysers see the real names
         CacheConfig,
         ClassifierConfig,
         CloudConfig,
+        ConversationConfig,
         LocalConfig,
         LogConfig,
         ModelRoute,

@@ -37,7 +37,7 @@ from hybrid_common.errors import (
     OverloadedError,
     RouterError,
 )
-from hybrid_common.chat import earlier_turns, user_turns
+from hybrid_common.chat import earlier_turns, topic_messages, user_turns
 from hybrid_common.generation import guarded_pieces
 from hybrid_common.guard import DegenerationGuard
 from hybrid_common.pii import PiiMatcher
@@ -45,8 +45,11 @@ from router._caching import CacheTier
 from router._exchange import Exchange, attach
 from router._feedback import IN_PROCESS_OPERATOR, FeedbackSender, authorize_feedback, check_feedback
 from router._fallback import FallbackRun, TierFailure, fallback_plan, stays_local
+from hybrid_common.pruning import Pruned, prune_to_fit
 from router._request import ChatRequest
 from router._turns import TurnClassifications
+from router._conversation import TurnTopic, resolve_topics
+from router._sticky import CloudAnswers
 from router._sampling import (
     ForegroundActivity,
     LocalShadow,
@@ -59,7 +62,7 @@ from router.backends import CloudBackend, GenerationStream, LocalFailure, create
 from router.classifier_watch import ClassifierWatch, FollowedClassifier
 from router.config import RouterConfig
 from router.policy import Decision, RoutingPolicy
-from router.quality import GateVerdict, QualityGate, evidence_reader, model_key, replay_samples
+from router.quality import FOLLOWUP_SUFFIX, GateVerdict, QualityGate, evidence_reader, followup_key, model_key, replay_samples
 from router.traffic_log import TrafficLog
 from router.types import Reason, Tier
 
@@ -70,6 +73,11 @@ _END = object()
 T = TypeVar("T")
 # Cloud answers in these categories are the ones a shadow answer can prove the local model for.
 _SHADOWED = frozenset({Reason.LOCAL_QUALITY_UNPROVEN, Reason.LOCAL_QUALITY_BELOW_FLOOR})
+# A cloud answer given for one of these reasons makes the rest of its topic sticky (conversation.sticky_cloud).
+_LOCAL_COULD_NOT = frozenset({
+    Reason.EDGE_CASE, Reason.CATEGORY_NOT_LOCAL, Reason.UNSUPPORTED, Reason.LOCAL_QUALITY_UNPROVEN,
+    Reason.LOCAL_QUALITY_BELOW_FLOOR, Reason.LOCAL_QUALITY_DISTRUSTED, Reason.STICKY_CLOUD,
+})  # fmt: skip
 _STREAM_PIECE = re.compile(r"\s*\S+(?:\s+\S+){0,3}\s*")  # a cached answer streams a few words per chunk
 
 
@@ -120,6 +128,7 @@ class Engine:
                 score=self._answer_similarity, record=self._record_sample,
             )  # fmt: skip
         self._turns = TurnClassifications()
+        self._cloud_answers = CloudAnswers(config.conversation.sticky_memory)
         self._rng = random.Random()
         self._embed: Callable[[str], Any] | None = None
         self._scorer_checked = False
@@ -213,6 +222,10 @@ class Engine:
     def gate_verdict(self, category: str) -> GateVerdict:
         return self.gate.verdict(self.served_key(), category)
 
+    def followup_gate_verdict(self, category: str) -> GateVerdict:
+        """The gate for a follow-up turn: its own evidence once it has enough (:func:`router.quality.followup_key`)."""
+        return self.gate.followup_verdict(self.served_key(), category)
+
     def _restore_live_samples(self) -> None:
         """Live evidence (shadow, audit, votes) survives a restart: reload each window from the log."""
         if self.log is None or (self.log.url is None and not self.log.path.exists()):
@@ -282,7 +295,7 @@ class Engine:
             sampler.offer(SampleJob(
                 "fallback", request, exchange.request_id, exchange.category, exchange.text, decision.cloud_model,
                 self._key_of(exchange.adapter_version), local_answer=exchange.rejected_local_text,
-                problem=exchange.fallback_reason,
+                problem=exchange.fallback_reason, topic_start=exchange.topic_start,
             ))  # fmt: skip
             return
         if exchange.fallback_from:
@@ -299,7 +312,10 @@ class Engine:
         if rate <= 0 or self._rng.random() >= rate or self._scorer() is None:
             return
         plain = dataclasses.replace(request, stream=False, include_usage=False)
-        sampler.offer(SampleJob(kind, plain, exchange.request_id, exchange.category, exchange.text, decision.cloud_model, key))  # type: ignore[arg-type]
+        sampler.offer(SampleJob(
+            kind, plain, exchange.request_id, exchange.category, exchange.text, decision.cloud_model, key,  # type: ignore[arg-type]
+            topic_start=exchange.topic_start,
+        ))  # fmt: skip
 
     def _scorer(self) -> Callable[[str], Any] | None:
         """The encoder that scores answer pairs: it must be the one the offline evidence used."""
@@ -331,11 +347,13 @@ class Engine:
 
     def _shadow_answer(self, job: SampleJob, interrupted: Callable[[], bool]) -> LocalShadow | None:
         """Answer ``job`` locally as served (guard included); ``None`` once ``interrupted()`` says stop."""
-        local, request = self.config.local, job.request
+        local, request = self.config.local, self._local_request(job.request, job.topic_start)
         self.local.refresh()
         key = self.served_key()
-        if not self.local.fits(request.messages, local.answer_tokens(request.params.max_tokens)):
-            raise RouterError("the prompt is longer than the local context window")
+        try:  # pruned as it would be served (a shadow's request went to the cloud: never private)
+            request, _ = self._fit_local_window(request, must_stay=False)
+        except LocalFailure as failure:
+            raise RouterError(f"the prompt does not fit the local context window ({failure.detail})") from failure
         stream, guard = self._start_local(request, deadline=time.monotonic() + local.timeout_s)
         parts: list[str] = []
         try:
@@ -357,19 +375,25 @@ class Engine:
         return ((choice.message.content or "") if choice else ""), cost
 
     def _record_sample(self, sample: ScoredSample) -> None:
+        """A scored sample is evidence for its category; a follow-up's is also evidence for the
+        category's follow-ups (:func:`router.quality.followup_key`), logged as a row of its own."""
         job = sample.job
-        self.gate.record(sample.served_key, job.category, sample.similarity, sample.degenerate)
-        if self.log is not None:
-            self.log.record_quality_sample(
-                kind=job.kind, category=job.category, served_key=sample.served_key, similarity=sample.similarity,
-                degenerate=sample.degenerate, request_id=job.request_id, answer=sample.answer, cost_usd=sample.cost_usd,
-                detail=sample.detail,
-            )  # fmt: skip
+        keys = [job.category]
+        if sum(1 for _, text in user_turns(job.request.messages) if text.strip()) > 1:
+            keys.append(followup_key(job.category))
+        for i, category in enumerate(keys):
+            self.gate.record(sample.served_key, category, sample.similarity, sample.degenerate)
+            if self.log is not None:
+                self.log.record_quality_sample(
+                    kind=job.kind, category=category, served_key=sample.served_key, similarity=sample.similarity,
+                    degenerate=sample.degenerate, request_id=job.request_id, answer=sample.answer,
+                    cost_usd=sample.cost_usd if i == 0 else None, detail=sample.detail,
+                )  # fmt: skip
 
     def _announce_gate(self, key: str) -> None:
         """Say loudly which configured local categories the gate keeps in the cloud, and how to change that."""
         local = self.config.routing.local_categories
-        categories = sorted(set(self.gate.offline(key)) if local == "*" else local)
+        categories = sorted({c for c in self.gate.offline(key) if not c.endswith(FOLLOWUP_SUFFIX)} if local == "*" else local)
         closed = {c: v for c, v in self.gate.summary(key, categories).items() if not v.open}
         if closed:
             logger.warning(
@@ -415,7 +439,7 @@ class Engine:
 
     def plan(self, request: ChatRequest) -> Exchange:
         """Classify every user turn and decide; a refused request is logged whole, then raised."""
-        category = confidence = classify_ms = embedding = None
+        category = confidence = classify_ms = embedding = follows = sticky = topic_start = None
         classifier, classifier_version, private = self._serving_classifier()
         every_turn = user_turns(request.messages)
         turns = [(i, text) for i, text in every_turn if text.strip()]
@@ -428,13 +452,18 @@ class Engine:
                 classify_ms = (time.perf_counter() - start) * 1000
             turn_categories = [(i, p.category) for (i, _), p in zip(turns, predictions, strict=True)]
             if turns[-1][0] == every_turn[-1][0]:  # the last user turn has text: it is what gets routed
-                prediction = predictions[-1]
-                category, confidence = prediction.category, float(prediction.confidence)
-                embedding = CacheTier.embedding_of(prediction)
+                topic = self._topic_of_last_turn(turns, predictions)
+                category, confidence = topic.category, topic.confidence
+                follows = topic.follows
+                if len(turns) > 1:
+                    topic_start = topic.follows if topic.follows is not None else topic.index
+                sticky = self._sticky_detail(request, topic)
+                embedding = CacheTier.embedding_of(predictions[-1])
         try:
             decision = self.policy.decide(
-                request, category=category, has_classifier=classifier is not None, gate=self.gate_verdict,
-                private_categories=private, turn_categories=turn_categories,
+                request, category=category, has_classifier=classifier is not None,
+                gate=self.gate_verdict if len(turns) < 2 else self.followup_gate_verdict,
+                private_categories=private, turn_categories=turn_categories, follows=follows, sticky=sticky,
             )  # fmt: skip
         except RouterError as err:
             refused = Exchange(
@@ -445,12 +474,38 @@ class Engine:
             self._write_log(refused)
             raise
         exchange = Exchange(request, decision, category, confidence, classify_ms, classifier_version=classifier_version)
+        exchange.topic_start = topic_start
         if self.cache_tier is not None:
             exchange.embedding = embedding
             exchange.cache_probe = self.cache_tier.probe(exchange, route=self._cache_route(decision))
         return exchange
 
+    def _topic_of_last_turn(self, turns: list[tuple[int, str]], predictions: list[Any]) -> TurnTopic:
+        """The last user turn's category in its conversation (alone, with ``follow_ups = "last_message"``)."""
+        conversation = self.config.conversation
+        if conversation.follow_ups == "last_message":
+            own = predictions[-1]
+            return TurnTopic(turns[-1][0], own.category, float(own.confidence), own.category)
+        return resolve_topics(turns, predictions, switch_confidence=conversation.switch_confidence)[-1]
+
+    def _sticky_detail(self, request: ChatRequest, topic: TurnTopic) -> str | None:
+        """Why a follow-up stays in the cloud: an earlier answer of its topic was the cloud's (or None)."""
+        if not self.config.conversation.sticky_cloud or topic.follows is None:
+            return None
+        index = self._cloud_answers.first_in(request.messages, after=topic.follows, before=topic.index)
+        return None if index is None else f"the cloud answered messages[{index}] of this topic"
+
+    def _remember_cloud_answer(self, exchange: Exchange) -> None:
+        """A cloud answer to a turn the local tier could not serve makes its topic sticky (see :mod:`router._sticky`)."""
+        decision = exchange.decision
+        if exchange.tier != "cloud" or decision.forced or exchange.error is not None or not exchange.text:
+            return
+        if decision.reason in _LOCAL_COULD_NOT or exchange.fallback_from == "local":
+            self._cloud_answers.remember(exchange.text)
+
     def _write_log(self, exchange: Exchange) -> None:
+        if self.config.conversation.sticky_cloud:
+            self._remember_cloud_answer(exchange)
         if self.log is not None:
             self.log.record(exchange.log_record())
             self._offer_sample(exchange)
@@ -494,21 +549,39 @@ class Engine:
             timeout = min(timeout, request.timeout_s)
         return time.monotonic() + timeout
 
-    def _check_local_fits(self, exchange: Exchange) -> None:
-        """Move a request whose prompt overflows the local window to the cloud (or refuse it)."""
-        request = exchange.request
+    def _fit_local_window(self, request: ChatRequest, *, must_stay: bool) -> tuple[ChatRequest, Pruned | None]:
+        """``request`` as the local model can take it: whole, or pruned to its window (:mod:`hybrid_common.pruning`).
+
+        Raises ``LocalFailure("context")`` for a conversation the cloud should answer whole instead
+        (``long_conversations = "cloud"``, or only its last message cut short would fit), and a 400
+        for one that may not leave (``must_stay``: private or ``model="local"``) and cannot fit at all.
+        """
+        local = self.config.local
+        answer_tokens = local.answer_tokens(request.params.max_tokens)
+
+        def fits(messages: Any) -> bool:
+            return self.local.fits(messages, answer_tokens)
+
+        prune = must_stay or local.long_conversations == "prune"
         try:
-            fits = self.local.fits(request.messages, self.config.local.answer_tokens(request.params.max_tokens))
+            pruned = prune_to_fit(request.messages, fits, summary_chars=local.summary_chars) if prune else None
+            whole = (pruned is not None and not pruned.changed) if prune else fits(request.messages)
         except Exception as err:
             raise LocalFailure("error", f"local model unavailable: {err}") from err
-        if not fits:
-            if stays_local(exchange.decision):
-                raise BadRequestError(
-                    "The conversation is longer than the local model's context window and may not go to the cloud.",
-                    param="messages",
-                    code="context_length_exceeded",
-                )
-            raise LocalFailure("context", "prompt longer than the local context window")
+        if whole:
+            return request, None
+        # Cutting the question itself is the last resort of a conversation that may not leave; any other goes to the cloud.
+        if pruned is not None and (must_stay or not pruned.cut_chars):
+            return dataclasses.replace(request, messages=list(pruned.messages)), pruned
+        if must_stay:
+            raise BadRequestError(
+                "The conversation does not fit the local model's context window, not even its system prompt with the "
+                "end of its last message, and may not go to the cloud.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        why = "; only its last message cut short would fit" if pruned is not None else ""
+        raise LocalFailure("context", f"prompt longer than the local context window{why}")
 
     # -- fallback ---------------------------------------------------------------------------------
 
@@ -565,6 +638,13 @@ class Engine:
         with self.activity.running():
             yield from self._guarded_local_pieces(exchange)
 
+    def _local_request(self, request: ChatRequest, topic_start: int | None) -> ChatRequest:
+        """``request`` as the local model is given it: whole, or (``local.history = "topic"``) a later
+        turn as one question about its topic (:func:`hybrid_common.chat.topic_messages`)."""
+        if self.config.local.history != "topic" or topic_start is None:
+            return request
+        return dataclasses.replace(request, messages=topic_messages(request.messages, topic_start))
+
     def _start_local(self, request: ChatRequest, *, deadline: float) -> tuple[GenerationStream, DegenerationGuard]:
         """Start generating ``request`` as served (token cap, guard): for answers and shadow answers alike."""
         local = self.config.local
@@ -574,9 +654,12 @@ class Engine:
         return stream, local.new_guard(request.query, earlier_turns(request.messages))
 
     def _guarded_local_pieces(self, exchange: Exchange) -> Iterator[str]:
-        request = exchange.request
         self.local.refresh()
-        self._check_local_fits(exchange)
+        # A long conversation is answered from its pruned copy (the guard judges against that one too);
+        # the log keeps the whole conversation, and the detail says what the local model did not see.
+        local_request = self._local_request(exchange.request, exchange.topic_start)
+        request, pruned = self._fit_local_window(local_request, must_stay=stays_local(exchange.decision))
+        exchange.pruned = pruned.detail if pruned is not None else None
         # With a registry the backend knows which promoted version it loaded; else the config labels it.
         local = self.config.local
         adapter_version = self.local.adapter_version if local.followed_registry else local.adapter_version

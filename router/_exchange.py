@@ -58,6 +58,8 @@ class Exchange:
     cached_from: str | None = None  # a cache hit: the request id whose answer was served
     cache_match: str | None = None  # a cache hit: "exact" or "semantic <cosine>"
     cache_hit_key: str | None = None
+    topic_start: int | None = None  # a later turn: the message index that opened its topic (local.history = "topic")
+    pruned: str | None = None  # what was left out of the prompt to fit the local window (hybrid_common.pruning)
 
     def serve_with(self, tier: Tier, backend: str, model: str, adapter_version: str | None = None) -> None:
         self.tier, self.backend, self.model, self.adapter_version = tier, backend, model, adapter_version
@@ -73,6 +75,12 @@ class Exchange:
             self.ttft_ms = (time.perf_counter() - self.started) * 1000
 
     @property
+    def detail(self) -> str:
+        """The decision's detail, and what the local prompt left out while the local tier is the one serving
+        (a cloud fallback or a hand-off answered the whole conversation)."""
+        return "; ".join(filter(None, [self.decision.detail, self.pruned if self.tier == "local" else None]))
+
+    @property
     def latency_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 
@@ -84,7 +92,7 @@ class Exchange:
             backend=self.backend or "",
             model=self.model or "",
             reason=self.decision.reason,
-            detail=self.decision.detail,
+            detail=self.detail,
             category=self.category,
             confidence=self.confidence,
             classifier_version=self.classifier_version,
@@ -124,7 +132,7 @@ class Exchange:
             category=self.category,
             confidence=self.confidence,
             detail="; ".join(
-                filter(None, [self.decision.detail, self.degenerate and f"degenerate: {self.degenerate}",
+                filter(None, [self.detail, self.degenerate and f"degenerate: {self.degenerate}",
                               self.cache_match and f"cache hit ({self.cache_match})"])
             ) or None,  # fmt: skip
             fallback_from=self.fallback_from,
@@ -148,6 +156,7 @@ class Exchange:
             metadata=self.request.metadata,
             cached_from=self.cached_from,
             caller=self.request.caller,
+            topic_start=self.topic_start,
         )
 
     # -- openai objects -------------------------------------------------------------------------

@@ -139,6 +139,8 @@ class SampleJob:
     """Fallback: the local answer the guard rejected (the cloud's ``answer`` was served instead)."""
     problem: str | None = None
     """Fallback: why the guard rejected it."""
+    topic_start: int | None = None
+    """A later turn: the message index that opened its topic (the local prompt is shaped as served)."""
     enqueued: float = field(default_factory=time.monotonic)
 
 

@@ -27,7 +27,7 @@ __all__ = [
 
 logger = logging.getLogger("router.traffic_log")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Version 1: requests. Version 2 adds feedback (client.feedback) and quality_samples (live evidence
 # for the quality gate). Version 3 gives a quality sample the answer it scored (shadow: the local
 # answer; audit: the cloud's), what it cost and a detail line. Version 4 records which classifier
@@ -108,6 +108,11 @@ ALTER TABLE requests ADD COLUMN cached_from TEXT;
 # taken from that caller only.
 _SCHEMA_V7 = """
 ALTER TABLE requests ADD COLUMN caller TEXT;
+"""
+# Version 8 records, for a later turn of a conversation, which message opened its topic, so a
+# retrain renders the prompt the local model was given (local.history = "topic").
+_SCHEMA_V8 = """
+ALTER TABLE requests ADD COLUMN topic_start INTEGER;
 """
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -244,6 +249,7 @@ CREATE TRIGGER request_totals_on_insert AFTER INSERT ON requests FOR EACH ROW EX
 _PG_MIGRATIONS: list[tuple[int, str]] = [
     (6, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS cached_from TEXT"),
     (7, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS caller TEXT"),
+    (8, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS topic_start INTEGER"),
 ]
 
 
@@ -337,7 +343,8 @@ class SqliteStore(LogStore):
         conn.executescript(_SCHEMA)
         steps = [(2, _SCHEMA_V2, "feedback, quality samples"), (3, _SCHEMA_V3, "answers and cost of quality samples"),
                  (4, _SCHEMA_V4, "classifier version per request"), (5, _SCHEMA_V5, "running totals for stats; one scan"),
-                 (6, _SCHEMA_V6, "response cache hits"), (7, _SCHEMA_V7, "caller of each request")]  # fmt: skip
+                 (6, _SCHEMA_V6, "response cache hits"), (7, _SCHEMA_V7, "caller of each request"),
+                 (8, _SCHEMA_V8, "topic of a conversation's later turn")]  # fmt: skip
         for target, script, what in steps:
             if version < target:
                 if version >= 1:

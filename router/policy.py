@@ -9,9 +9,12 @@ testable without a model. The order of the rules is the contract:
 4. requests the local tier cannot serve (tools, images, ``n > 1`` ...) go to the cloud;
 5. the classifier: no classifier, an edge case, or a category not served locally go to the cloud;
 6. the quality gate (:mod:`router.quality`): a local category the serving model has not proven
-   good at goes to the cloud too, with the figures in ``detail``; everything else is answered
-   locally. Private requests never leave: unproven, they are answered locally and flagged, or
-   handed off with a configured message.
+   good at goes to the cloud too, with the figures in ``detail``;
+7. stickiness: a follow-up of a topic whose earlier turn the cloud answered stays there
+   (:mod:`router._sticky`); everything else is answered locally.
+
+Private requests never leave: unproven, they are answered locally and flagged, or handed off with
+a configured message.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class RoutingPolicy:
         gate: Callable[[str], GateVerdict] | None = None,
         private_categories: frozenset[str] = frozenset(),
         turn_categories: Sequence[tuple[int, str | None]] = (),
+        follows: int | None = None,
+        sticky: str | None = None,
     ) -> Decision:
         """Apply the rules in order; raise when no tier may serve the request.
 
@@ -84,6 +89,9 @@ class RoutingPolicy:
         marks private: categories found by ``router discover`` and marked private there).
         ``turn_categories`` is ``(message index, category)`` of every user turn: a conversation is
         as private as its most private turn, so an earlier private turn keeps it on the machine.
+        ``category`` is the last turn's category in its conversation; ``follows`` the message index of
+        the turn whose topic it continues (it inherited that turn's category), named in ``detail``.
+        ``sticky`` says which earlier answer of the topic the cloud gave: the topic stays there.
         """
         cloud_model = self.cloud_model_for(request.model)
         blockers = ", ".join(request.local_blockers)
@@ -117,15 +125,18 @@ class RoutingPolicy:
             return Decision("cloud", Reason.UNSUPPORTED, blockers, cloud_model)
         if not has_classifier:
             return Decision("cloud", Reason.NO_CLASSIFIER, "", cloud_model)
+        context = f" (follow-up of messages[{follows}])" if follows is not None else ""
         if category is None:
-            return Decision("cloud", Reason.EDGE_CASE, "out of scope or low confidence", cloud_model)
+            return Decision("cloud", Reason.EDGE_CASE, f"out of scope or low confidence{context}", cloud_model)
         if not self.serves_locally(category):
-            return Decision("cloud", Reason.CATEGORY_NOT_LOCAL, category, cloud_model)
+            return Decision("cloud", Reason.CATEGORY_NOT_LOCAL, f"{category}{context}", cloud_model)
         if gate is not None:
             verdict = gate(category)
             if not verdict.open:
                 return Decision("cloud", verdict.reason or Reason.LOCAL_QUALITY_UNPROVEN, verdict.detail, cloud_model)
-        return Decision("local", Reason.LOCAL_CATEGORY, category, cloud_model)
+        if sticky is not None:  # servable locally, but the topic's earlier answer was the cloud's
+            return Decision("cloud", Reason.STICKY_CLOUD, f"{category}{context}: {sticky}", cloud_model)
+        return Decision("local", Reason.LOCAL_CATEGORY, f"{category}{context}", cloud_model)
 
     def _private_reason(
         self,

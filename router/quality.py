@@ -39,6 +39,8 @@ __all__ = [
     "QualityGate",
     "evidence_file",
     "evidence_from_metrics",
+    "FOLLOWUP_SUFFIX",
+    "followup_key",
     "read_evidence_store",
     "read_registry_evidence",
     "write_evidence",
@@ -148,7 +150,11 @@ def evidence_from_metrics(metrics: object, source: str) -> dict[str, CategoryEvi
             out[str(category)] = CategoryEvidence(
                 float(m["similarity"]), float(m["degenerate_rate"]), int(m["examples"]), source
             )
-        except (KeyError, TypeError, ValueError):
+            if int(m.get("followup_count", 0)) > 0:  # an evaluation that had follow-ups measures them apart too
+                out[followup_key(str(category))] = CategoryEvidence(
+                    float(m["followup_similarity"]), float(m.get("followup_degenerate_rate", 0.0)), int(m["followup_count"]), source
+                )
+        except (KeyError, TypeError, ValueError, AttributeError):
             continue
     return out
 
@@ -195,6 +201,20 @@ class _Votes:
     def evidence(self) -> VoteEvidence | None:
         n = len(self.by_response)
         return VoteEvidence(sum(self.by_response.values()) / n, n) if n else None
+
+
+FOLLOWUP_SUFFIX = " · follow-ups"
+
+
+def followup_key(category: str) -> str:
+    """The evidence key of ``category``'s follow-up turns ("ORDER · follow-ups").
+
+    A local model good at first questions may still answer follow-ups badly (it must read the
+    conversation), so their live samples also go to a window of their own. Once that window holds
+    ``min_samples`` it decides for follow-ups of the category; until then they share the
+    category's evidence. The key is logged like a category, so ``router stats`` shows it apart.
+    """
+    return category + FOLLOWUP_SUFFIX
 
 
 def replay_samples(gate: QualityGate, samples: Sequence[Mapping[str, object]]) -> None:
@@ -340,6 +360,20 @@ class QualityGate:
         if now_open:
             return GateVerdict(True, None, evidence.describe())
         return GateVerdict(False, Reason.LOCAL_QUALITY_BELOW_FLOOR, f"{evidence.describe()}; {self._floors()}")
+
+    def followup_verdict(self, version: str | None, category: str) -> GateVerdict:
+        """The verdict for a follow-up turn of ``category``: the category's, unless follow-ups have
+        evidence of their own (live samples, or offline ones from an evaluation with follow-ups)
+        that closes them."""
+        verdict = self.verdict(version, category)
+        if not verdict.open or category in self._config.overrides:
+            return verdict
+        key = followup_key(category)
+        evidence = self.evidence(version, key)
+        if evidence is None or evidence.samples < self._config.min_samples:
+            return verdict
+        own = self.verdict(version, key)
+        return own if not own.open else GateVerdict(True, None, f"follow-ups: {own.detail}")
 
     def _judge(self, evidence: CategoryEvidence, was_open: bool | None) -> bool:
         cfg = self._config

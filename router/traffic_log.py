@@ -88,6 +88,9 @@ class LogRecord:
     caller: str | None = None
     """Who sent the request over HTTP (a fingerprint of its API key, never the key; schema 7): feedback
     on the answer is taken from the same caller only."""
+    topic_start: int | None = None
+    """A later turn of a conversation: the index of the message that opened its topic (schema 8); a
+    retrain renders the local prompt from it as served (``local.history = "topic"``)."""
 
 
 _COLUMNS = [f.name for f in fields(LogRecord)]

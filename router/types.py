@@ -35,6 +35,7 @@ class Reason(str, Enum):
     LOCAL_QUALITY_BELOW_FLOOR = "local_quality_below_floor"
     LOCAL_QUALITY_DISTRUSTED = "local_quality_distrusted"
     PRIVATE_HANDOFF = "private_handoff"
+    STICKY_CLOUD = "sticky_cloud"
 
 
 class RouteInfo(BaseModel):

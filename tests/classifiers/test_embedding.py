@@ -48,6 +48,20 @@ def test_head_inside_the_onnx_graph_matches_the_head_in_numpy(calibrated, bitext
     assert len(set(np.round(cosine, 4))) > 10 and len(set(np.round(exemplar_cosine, 4))) > 10
 
 
+def test_classify_embedding_is_classify_without_the_encoder(calibrated, bitext) -> None:
+    from hybrid_common.errors import ConfigError
+
+    for text in bitext.holdout.texts[:5] + bitext.unseen_out_of_scope[:5]:
+        direct = calibrated.classify(text)
+        again = calibrated.classify_embedding(direct.embedding * 3.0)  # re-normalised: the scale does not matter
+        assert (again.category, again.label) == (direct.category, direct.label)
+        assert again.confidence == pytest.approx(direct.confidence, abs=1e-5)
+    with pytest.raises(ConfigError):
+        calibrated.classify_embedding(np.zeros(7))
+    with pytest.raises(ConfigError):
+        calibrated.classify_embedding(np.full(calibrated.head_.dim, np.nan))
+
+
 def test_predict_is_accurate_on_in_scope_holdout(frozen, bitext) -> None:
     pairs = [(t, c) for t, c in zip(bitext.holdout.texts, bitext.holdout.labels, strict=True) if c is not None]
     predicted = frozen.predict([t for t, _ in pairs])

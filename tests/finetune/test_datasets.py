@@ -444,3 +444,107 @@ def test_old_snapshots_are_pruned_but_trained_on_and_newest_ones_stay(tmp_path: 
     assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == sorted([ids[0], ids[3], ids[4]])
     assert DatasetSnapshot.load(tmp_path / "datasets" / ids[4]).id == ids[4]  # what stays is intact
     assert prune_snapshots(tmp_path, keep={ids[0]}, keep_latest=2) == []
+
+
+# ---------------------------------------------------------------------------- conversations
+
+SYSTEM = {"role": "system", "content": "You are the support assistant of an online shop."}
+
+
+def _follow_up(first: Example, follow_up: str, i: int, source: str) -> Example:
+    """A conversation: ``first``'s question and answer, then ``follow_up``, answered by the teacher."""
+    messages = (SYSTEM, *first.messages, {"role": "assistant", "content": first.answer}, {"role": "user", "content": follow_up})
+    answer = f"Done: request {i} is on its way, and you will get a confirmation email within two business days."
+    return Example(messages, answer, first.category, source)
+
+
+def test_a_logged_follow_up_keeps_its_conversation_and_category(tmp_path: Path, bitext: list[Example]) -> None:
+    q = [e for e in bitext if e.category == "ORDER"][:2]
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": q[0].query},
+        {"role": "assistant", "content": q[0].answer},
+        {"role": "user", "content": "ok do it"},
+    ]
+    with TrafficLog(tmp_path / "traffic.db") as log:
+        # The router logs the conversation's category for a follow-up, which its last line alone would not get.
+        assert log.record(_record(0, "ok do it", q[1].answer, category="CANCEL", messages=conversation))
+        assert log.record(_record(1, q[1].query, q[1].answer))
+        follow_up, first = examples_from_log(log)
+    assert follow_up.messages == tuple(conversation)
+    assert follow_up.category == "CANCEL" and follow_up.query == "ok do it" and follow_up.answer == q[1].answer
+    assert follow_up.followup and not first.followup
+
+
+def test_snapshots_and_the_frozen_set_keep_the_history(tmp_path: Path, unique_bitext: list[Example]) -> None:
+    follow_ups = ["ok do it", "yes please go ahead", "and how long will that take?", "can you do that for me now"]
+    conversations = [_follow_up(e, follow_ups[i % 4], i, f"conv:{i}") for i, e in enumerate(unique_bitext[::40][:120])]
+    snapshot = build_snapshot(conversations, tmp_path, filters=DatasetFilters(eval_percent=30, min_eval_per_category=2))
+    assert snapshot.train and snapshot.eval
+    originals = {e.source: e for e in conversations}
+    reread = DatasetSnapshot.load(snapshot.path)
+    for example in [*reread.train, *reread.eval, *FrozenEvalSet.load(tmp_path).examples]:
+        original = originals[example.source]
+        assert example.messages == original.messages and len(example.messages) == 4
+        assert example.category == original.category and example.followup
+    line = (snapshot.path / "train.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    assert [m["role"] for m in json.loads(line)["messages"]] == ["system", "user", "assistant", "user"]
+
+
+def test_follow_ups_are_told_apart_by_their_history(unique_bitext: list[Example]) -> None:
+    first = max(unique_bitext[:500], key=lambda e: len(e.answer.split()))  # a long answer: the history dominates
+    same_last = [_follow_up(e, "ok do it", i, f"same-last:{i}") for i, e in enumerate([first, *unique_bitext[500:510]])]
+    other_question = _follow_up(first, "actually cancel it instead and refund me", 90, "other-question")
+    edited = same_last[0].messages[1]["content"] + " please"
+    reworded = Example((SYSTEM, {"role": "user", "content": edited}, *same_last[0].messages[2:]), same_last[0].answer, source="reworded")
+    assert _jaccard_words(other_question, same_last[0]) >= 0.9 and _jaccard_words(reworded, same_last[0]) >= 0.9
+
+    kept, dropped = clean([*same_last, other_question, reworded])
+    # Same last turn, other history: different examples. Same history, other question: too. Only the
+    # reworded copy of a whole conversation is a near duplicate.
+    assert [e.source for e in kept] == [*(e.source for e in same_last), "other-question"]
+    assert dropped["near_duplicate"] == 1
+    assert len({e.prompt_key for e in same_last}) == len(same_last)
+    buckets = [split_bucket(e) for e in same_last]
+    assert buckets == [split_bucket(Example.from_dict(e.to_dict())) for e in same_last]  # keyed on the conversation
+    assert len(set(buckets)) > 1
+
+
+def test_a_teacher_answer_replaying_an_earlier_turn_is_dropped() -> None:
+    earlier = "Your order ships from our warehouse tomorrow morning and arrives within three business days"
+    history = (
+        {"role": "user", "content": "when will my order arrive"},
+        {"role": "assistant", "content": earlier},
+        {"role": "user", "content": "ok do it"},
+    )
+    replay = earlier + " and you will get a tracking link by email."
+    fresh = "Done: I have upgraded the delivery to express, so it arrives tomorrow."
+    rows = [Example(history, replay, source="replay"), Example(history, fresh, source="fresh"), Example(history[-1:], replay, source="alone")]
+    kept, dropped = clean(rows)
+    assert [e.source for e in kept] == ["fresh", "alone"]  # the same answer to the turn alone repeats nothing
+    assert dropped["degenerate"] == 1
+
+
+def test_a_logged_later_turn_is_trained_and_evaluated_on_the_prompt_it_was_served(tmp_path) -> None:
+    from finetune.datasets import Example, examples_from_log
+    from router.traffic_log import LogRecord, TrafficLog
+
+    messages = [
+        {"role": "user", "content": "where is my parcel?"},
+        {"role": "assistant", "content": "It ships tomorrow."},
+        {"role": "user", "content": "I want to cancel my order"},
+        {"role": "assistant", "content": "Here are the steps."},
+        {"role": "user", "content": "ok do it"},
+    ]
+    with TrafficLog(tmp_path / "log.sqlite3") as log:
+        log.record(LogRecord(id="r1", created_at="2026-12-01T00:00:00+00:00", requested_model="auto", tier="cloud", backend="litellm",
+                             served_model="gpt-4o", category="ORDER", reason="edge_case", stream=False, messages=messages,
+                             response="To cancel, open Orders and choose Cancel.", finish_reason="stop", topic_start=2))  # fmt: skip
+    (example,) = examples_from_log(tmp_path / "log.sqlite3")
+    assert example.topic_start == 2 and example.messages == tuple(messages)
+    assert Example.from_dict(example.to_dict()) == example and Example.from_dict(example.to_dict()).topic_start == 2
+    served = example.as_served("topic")
+    assert served.messages == ({"role": "user", "content": "I want to cancel my order\nok do it"},)
+    assert example.as_served("full") is example
+    with pytest.raises(ConfigError):
+        Example.from_dict({**example.to_dict(), "topic_start": 9})

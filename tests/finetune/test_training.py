@@ -11,7 +11,7 @@ import pytest
 
 from finetune.datasets import Example
 from finetune.export import export_adapter
-from finetune.training import TrainConfig, TrainResult, load_base_model, train_lora
+from finetune.training import IGNORE, TrainConfig, TrainResult, encode_example, load_base_model, train_lora
 from router.chat_template import STOP_SEQUENCES, render_prompt
 from router.errors import ArtifactError
 
@@ -79,6 +79,26 @@ def _hf_greedy(base: Any, adapter_dir: Path, prompt: str, n: int = 12) -> list[i
     for stop in STOP_SEQUENCES:
         text = text.split(stop)[0]
     return base.tokenizer(text, add_special_tokens=False).input_ids
+
+
+def test_a_follow_up_trains_on_the_prompt_the_router_serves(base: Any) -> None:
+    from router.backends import LlamaCppBackend
+    from router.config import LocalConfig
+
+    conversation = (
+        {"role": "system", "content": "You are the support assistant of an online shop."},
+        {"role": "user", "content": "where is my order?"},
+        {"role": "assistant", "content": "It left our warehouse this morning and arrives on Thursday."},
+        {"role": "user", "content": "ok, can you send it to my office instead?"},
+    )
+    backend = LlamaCppBackend(LocalConfig(n_threads=1, registry_path=None))
+    try:
+        served = backend._prompt_tokens(list(conversation))  # the tokens llama.cpp decodes for this request
+    finally:
+        backend.close()
+    ids, labels = encode_example(base.tokenizer, Example(conversation, ANSWER, "ORDER"), TrainConfig(max_prompt_tokens=len(served)))
+    assert ids[: len(served)] == served  # the whole history, rendered and tokenized as served
+    assert labels[: len(served)] == [IGNORE] * len(served) and labels[len(served) :] == ids[len(served) :]
 
 
 def test_training_reduces_loss_and_reports_throughput(trained: tuple[TrainResult, Path]) -> None:

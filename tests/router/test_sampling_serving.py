@@ -54,6 +54,27 @@ def test_a_shadow_answer_is_scored_against_the_cloud_logged_and_fed_to_the_gate(
     assert again is not None and again.samples == 1 and again.similarity == pytest.approx(sample["similarity"])
 
 
+def test_a_follow_up_is_shadowed_with_its_conversation_and_counts_for_its_follow_ups_too(make_config) -> None:
+    from router.quality import followup_key
+
+    config = make_config(quality=SHADOW, classifier={"threshold": 0.6})  # "ok do it" alone is then an edge case
+    conversation = [{"role": "user", "content": ORDER_QUERY}, {"role": "assistant", "content": "I can help with that."},
+                    {"role": "user", "content": "ok do it"}]  # fmt: skip
+    with Client(config) as client:
+        r = client.chat.completions.create(model="auto", messages=conversation, max_tokens=24)
+        assert (r.router.tier, r.router.reason, r.router.category) == ("cloud", Reason.LOCAL_QUALITY_UNPROVEN, "ORDER")
+        assert client.wait_for_samples(120)
+        key = client._engine.served_key()
+        first_questions = client._engine.gate.evidence(key, "ORDER")
+        follow_ups = client._engine.gate.evidence(key, followup_key("ORDER"))
+    rows = samples(config.log.path)
+    assert [(s["category"], s["request_id"]) for s in rows] == [("ORDER", r.id), (followup_key("ORDER"), r.id)]
+    assert rows[0]["similarity"] == rows[1]["similarity"]
+    assert first_questions is not None and follow_ups is not None and follow_ups.samples == 1
+    with Client(config) as restarted:  # both windows are reloaded from the log
+        assert restarted._engine.gate.evidence(key, followup_key("ORDER")).samples == 1
+
+
 def test_requests_that_may_not_be_sampled_never_are(make_config) -> None:
     config = make_config(quality={**SHADOW, "audit_rate": 1.0})
     with Client(config) as client:

@@ -100,7 +100,7 @@ def test_a_schema_4_log_is_migrated_and_its_totals_backfilled(tmp_path) -> None:
         for i in range(3):
             log.record(_dated(i, "2026-01-0" + str(i + 1), tier="cloud", category="ORDER"))
     with sqlite3.connect(path) as db:  # back to what release 4 wrote
-        db.executescript("DROP TRIGGER request_totals_on_insert; DROP TABLE request_totals; ALTER TABLE requests DROP COLUMN cached_from; ALTER TABLE requests DROP COLUMN caller; PRAGMA user_version=4;")
+        db.executescript("DROP TRIGGER request_totals_on_insert; DROP TABLE request_totals; ALTER TABLE requests DROP COLUMN cached_from; ALTER TABLE requests DROP COLUMN caller; ALTER TABLE requests DROP COLUMN topic_start; PRAGMA user_version=4;")
     with TrafficLog(path) as log:
         assert [r["requests"] for r in log.summary()] == [3]
         log.record(_dated(9, "2026-01-09", tier="cloud", category="ORDER"))

@@ -1,0 +1,304 @@
+"""Build ``evals/corpora/conversations.jsonl``: support conversations labelled turn by turn *in context*.
+
+The benchmark for conversation-aware routing: a follow-up such as "ok do it" after "I want to
+cancel my order" belongs to ORDER although its words alone name no category. Each conversation
+opens with a Bitext instruction (from the replay pool, ``bucket >= 80``, that the demo's
+classifier never trains on; first turns spread over all 11 categories, never repeated), then one
+to three follow-ups of these kinds:
+
+* ``confirm``, ``clarify``, ``anaphoric``: hand-written turns that only make sense in context
+  ("yes please, go ahead", "what do you mean exactly?", "what if it already shipped?"). They carry
+  the category, intent and Bitext answer of the conversation's current topic (the last Bitext
+  turn, whose index is ``continues``): they are written as confirmations, requests to explain
+  again and "how do I do that"-style questions about the same task, so the continued intent's
+  Bitext answer is a right answer. Confirmations follow only intents that ask for an action
+  (cancel, change, create, ...), never an information request such as a delivery period. Some
+  anaphoric turns are deliberately hard: their words alone suggest another category
+  (SHIPPING_ADDRESS "what if it already shipped?" reads as DELIVERY). A turn that changes the
+  subject ("and the refund for it?") is a switch, so none is written as anaphoric.
+* ``same_category``, ``switch``: other Bitext instructions of the topic's category, or of another
+  one (sometimes after "also, " and the like; some short ones). Self-contained: they keep their
+  own Bitext category, intent and answer, and become the topic later turns continue.
+* ``out_of_scope``: general requests outside customer support (a joke, a recipe, maths), labelled
+  ``None`` with no reference: only the cloud can answer them. They leave the topic unchanged, but
+  no context-dependent turn directly follows one (what "it" would refer to is unclear).
+
+Every hand-written list is split into disjoint ``dev`` and ``test`` halves; a conversation's split
+(a salted hash of its first text, about 40 % dev) picks the half its wording comes from, so a
+routing method can be tuned on dev and reported on test with wording it never saw. The labels are
+for scoring only: nothing here is read at routing time. Deterministic (a fixed seed); run
+``python -m evals.make_conversations`` to write the file again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from evals.demo import bucket, load_bitext
+
+OUT = Path(__file__).resolve().parent / "corpora" / "conversations.jsonl"
+
+FIRST_PER_CATEGORY = 36  # capped by the replay pool (CANCELLATION_FEE has 33, NEWSLETTER 35)
+DEV_SHARE = 40  # percent of conversations in the dev split
+# Share of each follow-up kind, aiming at 50 % context-dependent (confirm / clarify / anaphoric),
+# 15 % same category, 20 % switch, 15 % out of scope.
+# The drawn weights lean towards context: no context-dependent turn may follow an out-of-scope one.
+KIND_WEIGHTS = {"context": 0.55, "same_category": 0.14, "switch": 0.18, "out_of_scope": 0.13}
+CONTEXT_WEIGHTS = {"confirm": 0.35, "clarify": 0.2, "anaphoric": 0.45}
+CONTEXT_KINDS = ("confirm", "clarify", "anaphoric")
+
+# Intents whose answer walks through an action the user can agree to ("ok do it").
+ACTION_INTENTS = {
+    "cancel_order", "change_order", "place_order", "create_account", "delete_account", "edit_account",
+    "recover_password", "switch_account", "registration_problems", "change_shipping_address",
+    "set_up_shipping_address", "get_refund", "get_invoice", "newsletter_subscription",
+    "contact_customer_service", "contact_human_agent", "complaint", "review",
+}  # fmt: skip
+
+CONFIRM = {
+    "dev": ["ok do it", "yes please, go ahead", "Sure, let's do that.", "yep", "great, please proceed",
+            "alright go for it", "OK thanks, I'll do that now", "yes!"],
+    "test": ["yes, do that please", "ok go ahead", "Sounds good, let's go with that", "perfect!! do it",
+             "yeah sure", "right, please continue", "fine, proceed", "ok let's do it then"],
+}  # fmt: skip
+CLARIFY = {
+    "dev": ["sorry, can you explain that again?", "what do you mean exactly?", "I don't get it",
+            "can you say that more simply?", "could you go over that once more?", "huh??",
+            "wait, can you repeat the steps"],
+    "test": ["sorry, I didn't follow that", "can you rephrase?", "what does that mean",
+             "Could you explain it in simpler terms please", "I'm lost, say again?",
+             "not sure I understand, can you repeat?", "come again?"],
+}  # fmt: skip
+GENERIC_ANAPHORIC = {
+    "dev": ["can I do that from my phone?", "and what happens after that?", "how long does that usually take?",
+            "where do I find that exactly?", "do I need to be logged in for that?", "what if that doesn't work?",
+            "is there an easier way?"],
+    "test": ["does that work in the app too?", "ok and then what?", "how long does it normally take",
+             "which menu is that under?", "do i have to sign in first?", "and if I get stuck halfway?",
+             "is that the only way to do it?"],
+}  # fmt: skip
+# Per category: (text, the intents it fits; empty means every intent of the category).
+ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
+    "ACCOUNT": {
+        "dev": [("it's for my work account", ()),
+                ("what if I don't remember the email I used?", ("recover_password", "edit_account", "delete_account")),
+                ("will I lose my order history?", ("delete_account", "switch_account"))],  # reads as ORDER
+        "test": [("this is for my business profile, not my personal one", ()),
+                 ("do I need to verify my email for that?", ("create_account", "edit_account", "recover_password", "registration_problems")),
+                 ("and will my saved addresses still be there afterwards?", ("delete_account", "switch_account"))],  # reads as SHIPPING_ADDRESS
+    },
+    "CANCELLATION_FEE": {
+        "dev": [("is it the same if I cancel in the first month?", ()), ("and for the yearly plan?", ()),
+                ("would that be charged to my card?", ())],  # reads as PAYMENT
+        "test": [("what about if I'm on the premium plan?", ()), ("does that apply if I cancel early?", ()),
+                 ("would it show up on my next bill?", ())],  # reads as INVOICE
+    },
+    "CONTACT": {
+        "dev": [("are they available on weekends?", ()), ("do they speak Spanish?", ()), ("is there usually a wait?", ())],
+        "test": [("what hours are they open?", ()), ("can I just email them instead?", ()), ("is that number toll free?", ())],
+    },
+    "DELIVERY": {
+        "dev": [("what if I'm not home?", ()), ("does that include weekends?", ()),
+                ("and to a PO box?", ("delivery_options",))],  # reads as SHIPPING_ADDRESS
+        "test": [("what if nobody's there to sign for it?", ()), ("is express any faster?", ()),
+                 ("can it be left with a neighbour?", ())],
+    },
+    "FEEDBACK": {
+        "dev": [("it's about the delivery guy being rude", ("complaint",)),  # reads as DELIVERY
+                ("can I add photos to it?", ()), ("will someone actually read it?", ())],
+        "test": [("the support agent on the phone was really unhelpful", ("complaint",)),  # reads as CONTACT
+                 ("can I post it anonymously?", ()), ("it's about the product I got last week", ())],
+    },
+    "INVOICE": {
+        "dev": [("the one from last month", ()), ("i need it as a PDF", ()),
+                ("it's for the payment I made in March", ())],  # reads as PAYMENT
+        "test": [("the one from January please", ()), ("can it have my company's VAT number on it?", ()),
+                 ("the one for my last order", ())],  # reads as ORDER
+    },
+    "NEWSLETTER": {
+        "dev": [("where do I sign up for it?", ()), ("can I do it with my work email?", ()), ("so just my email address?", ())],
+        "test": [("do I need an account for that?", ()), ("which page is that on", ()),
+                 ("is it the box at the bottom of the homepage?", ())],
+    },
+    "ORDER": {
+        "dev": [("the one I placed yesterday", ("cancel_order", "change_order", "track_order")),
+                ("how much does that cost?", ("change_order",)),  # reads as CANCELLATION_FEE / PAYMENT
+                ("it has two items in it", ("cancel_order", "change_order", "track_order")),
+                ("what if I want 3 of them?", ("place_order",))],
+        "test": [("the order from last Tuesday", ("cancel_order", "change_order", "track_order")),
+                 ("i ordered it on the app", ("cancel_order", "change_order", "track_order")),
+                 ("and if it's already been paid?", ("cancel_order", "change_order")),  # reads as PAYMENT
+                 ("can I get different sizes in one go?", ("place_order",))],
+    },
+    "PAYMENT": {
+        "dev": [("ok, and how long will that take?", ("payment_issue",)),  # reads as DELIVERY
+                ("it's a Visa debit card", ()), ("it keeps saying declined", ("payment_issue",))],
+        "test": [("and how long until it goes through?", ("payment_issue",)),  # reads as DELIVERY
+                 ("what about Apple Pay?", ("check_payment_methods",)),
+                 ("it failed right on the checkout page", ("payment_issue",)),  # reads as ORDER
+                 ("do you take amex", ("check_payment_methods",))],
+    },
+    "REFUND": {
+        "dev": [("it arrived broken", ("check_refund_policy", "get_refund")),  # reads as DELIVERY
+                ("it's been two weeks already", ("track_refund",)),
+                ("what if I already threw away the box?", ("check_refund_policy", "get_refund"))],
+        "test": [("the item was damaged when it came", ("check_refund_policy", "get_refund")),  # reads as DELIVERY
+                 ("i sent it back ten days ago", ("track_refund",)),  # reads as DELIVERY / ORDER
+                 ("it was a gift, does that matter?", ("check_refund_policy", "get_refund"))],
+    },
+    "SHIPPING_ADDRESS": {
+        "dev": [("what if it already shipped?", ("change_shipping_address",)),  # reads as DELIVERY
+                ("it's my office address", ()), ("can I have two saved?", ("set_up_shipping_address",))],
+        "test": [("and if the package is already on its way?", ("change_shipping_address",)),  # reads as DELIVERY
+                 ("it's an apartment, where does the unit number go?", ()), ("i want it to be my default", ())],
+    },
+}  # fmt: skip
+OUT_OF_SCOPE_REQUESTS = {
+    "dev": ["write me a short poem about autumn", "tell me a joke", "what's the weather like in Paris tomorrow?",
+            "also, can you explain what a derivative is?", "unrelated, but how do I reverse a list in Python?",
+            "who won the world cup in 2010", "give me a recipe for banana bread", "translate 'good morning' into German",
+            "what is 17 times 23?", "recommend a good sci-fi novel", "also, can you summarise the plot of Hamlet?",
+            "unrelated, but what's the capital of Australia?", "how many calories are in an avocado",
+            "write a haiku about coffee", "what's a good name for a golden retriever?",
+            "explain quantum entanglement like I'm five", "can you help me write a cover letter for a nurse job?",
+            "What year did the Berlin Wall fall?", "also, can you suggest a 3 day itinerary for Rome?",
+            "how do I fix a merge conflict in git", "unrelated, but is a tomato a fruit or a vegetable?",
+            "give me 5 ideas for a kid's birthday party", "solve x^2 - 5x + 6 = 0", "who painted the Mona Lisa?"],
+    "test": ["tell me something funny", "write a limerick about a cat", "will it rain in London this weekend?",
+             "also, can you explain how photosynthesis works?", "unrelated, but what's a closure in JavaScript?",
+             "who was the first person on the moon", "how do I make a simple tomato sauce?",
+             "how do you say 'thank you' in Japanese", "what's 15% of 240?", "suggest a good podcast about history",
+             "also, can you write a SQL query that counts rows per day?", "unrelated, but how far is the moon from earth?",
+             "what's the tallest mountain in Africa", "compose a short song about the sea",
+             "ideas for a team-building activity?", "explain the rules of cricket", "help me plan a workout for beginners",
+             "what does 'carpe diem' mean?", "also, can you recommend a movie for tonight?",
+             "write a regex that matches an email address", "unrelated, but how long should I boil an egg?",
+             "give me a fun fact about octopuses", "what is the square root of 1764?", "who wrote Pride and Prejudice"],
+}  # fmt: skip
+SWITCH_PREFIXES = {
+    "dev": ["also, ", "one more thing: ", "different question - ", "oh and ", "btw ", "Oh, also: "],
+    "test": ["another thing, ", "and also ", "separately: ", "new question: ", "PS ", "By the way, "],
+}  # fmt: skip
+NO_PREFIX_SHARE = 0.4  # switches written as the bare Bitext instruction
+SHORT_SWITCH_SHARE = 0.3  # switches drawn from a category's shortest instructions
+
+
+def split_of(first_text: str) -> str:
+    """dev or test, from a hash salted apart from ``demo.bucket`` (every first text has bucket >= 80)."""
+    digest = hashlib.sha256(f"conversations-split:{first_text}".encode()).hexdigest()
+    return "dev" if int(digest[:8], 16) % 100 < DEV_SHARE else "test"
+
+
+def _reference(row: dict[str, str]) -> str:
+    return row["response"].replace("\r\n", "\n").strip()
+
+
+def _bitext_turn(row: dict[str, str], kind: str, text: str | None = None) -> dict[str, Any]:
+    return {"text": text if text is not None else row["instruction"], "category": row["category"], "intent": row["intent"],
+            "kind": kind, "reference": _reference(row), "continues": None}  # fmt: skip
+
+
+def _with_prefix(prefix: str, instruction: str) -> str:
+    # "also, Can you ..." reads oddly: lower a capitalised first word, but keep "I", "I'd" and acronyms.
+    if prefix and len(instruction) > 1 and instruction[0].isupper() and instruction[1].islower():
+        instruction = instruction[0].lower() + instruction[1:]
+    return prefix + instruction
+
+
+def build(seed: int = 11) -> list[dict[str, Any]]:
+    """The conversations, in file order; the same seed always gives the same list."""
+    rng = random.Random(seed)
+    rows = sorted((r for r in load_bitext() if bucket(r["instruction"]) >= 80), key=lambda r: r["instruction"])
+    pool = {c: [r for r in rows if r["category"] == c] for c in sorted({r["category"] for r in rows})}
+    categories = list(pool)
+    short = {c: sorted(rs, key=lambda r: (len(r["instruction"].split()), r["instruction"]))[: max(3, len(rs) // 4)]
+             for c, rs in pool.items()}  # fmt: skip
+
+    firsts: list[dict[str, str]] = []
+    for category in categories:
+        candidates = list(pool[category])
+        rng.shuffle(candidates)
+        firsts.extend(candidates[:FIRST_PER_CATEGORY])
+    rng.shuffle(firsts)
+
+    def follow_up(split: str, turns: list[dict[str, Any]], topic: int) -> dict[str, Any]:
+        current = turns[topic]
+        previous = turns[-1]
+        used = {t["text"] for t in turns}
+        kinds = dict(KIND_WEIGHTS)
+        if previous["kind"] == "out_of_scope":
+            del kinds["context"]  # no "it" to resolve right after an unrelated request
+        kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
+        if kind == "context":
+            sub = dict(CONTEXT_WEIGHTS)
+            if current["intent"] not in ACTION_INTENTS or previous["kind"] == "confirm":
+                del sub["confirm"]
+            if previous["kind"] == "clarify":
+                del sub["clarify"]
+            kind = rng.choices(list(sub), weights=list(sub.values()))[0]
+            if kind == "anaphoric":
+                specific = [t for t, intents in ANAPHORIC[current["category"]][split]
+                            if (not intents or current["intent"] in intents) and t not in used]  # fmt: skip
+                generic = [t for t in GENERIC_ANAPHORIC[split] if t not in used]
+                options = specific if specific and rng.random() < 0.65 else generic
+            else:
+                options = [t for t in (CONFIRM if kind == "confirm" else CLARIFY)[split] if t not in used]
+            return {"text": rng.choice(options), "category": current["category"], "intent": current["intent"],
+                    "kind": kind, "reference": current["reference"], "continues": topic}  # fmt: skip
+        if kind == "out_of_scope":
+            text = rng.choice([t for t in OUT_OF_SCOPE_REQUESTS[split] if t not in used])
+            return {"text": text, "category": None, "intent": None, "kind": kind, "reference": None, "continues": None}
+        if kind == "same_category":
+            row = rng.choice([r for r in pool[current["category"]] if r["instruction"] not in used])
+            return _bitext_turn(row, kind)
+        category = rng.choice([c for c in categories if c != current["category"]])
+        candidates = short[category] if rng.random() < SHORT_SWITCH_SHARE else pool[category]
+        row = rng.choice([r for r in candidates if r["instruction"] not in used])
+        prefix = "" if rng.random() < NO_PREFIX_SHARE else rng.choice(SWITCH_PREFIXES[split])
+        return _bitext_turn(row, kind, _with_prefix(prefix, row["instruction"]))
+
+    conversations: list[dict[str, Any]] = []
+    for i, first in enumerate(firsts, start=1):
+        split = split_of(first["instruction"])
+        turns = [_bitext_turn(first, "first")]
+        topic = 0  # index of the last self-contained Bitext turn: what context-dependent turns continue
+        for _ in range(rng.randint(1, 3)):
+            turn = follow_up(split, turns, topic)
+            turns.append(turn)
+            if turn["kind"] in ("same_category", "switch"):
+                topic = len(turns) - 1
+        conversations.append({"id": f"conv-{i:04d}", "split": split, "turns": turns})
+    return conversations
+
+
+def render(conversations: list[dict[str, Any]]) -> str:
+    """The JSONL text, one conversation a line, exactly as written to ``OUT``."""
+    return "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations)
+
+
+def summary(conversations: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Counts per split, per turn kind, per first-turn category and per conversation length."""
+    turns = [t for c in conversations for t in c["turns"]]
+    return {
+        "split": dict(Counter(str(c["split"]) for c in conversations)),
+        "kind": dict(Counter(str(t["kind"]) for t in turns)),
+        "first_category": dict(Counter(str(c["turns"][0]["category"]) for c in conversations)),
+        "turns_per_conversation": dict(Counter(str(len(c["turns"])) for c in conversations)),
+    }
+
+
+def main() -> None:
+    conversations = build()
+    OUT.write_text(render(conversations), encoding="utf-8")
+    print(f"{OUT}: {len(conversations)} conversations")
+    for name, counts in summary(conversations).items():
+        print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+
+
+if __name__ == "__main__":
+    main()

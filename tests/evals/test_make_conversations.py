@@ -1,0 +1,75 @@
+"""The committed conversation benchmark is reproducible, its dev and test wording never overlap, and its labels hold."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+
+import pytest
+
+from evals import make_conversations as mc
+from evals.demo import load_bitext
+
+HAND_WRITTEN = {"confirm": mc.CONFIRM, "clarify": mc.CLARIFY, "out_of_scope": mc.OUT_OF_SCOPE_REQUESTS}
+CONTEXT_KINDS = {"confirm", "clarify", "anaphoric"}
+
+
+def _normal(text: str) -> str:
+    """Wording without case and punctuation: "OK, do it!" and "ok do it" are the same template."""
+    return re.sub(r"[^a-z0-9]+", " ", text.casefold()).strip()
+
+
+def _half(split: str) -> dict[str, set[str]]:
+    """Each hand-written list's half for one split, by follow-up kind."""
+    half = {kind: set(lists[split]) for kind, lists in HAND_WRITTEN.items()}
+    half["anaphoric"] = set(mc.GENERIC_ANAPHORIC[split]) | {t for c in mc.ANAPHORIC.values() for t, _ in c[split]}
+    half["switch_prefix"] = set(mc.SWITCH_PREFIXES[split])
+    return half
+
+
+@pytest.fixture(scope="module")
+def committed() -> list[dict]:
+    return [json.loads(line) for line in mc.OUT.read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_committed_file_is_what_build_writes(committed: list[dict]) -> None:
+    assert mc.render(mc.build()).splitlines() == mc.OUT.read_text(encoding="utf-8").splitlines()
+    firsts = [c["turns"][0]["text"] for c in committed]
+    assert len(committed) >= 360 and len(set(firsts)) == len(firsts)
+    assert all(2 <= len(c["turns"]) <= 4 and c["split"] == mc.split_of(c["turns"][0]["text"]) for c in committed)
+
+
+def test_dev_and_test_never_share_hand_written_wording(committed: list[dict]) -> None:
+    dev, test = _half("dev"), _half("test")
+    dev_all = {_normal(t) for texts in dev.values() for t in texts}
+    test_all = {_normal(t) for texts in test.values() for t in texts}
+    assert not dev_all & test_all
+    instructions = defaultdict(list)  # a switch turn is an optional prefix and a Bitext instruction
+    for row in load_bitext():
+        instructions[mc._reference(row)].append(row["instruction"])
+    for conversation in committed:
+        half = _half(conversation["split"])
+        for turn in conversation["turns"][1:]:
+            if turn["kind"] in half:
+                assert turn["text"] in half[turn["kind"]], (conversation["id"], turn["text"])
+            elif turn["kind"] == "switch":
+                tails = [i for i in instructions[turn["reference"]] if turn["text"].casefold().endswith(i.casefold())]
+                assert tails, (conversation["id"], turn["text"])
+                prefix = turn["text"][: len(turn["text"]) - len(tails[0])]
+                assert prefix == "" or prefix in half["switch_prefix"], (conversation["id"], prefix)
+
+
+def test_references_are_bitext_answers_and_context_turns_keep_their_topic(committed: list[dict]) -> None:
+    responses = {mc._reference(row) for row in load_bitext()}
+    for conversation in committed:
+        turns = conversation["turns"]
+        for turn in turns:
+            assert turn["reference"] is None or turn["reference"] in responses
+            assert (turn["category"] is None) == (turn["kind"] == "out_of_scope") == (turn["reference"] is None)
+            if turn["kind"] in CONTEXT_KINDS:
+                topic = turns[turn["continues"]]
+                assert topic["kind"] in {"first", "same_category", "switch"}
+                assert (turn["category"], turn["intent"], turn["reference"]) == (topic["category"], topic["intent"], topic["reference"])
+            else:
+                assert turn["continues"] is None

@@ -273,6 +273,7 @@ def build_request(
     /,
     *,
     max_input_chars: int,
+    max_user_turns: int | None = None,
     max_retries: int | None = None,
     extra_params: frozenset[str] = frozenset(),
     caller: str | None = None,
@@ -299,6 +300,11 @@ def build_request(
         raise _bad(
             f"Input is too long: {size} characters, the limit is {max_input_chars}.", "messages", "context_length_exceeded"
         )
+    # Every user turn is classified (a conversation is as private as its most private turn), so the
+    # number of turns bounds the encoder work one request can ask for.
+    turns = sum(1 for m in messages if m.get("role") == "user")
+    if max_user_turns is not None and turns > max_user_turns:
+        raise _bad(f"Too many user turns: {turns}, the limit is {max_user_turns}.", "messages", "too_many_turns")
 
     stream = args.pop("stream", False)
     if not isinstance(stream, bool):

@@ -229,6 +229,7 @@ class _ClientBase:
         return build_request(
             kwargs,
             max_input_chars=config.routing.max_input_chars,
+            max_user_turns=config.routing.max_user_turns,
             max_retries=self._options.max_retries,
             extra_params=config.extra_params_for(model) if isinstance(model, str) else frozenset(),
             caller=caller,

@@ -347,6 +347,11 @@ class RoutingConfig(_Section):
         True, description="Route requests that name a cloud model (e.g. 'gpt-4o'); False sends them straight to it."
     )
     max_input_chars: int = Field(200_000, ge=1, description="Requests longer than this are rejected with a 400.")
+    max_user_turns: int = Field(
+        256, ge=1,
+        description="Requests with more user turns are rejected with a 400 (too_many_turns): every user turn is "
+        "classified, turns not seen before in one encoder call, so this bounds the work one request can cause.",
+    )  # fmt: skip
 
     @field_validator("pii_patterns")
     @classmethod

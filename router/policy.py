@@ -96,7 +96,7 @@ class RoutingPolicy:
         cloud_model = self.cloud_model_for(request.model)
         blockers = ", ".join(request.local_blockers)
 
-        private_reason = self._private_reason(request, category, turn_categories, private_categories)
+        private_reason = self._private_reason(request, category, turn_categories, private_categories, follows)
         if private_reason is not None:
             if blockers:
                 raise PrivacyError(
@@ -144,11 +144,15 @@ class RoutingPolicy:
         category: str | None,
         turn_categories: Sequence[tuple[int, str | None]],
         extra_private: frozenset[str],
+        follows: int | None = None,
     ) -> tuple[Reason, str, str | None] | None:
         """Why the conversation must stay on the machine (reason, detail naming the turn, the private
-        category), or None: the last turn's category, then any earlier turn's, then PII anywhere."""
+        category), or None: the last turn's category (inherited from the turn that opened its topic,
+        ``follows``), then any earlier turn's, then PII anywhere."""
         private = self._private_categories | extra_private
         if category is not None and category in private:
+            if follows is not None:
+                return Reason.PRIVATE_CATEGORY, f"{category} (an earlier turn, messages[{follows}])", category
             return Reason.PRIVATE_CATEGORY, category, category
         for index, turn_category in turn_categories:
             if turn_category is not None and turn_category in private:

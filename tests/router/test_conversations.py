@@ -295,3 +295,14 @@ def test_a_later_turn_is_served_and_logged_with_its_topic(make_config: Any) -> N
         engine.local.generate = lambda msgs, *a, **k: (seen.append(msgs), original_full(msgs, *a, **k))[1]  # type: ignore[method-assign]
         client.chat.completions.create(model="auto", messages=messages, max_tokens=4)
     assert seen[-1] == messages
+
+
+def test_a_request_with_too_many_user_turns_is_refused_before_any_encoder_work() -> None:
+    from router import BadRequestError
+
+    many = conversation(*[f"question number {i}" for i in range(5)])
+    with pytest.raises(BadRequestError) as refused:
+        build_request({"model": "auto", "messages": many}, max_input_chars=10_000, max_user_turns=4)
+    assert refused.value.code == "too_many_turns" and refused.value.param == "messages"
+    assert build_request({"model": "auto", "messages": many}, max_input_chars=10_000, max_user_turns=5).messages
+    assert RouterConfig().routing.max_user_turns == 256

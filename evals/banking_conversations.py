@@ -49,14 +49,14 @@ from evals.figures import merge_figures
 from evals.make_conversations import (
     CLARIFY,
     CONFIRM,
-    CONTEXT_WEIGHTS,
+    CONTEXT_KINDS,
     GENERIC_ANAPHORIC,
-    KIND_WEIGHTS,
     NO_PREFIX_SHARE,
     OUT_OF_SCOPE_REQUESTS,
     SHORT_SWITCH_SHARE,
     SWITCH_PREFIXES,
     _with_prefix,
+    draw_kind,
 )
 
 WORKDIR = Path(".conversations") / "banking77-classifier"
@@ -98,17 +98,9 @@ def build(seed: int = 5, n: int = 300) -> list[dict[str, Any]]:
     def follow_up(turns: list[dict[str, Any]], topic: int) -> dict[str, Any]:
         current, previous = turns[topic], turns[-1]
         used = {t["text"] for t in turns}
-        kinds = dict(KIND_WEIGHTS)
-        if previous["kind"] == "out_of_scope":
-            del kinds["context"]  # no "it" to resolve right after an unrelated request
-        kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
-        if kind == "context":
-            sub = dict(CONTEXT_WEIGHTS)  # no action / information split: confirm may follow any intent
-            if previous["kind"] == "confirm":
-                del sub["confirm"]
-            if previous["kind"] == "clarify":
-                del sub["clarify"]
-            kind = rng.choices(list(sub), weights=list(sub.values()))[0]
+        # No action / information split in Banking77: a confirmation may follow any intent.
+        kind = draw_kind(rng, previous["kind"], confirm_allowed=True)
+        if kind in CONTEXT_KINDS:
             lists = {"confirm": CONFIRM, "clarify": CLARIFY, "anaphoric": GENERIC_ANAPHORIC}
             text = rng.choice([t for t in lists[kind][SPLIT] if t not in used])
             return _turn(text, current["intent"], kind, continues=topic)

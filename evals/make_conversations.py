@@ -188,6 +188,25 @@ NO_PREFIX_SHARE = 0.4  # switches written as the bare Bitext instruction
 SHORT_SWITCH_SHARE = 0.3  # switches drawn from a category's shortest instructions
 
 
+def draw_kind(rng: random.Random, previous_kind: str, *, confirm_allowed: bool) -> str:
+    """The kind of the next follow-up (``KIND_WEIGHTS``, then ``CONTEXT_WEIGHTS`` for a context turn)
+    under the structural rules: nothing context-dependent right after an out-of-scope turn (no "it"
+    to resolve), no confirm after a confirm (or where ``confirm_allowed`` is false), no clarify
+    after a clarify."""
+    kinds = dict(KIND_WEIGHTS)
+    if previous_kind == "out_of_scope":
+        del kinds["context"]
+    kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
+    if kind != "context":
+        return kind
+    sub = dict(CONTEXT_WEIGHTS)
+    if not confirm_allowed or previous_kind == "confirm":
+        del sub["confirm"]
+    if previous_kind == "clarify":
+        del sub["clarify"]
+    return rng.choices(list(sub), weights=list(sub.values()))[0]
+
+
 def split_of(first_text: str) -> str:
     """dev or test, from a hash salted apart from ``demo.bucket`` (every first text has bucket >= 80)."""
     digest = hashlib.sha256(f"conversations-split:{first_text}".encode()).hexdigest()
@@ -230,17 +249,8 @@ def build(seed: int = 11) -> list[dict[str, Any]]:
         current = turns[topic]
         previous = turns[-1]
         used = {t["text"] for t in turns}
-        kinds = dict(KIND_WEIGHTS)
-        if previous["kind"] == "out_of_scope":
-            del kinds["context"]  # no "it" to resolve right after an unrelated request
-        kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
-        if kind == "context":
-            sub = dict(CONTEXT_WEIGHTS)
-            if current["intent"] not in ACTION_INTENTS or previous["kind"] == "confirm":
-                del sub["confirm"]
-            if previous["kind"] == "clarify":
-                del sub["clarify"]
-            kind = rng.choices(list(sub), weights=list(sub.values()))[0]
+        kind = draw_kind(rng, previous["kind"], confirm_allowed=current["intent"] in ACTION_INTENTS)
+        if kind in CONTEXT_KINDS:
             if kind == "anaphoric":
                 specific = [t for t, intents in ANAPHORIC[current["category"]][split]
                             if (not intents or current["intent"] in intents) and t not in used]  # fmt: skip

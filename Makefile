@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover eval-cache eval-security eval-conversations bench-load bench-fuzz bench-log clean
+.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover eval-cache eval-security eval-conversations bench-load bench-capacity bench-fuzz bench-log clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,6 +80,12 @@ eval-security: $(STAMP)
 eval-conversations: $(STAMP)
 	$(PY) -m evals.conversation_eval
 	$(PY) -m evals.banking_conversations
+
+# Many callers at once: continuous batching at 1, 4, 8 and 16 concurrent model="local" callers beside raw
+# llama.cpp multi-sequence decode, answers alone vs batched, prefix reuse (about 10 minutes):
+# writes evals/results/capacity.json.
+bench-capacity: $(STAMP)
+	$(PY) -m evals.capacity_bench
 
 bench-load: $(STAMP)
 	$(PY) -m evals.load_bench

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (classifier_path / "manifest.json").is_file():
         print(f"training the classifier as make demo does ({len(train)} queries)")
         train_classifier(train, calibration, classifier_path)
-    from evals.standin_cloud import StandinCloud
+    from evals.standin_cloud import LatencyModel, StandinCloud
 
     answers = args.workdir / "recorded-answers.jsonl"
     with answers.open("w", encoding="utf-8") as fh:
@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(json.dumps({"query": r["instruction"], "answer": r["response"].replace("\r\n", "\n").strip()}) + "\n")
     record = args.workdir / "standin-requests.jsonl"
     record.unlink(missing_ok=True)
-    with StandinCloud(answers=answers, record=record) as cloud:
+    # data collection needs only the answers' content, not a provider's pacing
+    with StandinCloud(answers=answers, record=record, latency=LatencyModel.none()) as cloud:
         print(f"[1/2] calibration half: {len(calibration_half)} queries through router.Client at thresholds {GRID[0]}..{GRID[-1]}")
         curve = [replay(calibration_half, cloud, classifier_path, t, args.workdir) for t in GRID]
         threshold = choose(curve)

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
 
-    from evals.standin_cloud import StandinCloud
+    from evals.standin_cloud import LatencyModel, StandinCloud
     from router import Client, RouterConfig
 
     workdir = args.workdir.resolve()
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return now
 
     print("[1/5] stand-in cloud on 127.0.0.1 in recorded-answer mode (it answers with Bitext's reference answers)")
-    with StandinCloud(answers=answers) as cloud:
+    # data collection needs only the answers' content, not a provider's pacing
+    with StandinCloud(answers=answers, latency=LatencyModel.none()) as cloud:
         toml = write_config(workdir / "router.toml", workdir=workdir, cloud_model=cloud.litellm_model, api_base=cloud.api_base, args=args)
         print(f"[2/5] collection: {len(collected)} queries through router.Client; no classifier yet, so all go to the cloud")
         t = time.perf_counter()

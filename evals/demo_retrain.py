@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from evals.standin_cloud import StandinCloud
+    from evals.standin_cloud import LatencyModel, StandinCloud
     from router import Client, RouterConfig
     from router.traffic_log import TrafficLog
 
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(json.dumps({"query": r["instruction"], "answer": r["response"].replace("\r\n", "\n").strip()}) + "\n")
 
     print("[1/5] stand-in cloud on 127.0.0.1 in RECORDED-ANSWER mode (answers are Bitext's reference answers)")
-    with StandinCloud(answers=answers, record=workdir / "standin-requests.jsonl") as cloud:
+    # data collection needs only the answers' content, not a provider's pacing
+    with StandinCloud(answers=answers, record=workdir / "standin-requests.jsonl", latency=LatencyModel.none()) as cloud:
         print(f"[2/5] training the classifier on {len(train)} Bitext queries")
         train_classifier(train, calibration, workdir / "classifier")
         collect_toml = write_config(workdir / "collect.toml", workdir=workdir, cloud_model=cloud.litellm_model, api_base=cloud.api_base,

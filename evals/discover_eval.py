@@ -106,7 +106,7 @@ def _bucket(text: str) -> int:
 def bitext_proposals(workdir: Path, encoder: Any) -> dict[str, Any]:
     from classifiers import EmbeddingClassifier
     from classifiers.discovery import DiscoveryConfig, ProposalStore
-    from evals.standin_cloud import StandinCloud
+    from evals.standin_cloud import LatencyModel, StandinCloud
     from finetune.categories import apply_categories
     from finetune.classifier_registry import ClassifierRegistry
     from finetune.discovery import discover
@@ -131,7 +131,8 @@ def bitext_proposals(workdir: Path, encoder: Any) -> dict[str, Any]:
     log_path = workdir / "traffic.sqlite3"
     truth: dict[str, dict[str, str]] = {}
     started = time.perf_counter()
-    with StandinCloud(answers=answers) as cloud:
+    # data collection needs only the answers' content, not a provider's pacing
+    with StandinCloud(answers=answers, latency=LatencyModel.none()) as cloud:
         config = RouterConfig(
             models={"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
             cloud={"default_model": "gpt-4o"}, log={"path": log_path}, local={"registry_path": None}, warmup="lazy",

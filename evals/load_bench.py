@@ -3,12 +3,16 @@
 What runs: the stand-in cloud in recorded-answer mode (it answers at once with Bitext's reference
 answers and records every request body it receives), and ``router serve`` in its own process with
 the classifier of ``make demo``, the adapter shipped from ``make demo-retrain`` and the default
-concurrency settings (one llama.cpp worker, a local queue of 4). The load comes from a third
+concurrency settings (continuous batching of up to 16 local sequences, latency-aware admission
+against the cloud's own recent latency). The load comes from a third
 process: ``clients`` threads, each sending held-out Bitext queries (PAYMENT ones private) back to
 back through plain HTTP, answers capped at ``--max-tokens``.
 
-Per level: requests/s, p50/p99 latency per tier, the local share, and refusals (503 with
-Retry-After: a private query the busy local tier could not take). After the 64-client level the
+Per level: requests/s (and local answers/s), p50/p99 latency per tier, the local share, routed
+requests spilled to the cloud because the local tier was predicted slower than the budget
+(``local_busy``), and refusals (503 with Retry-After: a private query the busy local tier could not
+take). From ``/metrics`` at the end: admitted local requests that still overran their budget
+(``local_over_budget``, which must be 0). After the 64-client level the
 stand-in's record is searched for every private query sent: ``private_leaks`` must be 0.
 Then the crash run of :mod:`evals.log_durability` (``lost_log_rows``) and the cost of a durable
 log write per mode. Figures go to ``evals/results/load.json`` (keys ``rps_1``, ``rps_64``, ``p99_ms_64``,
@@ -80,6 +84,14 @@ def _query_pool(limit: int) -> list[dict[str, str]]:
     return replay[:limit]
 
 
+def _metric(text: str, name: str) -> float | None:
+    """A gauge's value from a Prometheus text page (None when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def run_level(url: str, queries: list[dict[str, str]], clients: int, requests: int, max_tokens: int) -> dict[str, Any]:
     """``clients`` threads share ``requests`` queries; every answer's tier and latency is kept."""
     results: list[dict[str, Any]] = []
@@ -133,6 +145,8 @@ def run_level(url: str, queries: list[dict[str, str]], clients: int, requests: i
         "p50_ms": _percentile([r["seconds"] * 1000 for r in answered], 50),
         "p99_ms": _percentile([r["seconds"] * 1000 for r in answered], 99),
         "local_share": len(local) / max(1, len(results)),
+        "local_rps": len(local) / wall,
+        "local_busy": sum(1 for r in answered if r.get("reason") == "local_busy"),
         "tiers": {tier: {"n": len(v), "p50_ms": _percentile(v, 50), "p99_ms": _percentile(v, 99)} for tier, v in sorted(by_tier.items())},
         "refused": Counter(r.get("error") for r in results if r["status"] != 200),
         "results": results,
@@ -199,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                 figures[f"p50_ms_{clients}"] = level["p50_ms"]
                 figures[f"p99_ms_{clients}"] = level["p99_ms"]
                 figures[f"local_share_{clients}"] = level["local_share"]
+                figures[f"local_rps_{clients}"] = level["local_rps"]
+                figures[f"local_busy_{clients}"] = level["local_busy"]
                 figures[f"tiers_{clients}"] = level["tiers"]
                 figures[f"refused_{clients}"] = dict(level["refused"])
                 figures[f"requests_{clients}"] = level["requests"]
@@ -210,7 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     figures["private_queries_sent"] = len(sent_private)
     figures["private_leaks"] = leaks
     figures["max_tokens"] = args.max_tokens
-    figures["local_workers"] = 1
+    figures.pop("local_workers", None)
+    for name in ("local_over_budget", "local_busy", "local_admitted"):
+        figures[name] = _metric(metrics, f"router_{name}_total")
+    figures["latency_budget_s_at_end"] = _metric(metrics, "router_local_latency_budget_seconds")
+    print(f"admission: {figures['local_admitted']:.0f} admitted, {figures['local_busy']:.0f} sent to the cloud as local_busy, "
+          f"{figures['local_over_budget']:.0f} admitted answers over their budget (budget now {figures['latency_budget_s_at_end']:.2f} s)")
     print(f"private queries sent: {len(sent_private)}; found in the stand-in cloud's record: {leaks}")
 
     from evals.log_durability import kill_nine_run, write_latency
@@ -223,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     latency = write_latency(work / "latency")
     print("  one log write: " + ", ".join(f"{k} {v:.0f}" for k, v in latency.items()))
     figures.update(latency)
-    print("metrics excerpt:\n" + "\n".join(line for line in metrics.splitlines() if line.startswith(("router_local_queue", "router_overloaded", "router_requests_total"))))
+    print("metrics excerpt:\n" + "\n".join(line for line in metrics.splitlines() if line.startswith(("router_local_", "router_overloaded", "router_requests_total"))))
     merge_figures(args.results, figures)
     print(f"wrote {args.results}")
     return 0

@@ -75,7 +75,7 @@ def _ask(http: httpx.Client, i: int) -> str | None:
 def kill_nine_run(workdir: Path, *, requests: int, clients: int = 8, lock_after: float = 0.4, kill_after: float = 0.7) -> dict[str, Any]:
     """Send ``requests`` from ``clients`` threads; lock the log at ``lock_after`` of them, SIGKILL at ``kill_after``."""
     from evals.router_process import router_serve
-    from evals.standin_cloud import StandinCloud, _free_port
+    from evals.standin_cloud import LatencyModel, StandinCloud, _free_port
     from router.traffic_log import TrafficLog
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,8 @@ def kill_nine_run(workdir: Path, *, requests: int, clients: int = 8, lock_after:
     acknowledged: list[str] = []
     sent = [0]
     lock = threading.Lock()
-    with StandinCloud(answers=answers, record=workdir / "cloud.jsonl") as cloud:
+    # the run tests the log, not the cloud: answer at once, as the stand-in did before it had a latency model
+    with StandinCloud(answers=answers, record=workdir / "cloud.jsonl", latency=LatencyModel.none()) as cloud:
         port = _free_port()
         config = _config(workdir / "router.toml", cloud_model=cloud.litellm_model, api_base=cloud.api_base, port=port, log=log)
         with router_serve(config, port, log_level="error", ready_timeout_s=120) as (url, server):

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     from evals.demo import LOCAL_CATEGORIES, PRIVATE_CATEGORIES, load_bitext, register_shipped_adapter, split, train_classifier
     from evals.figures import merge_figures
     from evals.pii_eval import measure as measure_pii
-    from evals.standin_cloud import StandinCloud
+    from evals.standin_cloud import LatencyModel, StandinCloud
     from router import Client, RouterConfig
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -260,9 +260,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = load_bitext()
     answers.write_text("".join(json.dumps({"query": r["instruction"], "answer": r["response"]}) + "\n" for r in rows), encoding="utf-8")
     figures: dict[str, Any] = {}
+    # data collection needs only the answers' content, not a provider's pacing
     with (
-        StandinCloud(answers=answers, record=args.workdir / "cloud.jsonl") as cloud,
-        StandinCloud(answers=answers, record=args.workdir / "trap.jsonl") as trap,
+        StandinCloud(answers=answers, record=args.workdir / "cloud.jsonl", latency=LatencyModel.none()) as cloud,
+        StandinCloud(answers=answers, record=args.workdir / "trap.jsonl", latency=LatencyModel.none()) as trap,
     ):
         train, calibration, _ = split(rows)
         print(f"[1/4] training the demo's classifier ({len(train)} queries)")

@@ -1,8 +1,8 @@
 """The cache tier's rules: which requests may be answered from the cache, which answers may be stored.
 
-Consulted after the routing decision and before any model runs (:class:`~router._engine.Engine`
-calls :meth:`CacheTier.lookup` first in every driver, and :meth:`CacheTier.remember` where it
-writes the log row, so sync, async and streaming share these rules).
+Consulted after the routing decision and before any model runs: :class:`CacheStage` is the cache's
+step in every request (probed when the request is planned, looked up first in every driver,
+offered the answer where the log row is written), so sync, async and streaming share these rules.
 
 Never cached: a request that opted out, private categories and PII matches (unless
 ``cache.cache_private``), requests the answer to which is more than text (tools, ``n > 1``,
@@ -18,18 +18,25 @@ cannot be told is not stored.
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router._cache_keys import partition_key, request_key, scope_of
 from router._exchange import Exchange
 from router.cache import CachedAnswer, CacheHit, ResponseCache
-from router.config import CacheConfig
+from router.config import CacheConfig, RouterConfig
+from router.policy import Decision
 
-__all__ = ["CacheProbe", "CacheTier"]
+if TYPE_CHECKING:
+    from router._served_quality import ServedQuality
+
+__all__ = ["CacheProbe", "CacheStage", "CacheTier"]
 
 logger = logging.getLogger("router.cache")
+_STREAM_PIECE = re.compile(r"\s*\S+(?:\s+\S+){0,3}\s*")  # a cached answer streams a few words per chunk
 
 
 @dataclass(frozen=True)
@@ -174,3 +181,53 @@ class CacheTier:
     @staticmethod
     def embedding_of(prediction: Any) -> Any:
         return getattr(prediction, "embedding", None)
+
+
+class CacheStage:
+    """The response cache as a step of each request: probed when the request is planned, answering
+    on a hit, offered what was served. Every step does nothing when no category caches (``tier`` None)."""
+
+    def __init__(self, config: RouterConfig, tier: CacheTier | None, served_quality: ServedQuality) -> None:
+        self.config = config
+        self.tier = tier
+        self.served_quality = served_quality  # names the local model (the route) and says whether it is trusted
+
+    def probe(self, exchange: Exchange, *, planned: Decision, embedding: Any) -> None:
+        """Note on ``exchange`` the cache keys of a cacheable request, under the route of the ``planned`` decision."""
+        if self.tier is not None:
+            exchange.embedding = embedding
+            exchange.cache_probe = self.tier.probe(exchange, route=self.route(planned))
+
+    def lookup(self, exchange: Exchange) -> CacheHit | None:
+        if self.tier is None or exchange.cache_probe is None:
+            return None
+        return self.tier.lookup(exchange, exchange.cache_probe)
+
+    def answer(self, exchange: Exchange, hit: CacheHit) -> Any:
+        assert self.tier is not None
+        self.tier.serve(exchange, hit)
+        return exchange.completion()
+
+    def stream_pieces(self, exchange: Exchange, hit: CacheHit) -> Iterator[str]:
+        """A cached answer asked for with ``stream=True``: served as pieces of a few words each."""
+        assert self.tier is not None
+        self.tier.serve(exchange, hit)
+        text, exchange.text = exchange.text, ""  # the stream accumulates it again as it goes
+        return iter(_STREAM_PIECE.findall(text) or [text])
+
+    def remember(self, exchange: Exchange) -> None:
+        """Offer a finished exchange's answer to the cache, under the route that answered it."""
+        if self.tier is not None and exchange.cache_probe is not None:
+            trusted = exchange.tier == "local" and self._trusted(exchange.category)
+            self.tier.remember(exchange, trusted_local=trusted, route=self.route(exchange.decision))
+
+    def route(self, decision: Decision) -> str:
+        """What would answer: the local model version, or the cloud route (a change of either changes the key)."""
+        if decision.tier == "local":
+            return f"local:{self.served_quality.served_key()}"
+        route = self.config.route_for(decision.cloud_model)
+        return f"cloud:{route.litellm_model}@{route.api_base or self.config.cloud.api_base or ''}"
+
+    def _trusted(self, category: str | None) -> bool:
+        """Local answers are cached only from a model the quality gate has evidence for (or an override trusts)."""
+        return category is not None and self.config.quality.enabled and self.served_quality.verdict(category).open

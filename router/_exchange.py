@@ -60,6 +60,7 @@ class Exchange:
     cache_hit_key: str | None = None
     topic_start: int | None = None  # a later turn: the message index that opened its topic (local.history = "topic")
     pruned: str | None = None  # what was left out of the prompt to fit the local window (hybrid_common.pruning)
+    local_budget_s: float | None = None  # a routed request admitted to the local tier: the latency budget it was admitted under
 
     def serve_with(self, tier: Tier, backend: str, model: str, adapter_version: str | None = None) -> None:
         self.tier, self.backend, self.model, self.adapter_version = tier, backend, model, adapter_version

@@ -191,7 +191,7 @@ class _Preempted(Exception):
 class QualitySampler:
     """A bounded queue and one daemon worker thread that turns sample jobs into scored samples.
 
-    The engine supplies the work as callables, so this class holds only the scheduling rules:
+    :mod:`router._shadowing` supplies the work as callables, so this class holds only the scheduling rules:
     ``shadow(job, interrupted)`` generates locally, checking ``interrupted()`` after every piece
     and returning ``None`` when it stopped for the foreground; ``audit(job)`` returns the cloud's
     answer and its cost; ``score(a, b)`` is the similarity of two answers; ``record`` stores a result.

@@ -74,9 +74,25 @@ def _stats(args: argparse.Namespace) -> int:
         if all_cloud:
             print(f"cloud spend ${spent:.4f}; all-cloud estimate ${all_cloud:.4f} ({1 - spent / all_cloud:.0%} saved)")
         _print_cache_hits(rows)
+        if args.reasons:
+            _print_reasons(log.reason_counts(since=args.since, until=args.until))
         if not args.log:
             _print_gate(config, log, sorted({r["category"] for r in rows if r["category"]}))
     return 0
+
+
+def _print_reasons(counts: dict[str, int]) -> None:
+    """Requests per routing reason, and the share of routed local decisions spilled to the cloud
+    because the local tier was predicted slower than the latency budget (``local_busy``)."""
+    total = sum(counts.values())
+    if not total:
+        return
+    print(f"{'reason':<28}{'requests':>9}{'share':>8}")
+    for reason, n in sorted(counts.items(), key=lambda item: -item[1]):
+        print(f"{reason:<28}{n:>9}{n / total:>8.0%}")
+    busy, admitted = counts.get("local_busy", 0), counts.get("local_category", 0)
+    if busy or admitted:
+        print(f"local_busy spill: {busy} of {busy + admitted} routed local decisions ({busy / (busy + admitted):.0%})")
 
 
 def _print_cache_hits(rows: list[dict[str, Any]]) -> None:
@@ -234,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--log", help="traffic log: a SQLite path or a postgresql:// URL (default: from the configuration)")
     stats.add_argument("--since", help="first day counted, YYYY-MM-DD (default: all)")
     stats.add_argument("--until", help="last day counted, YYYY-MM-DD (default: today)")
+    stats.add_argument("--reasons", action="store_true",
+                       help="also count requests per routing reason, local_busy spills included (reads the rows of the days asked for)")
     stats.set_defaults(run=_stats)
     log_cmd = commands.add_parser("log", help="the traffic log itself: copy it between databases")
     log_commands = log_cmd.add_subparsers(dest="log_command", required=True)

@@ -485,6 +485,24 @@ class TrafficLog:
         )
         return [dict(r) for r in rows]
 
+    def reason_counts(self, *, since: str | None = None, until: str | None = None) -> dict[str, int]:
+        """Requests per routing reason (``local_busy`` spills among them). Unlike :meth:`summary`
+        this reads the requests themselves (over the ``created_at`` index when bounded), so it counts
+        only rows retention has kept and costs a scan of the days asked for."""
+        where, args = [], []
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since[:10])
+        if until is not None:
+            where.append("created_at < ?")
+            args.append(until[:10] + "T99")  # the whole last day: timestamps are ISO 8601 strings
+        rows = self._read(
+            f"""SELECT reason, CAST(COUNT(*) AS BIGINT) AS n FROM requests {"WHERE " + " AND ".join(where) if where else ""}
+                GROUP BY reason ORDER BY reason""",
+            tuple(args),
+        )
+        return {r["reason"]: int(r["n"]) for r in rows}
+
     def prune(self, retain_days: float, *, batch: int = 5000) -> int:
         """Delete requests (and their feedback and quality samples) older than ``retain_days``; rows deleted.
 

@@ -36,6 +36,7 @@ class Reason(str, Enum):
     LOCAL_QUALITY_DISTRUSTED = "local_quality_distrusted"
     PRIVATE_HANDOFF = "private_handoff"
     STICKY_CLOUD = "sticky_cloud"
+    LOCAL_BUSY = "local_busy"
 
 
 class RouteInfo(BaseModel):

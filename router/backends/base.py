@@ -80,6 +80,11 @@ class LocalBackend(abc.ABC):
         """Start generating; raise :class:`LocalFailure` (kind ``timeout``) past ``deadline``, kind
         ``overloaded`` at once when the backend cannot take more work now."""
 
+    def predicted_seconds(self, prompt_tokens: int, max_tokens: int) -> float | None:
+        """How long a request submitted now would take to finish here (None: no estimate yet; the
+        request is then admitted). Latency-aware admission compares it with the budget."""
+        return None
+
     @property
     def adapter_version(self) -> str | None:
         """Registry version of the adapter now serving, for backends that follow a registry."""

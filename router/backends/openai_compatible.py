@@ -4,6 +4,12 @@ This is how the local tier scales past one machine without touching application 
 the plain ``/v1/completions`` endpoint with the prompt rendered by :mod:`hybrid_common.chat`, so a
 fine-tuned adapter sees exactly the turn format it was trained on, whatever template the server
 would otherwise apply.
+
+With ``local.remote_adapter_model`` (e.g. ``"support-{version}"``) the backend follows the model
+registry and asks for the promoted version *by name*, the way vLLM (``--enable-lora``) and
+llama-cpp-python's server (one alias per adapter) serve LoRA adapters: a promotion or a rollback
+changes the name sent from the next request on, with nothing to load here; requests in flight
+finish on the name they started with. The server must already serve that name.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 from hybrid_common.chat import STOP_SEQUENCES, render_prompt
 from hybrid_common.errors import ConfigError
 from router._request import GenerationParams
+from router.adapter_watch import AdapterWatch, ServingAdapter
 from router.backends.base import GenerationStream, LocalBackend, LocalFailure, register_local_backend
 from router.config import LocalConfig
 
@@ -37,10 +44,42 @@ class OpenAICompatibleBackend(LocalBackend):
         self._config = config
         self._client: Any = None
         self._lock = threading.Lock()
+        self._watch: AdapterWatch | None = None
+        self._serving: ServingAdapter | None = None
+        self._read_once = False
+        if config.remote_adapter_model is not None:
+            if config.followed_registry is None:
+                raise ConfigError("local.remote_adapter_model needs a model registry to follow (local.registry_path)")
+            self._watch = AdapterWatch(config.followed_registry, poll_s=config.registry_poll_s)
 
     @property
     def model_name(self) -> str:
         return self._config.model_name or str(self._config.remote_model)
+
+    @property
+    def adapter_version(self) -> str | None:
+        """The promoted registry version whose name requests now carry (None: not following one)."""
+        return self._serving.version if self._serving is not None else None
+
+    def served_model(self) -> str:
+        """The model name the next request asks the server for."""
+        serving = self._serving
+        if serving is None or serving.adapter_path is None:
+            return str(self._config.remote_model)
+        return str(self._config.remote_adapter_model).format(version=serving.version)
+
+    def refresh(self) -> None:
+        """Pick up a promotion or rollback: a registry check at most every poll interval, no load."""
+        if self._watch is None:
+            return
+        if not self._read_once:  # the first request reads the registry; later ones poll it (throttled)
+            self._read_once = True
+            state = self._watch.read()
+        else:
+            state = self._watch.poll()
+        if state is not None and state != self._serving:
+            self._watch.accept(state)
+            self._serving = state
 
     def load(self) -> None:
         with self._lock:
@@ -57,12 +96,14 @@ class OpenAICompatibleBackend(LocalBackend):
         self, messages: Sequence[dict[str, Any]], params: GenerationParams, *, max_tokens: int, deadline: float
     ) -> GenerationStream:
         self.load()
-        stream = GenerationStream(pieces=iter(()))
-        stream.pieces = self._pieces(stream, render_prompt(messages), params, max_tokens, deadline)
+        self.refresh()
+        model, version = self.served_model(), self.adapter_version
+        stream = GenerationStream(pieces=iter(()), adapter_version=version)
+        stream.pieces = self._pieces(stream, model, render_prompt(messages), params, max_tokens, deadline)
         return stream
 
     def _pieces(
-        self, stream: GenerationStream, prompt: str, params: GenerationParams, max_tokens: int, deadline: float
+        self, stream: GenerationStream, model: str, prompt: str, params: GenerationParams, max_tokens: int, deadline: float
     ) -> Iterator[str]:
         import openai
 
@@ -73,7 +114,7 @@ class OpenAICompatibleBackend(LocalBackend):
         optional = {"seed": params.seed, "frequency_penalty": params.frequency_penalty, "presence_penalty": params.presence_penalty}
         try:
             chunks = self._client.completions.create(
-                model=self._config.remote_model,
+                model=model,
                 prompt=prompt,
                 max_tokens=max_tokens,
                 temperature=params.temperature if params.temperature is not None else 0.0,

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -368,5 +368,32 @@ def _register_gauges(state: ServerState) -> None:
 
     m.gauge("router_local_queue_depth", "Local generations waiting for or running on a llama.cpp worker.",
             lambda: float(getattr(local_backend(), "queue_depth", 0)))  # fmt: skip
+    def batch_stats() -> Any:
+        batch = getattr(local_backend(), "batch", None)
+        return batch.stats() if batch is not None else None
+
+    def batch_figure(name: str) -> Callable[[], float]:
+        def read() -> float:
+            stats = batch_stats()
+            value = getattr(stats, name, None) if stats is not None else None
+            return float(value) if value is not None else 0.0
+
+        return read
+
+    m.gauge("router_local_batch_size", "Sequences decoding together in the local batch now.", batch_figure("live"))
+    m.gauge("router_local_batch_waiting", "Local requests waiting to join the batch.", batch_figure("waiting"))
+    m.gauge("router_local_sequence_tokens_per_s", "Tokens per second one local sequence gets at the current batch size.",
+            batch_figure("sequence_tokens_per_s"))  # fmt: skip
+    m.gauge("router_local_kv_reserved", "KV cells reserved by the live local sequences.", batch_figure("kv_reserved"))
+
+    def admission(name: str) -> Callable[[], float]:
+        return lambda: float(getattr(state.client._engine.admission.counts(), name))
+
+    m.gauge("router_local_admitted_total", "Routed requests admitted to the local tier.", admission("admitted"))
+    m.gauge("router_local_busy_total", "Routed requests sent to the cloud because the local tier was predicted slower than "
+            "the latency budget (reason local_busy).", admission("busy"))  # fmt: skip
+    m.gauge("router_local_over_budget_total", "Admitted local answers that still took longer than their budget.", admission("over_budget"))
+    m.gauge("router_local_spill_share", "Share of routed local decisions spilled to the cloud (local_busy).", admission("spill_share"))
+    m.gauge("router_local_latency_budget_seconds", "The latency budget a routed local request is admitted under now.", admission("budget_s"))
     m.gauge("router_local_workers_replaced", "Local workers replaced because they hung past a deadline.",
             lambda: float(getattr(local_backend(), "replaced_hung_workers", 0)))  # fmt: skip

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from evals.standin_cloud import StandinCloud
+from evals.standin_cloud import LatencyModel, StandinCloud
 from router import Client
 from tests.conftest import user
 
@@ -32,7 +32,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandinCloud]
     work = tmp_path_factory.mktemp("recorded-cloud")
     answers = work / "answers.jsonl"
     answers.write_text("".join(json.dumps({"query": q, "answer": a}) + "\n" for q, a in ANSWERS.items()))
-    with StandinCloud(answers=answers, record=work / "requests.jsonl") as cloud:
+    with StandinCloud(answers=answers, record=work / "requests.jsonl", latency=LatencyModel.none()) as cloud:
         yield cloud
 
 

@@ -32,6 +32,21 @@ def test_stats_summarises_the_log(tmp_path, capsys) -> None:
     assert main(["stats", "--log", str(tmp_path / "missing.db")]) == 1
 
 
+def test_stats_counts_reasons_and_the_local_busy_spill_on_request(tmp_path, capsys) -> None:
+    db = tmp_path / "t.db"
+    with TrafficLog(db) as log:
+        for i, reason in enumerate(["local_category"] * 3 + ["local_busy"] + ["edge_case"] * 2):
+            tier = "local" if reason == "local_category" else "cloud"
+            log.record(LogRecord(id=f"r{i}", requested_model="auto", reason=reason, stream=False, tier=tier, category="ORDER"))
+    assert main(["stats", "--log", str(db)]) == 0
+    assert "local_busy" not in capsys.readouterr().out  # the default stays on the running totals
+    assert main(["stats", "--log", str(db), "--reasons"]) == 0
+    out = capsys.readouterr().out
+    assert "local_busy spill: 1 of 4 routed local decisions (25%)" in out
+    assert main(["stats", "--log", str(db), "--reasons", "--since", "2001-01-01", "--until", "2001-12-31"]) == 0
+    assert "spill" not in capsys.readouterr().out  # no request in that window
+
+
 def test_config_validates_the_retrain_table_whichever_way_the_file_is_found(tmp_path, capsys, monkeypatch) -> None:
     """[retrain] is checked by the plugin that owns it, with --config and with $ROUTER_CONFIG alike."""
     path = tmp_path / "r.toml"

@@ -71,6 +71,9 @@ def test_stream_iterates_like_the_sdk(client: Client, model: str) -> None:
 def test_stream_without_usage_has_no_usage_chunk(client: Client) -> None:
     chunks = list(client.chat.completions.create(model="gpt-4o", messages=user("feedback please"), max_tokens=4, stream=True))
     assert len(chunks) >= 2 and all(c.usage is None for c in chunks) and all(c.choices for c in chunks)
+    # The cost came with the usage chunk the caller did not ask for: it still reaches the last chunk's routing info.
+    last = chunks[-1].router
+    assert last.tier == "cloud" and last.cost_usd is not None and last.latency_ms is not None
 
 
 def test_closing_a_stream_early_releases_the_model_and_logs(client: Client) -> None:

@@ -5,6 +5,10 @@ real ``Llama`` a worker is given: a decode that blocks until released (a hang) o
 pieces (a crash in the native layer), or a load that fails; the model itself still does the work.
 The pool's own bookkeeping (replacing a hung worker whose replacement will not load) is also
 tested without a model, with a stand-in context that echoes a fixed answer.
+
+Every test here pins ``local.max_sequences = 1``: that is the worker pool, the only path that calls
+``Llama.create_completion`` (what ``FaultyLlama`` wraps). The continuous batch that serves by default
+is tested in ``test_local_batch.py``.
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
 
 @pytest.mark.slow
 def test_a_full_queue_refuses_at_once_and_routed_requests_fall_back(make_config, faults) -> None:
-    with Client(make_config(local={"workers": 1, "max_queue": 0, "retry_after_s": 3})) as client:
+    with Client(make_config(local={"workers": 1, "max_sequences": 1, "max_queue": 0, "retry_after_s": 3})) as client:
         client.warmup()
         faults["next"] = "hang"  # holds the only worker until released
         busy, box = _in_thread(lambda: client.chat.completions.create(model="local", messages=user("Say hello."), max_tokens=8))
@@ -125,7 +129,7 @@ def test_a_full_queue_refuses_at_once_and_routed_requests_fall_back(make_config,
 
 @pytest.mark.slow
 def test_a_slow_stream_reader_does_not_hold_up_other_local_requests(make_config) -> None:
-    with Client(make_config(local={"workers": 1, "max_queue": 2, "timeout_s": 60})) as client:
+    with Client(make_config(local={"workers": 1, "max_sequences": 1, "max_queue": 2, "timeout_s": 60})) as client:
         client.warmup()
         slow = client.chat.completions.create(model="local", messages=user("Tell me about shipping."), max_tokens=48, stream=True)
         first = next(iter(slow))  # the reader then walks away for a while
@@ -138,7 +142,7 @@ def test_a_slow_stream_reader_does_not_hold_up_other_local_requests(make_config)
 
 @pytest.mark.slow
 def test_close_waits_for_the_generation_in_flight(make_config, faults) -> None:
-    client = Client(make_config(local={"workers": 1, "max_queue": 2}))
+    client = Client(make_config(local={"workers": 1, "max_sequences": 1, "max_queue": 2}))
     client.warmup()
     stream = client.chat.completions.create(model="local", messages=user("Tell me about delivery."), max_tokens=40, stream=True)
     chunks = [next(iter(stream))]
@@ -152,7 +156,7 @@ def test_close_waits_for_the_generation_in_flight(make_config, faults) -> None:
 
 @pytest.mark.slow
 def test_a_hung_worker_is_replaced_and_the_tier_recovers(make_config, faults) -> None:
-    local = {"workers": 1, "max_queue": 2, "timeout_s": 2.0, "hang_grace_s": 0.5}
+    local = {"workers": 1, "max_sequences": 1, "max_queue": 2, "timeout_s": 2.0, "hang_grace_s": 0.5}
     with Client(make_config(local=local)) as client:
         client.warmup()
         faults["next"] = "hang"
@@ -176,7 +180,7 @@ def test_a_hung_worker_is_replaced_and_the_tier_recovers(make_config, faults) ->
 
 @pytest.mark.slow
 def test_a_crash_mid_generation_falls_back_and_the_context_is_rebuilt(make_config, faults) -> None:
-    with Client(make_config(local={"workers": 1, "max_queue": 2})) as client:
+    with Client(make_config(local={"workers": 1, "max_sequences": 1, "max_queue": 2})) as client:
         client.warmup()
         faults["next"] = "crash"
         routed = client.chat.completions.create(model="auto", messages=user(ORDER_QUERY), max_tokens=16)
@@ -192,7 +196,7 @@ def test_a_crash_mid_generation_falls_back_and_the_context_is_rebuilt(make_confi
 
 @pytest.mark.slow
 def test_a_hung_worker_whose_replacement_will_not_load_refuses_at_once_until_a_retry_loads(make_config, faults) -> None:
-    local = {"workers": 1, "max_queue": 2, "timeout_s": 2.0, "hang_grace_s": 0.5}
+    local = {"workers": 1, "max_sequences": 1, "max_queue": 2, "timeout_s": 2.0, "hang_grace_s": 0.5}
     with Client(make_config(local=local)) as client:
         client.warmup()
         faults["next"], faults["failing_loads"] = "hang", 3  # retried after 0.5, 1 and 2 s of back-off

@@ -198,8 +198,8 @@ def test_scorer_path_scores_with_an_untuned_classifier_s_encoder(classifier_path
     )
     engine = Engine(config)
     try:
-        same = engine._answer_similarity("Your order ships today.", "Your order ships today.")
-        other = engine._answer_similarity("Your order ships today.", "The weather in Lisbon is sunny.")
+        same = engine.shadowing.answer_similarity("Your order ships today.", "Your order ships today.")
+        other = engine.shadowing.answer_similarity("Your order ships today.", "The weather in Lisbon is sunny.")
     finally:
         engine.close()
     assert same == pytest.approx(1.0, abs=1e-3) and other < 0.5

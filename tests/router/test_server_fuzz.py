@@ -71,13 +71,13 @@ def test_the_request_validator_accepts_or_raises_a_400_never_anything_else(kwarg
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory, classifier_path: Path) -> Iterator[dict[str, Any]]:
-    from evals.standin_cloud import StandinCloud
+    from evals.standin_cloud import LatencyModel, StandinCloud
     from router.server import build_server
 
     work = tmp_path_factory.mktemp("fuzz")
     answers = work / "answers.jsonl"
     answers.write_text(json.dumps({"query": "Where is my order?", "answer": "It ships tomorrow."}) + "\n", encoding="utf-8")
-    with StandinCloud(answers=answers, record=work / "cloud.jsonl") as cloud:
+    with StandinCloud(answers=answers, record=work / "cloud.jsonl", latency=LatencyModel.none()) as cloud:
         config = RouterConfig(
             models={"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
             cloud={"default_model": "gpt-4o", "max_retries": 0},

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from evals.security_eval import control_keys, probe_control_keys
-from evals.standin_cloud import StandinCloud
+from evals.standin_cloud import LatencyModel, StandinCloud
 from router import BadRequestError, Client, NotFoundError, PrivacyError, RouterConfig
 from tests.conftest import bitext_rows
 
@@ -22,7 +22,8 @@ def recorded_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[St
     work = tmp_path_factory.mktemp("trust")
     answers = work / "answers.jsonl"
     answers.write_text(json.dumps({"query": "where is my order?", "answer": "It ships today."}) + "\n", encoding="utf-8")
-    with StandinCloud(answers=answers, record=work / "cloud.jsonl") as cloud, StandinCloud(answers=answers, record=work / "trap.jsonl") as trap:
+    none = LatencyModel.none()  # these tests check where requests go, not how fast answers come
+    with StandinCloud(answers=answers, record=work / "cloud.jsonl", latency=none) as cloud, StandinCloud(answers=answers, record=work / "trap.jsonl", latency=none) as trap:
         yield cloud, trap
 
 

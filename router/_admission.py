@@ -1,0 +1,103 @@
+"""Latency-aware admission: a routed request goes local only while the local tier would answer it
+about as fast as the cloud does.
+
+A batch serves everyone a little slower as it grows; past some size a new request would wait longer
+for its local answer than the cloud takes. The backend predicts the request's completion (its wait
+for a free sequence, its prefill and ``max_tokens`` steps at the batch size it would join); when that
+exceeds the budget the request goes to the cloud now (reason ``local_busy``) instead of queueing.
+Private and ``model="local"`` requests never spill: they queue up to the bound, then get a 503.
+
+The budget is ``local.latency_budget_s`` when set, else the rolling median of the cloud route's own
+recent answers, clamped to ``[latency_budget_floor_s, latency_budget_cap_s]`` (the cap also serves
+until the cloud has answered anything).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hybrid_common.chat import message_text
+from router.config import LocalConfig
+
+__all__ = ["AdmissionCounts", "LocalAdmission", "prompt_token_estimate"]
+
+_WINDOW = 200  # recent cloud answers the median is taken over
+
+
+def prompt_token_estimate(messages: Sequence[Mapping[str, Any]]) -> int:
+    """About the prompt's tokens without tokenizing (4 characters a token, plus each turn's
+    markers): prefill is a small part of a prediction, and admission runs on every routed request."""
+    return sum(len(message_text(m.get("content"))) // 4 + 6 for m in messages) + 2
+
+
+@dataclass(frozen=True)
+class AdmissionCounts:
+    """Admission decisions since start, for ``/metrics`` and benchmarks."""
+
+    admitted: int
+    busy: int
+    """Routed requests sent to the cloud because the local tier was predicted too slow."""
+    over_budget: int
+    """Admitted requests whose local answer still took longer than the budget they were admitted under."""
+    budget_s: float
+
+    @property
+    def spill_share(self) -> float:
+        decided = self.admitted + self.busy
+        return self.busy / decided if decided else 0.0
+
+
+class LocalAdmission:
+    """The budget and the decision; thread-safe (request threads call it concurrently)."""
+
+    def __init__(self, config: LocalConfig) -> None:
+        self._config = config
+        self._cloud_s: deque[float] = deque(maxlen=_WINDOW)
+        self._lock = threading.Lock()
+        self._admitted = 0
+        self._busy = 0
+        self._over_budget = 0
+
+    def observe_cloud(self, seconds: float) -> None:
+        """A cloud answer's total latency (first attempts that succeeded)."""
+        with self._lock:
+            self._cloud_s.append(seconds)
+
+    def budget_s(self) -> float:
+        config = self._config
+        if config.latency_budget_s is not None:
+            return config.latency_budget_s
+        with self._lock:
+            recent = list(self._cloud_s)
+        if not recent:
+            return config.latency_budget_cap_s
+        return min(config.latency_budget_cap_s, max(config.latency_budget_floor_s, statistics.median(recent)))
+
+    def decide(self, predicted_s: float | None) -> tuple[bool, float]:
+        """``(admit, budget_s)`` for a request predicted to take ``predicted_s`` locally (None: the
+        backend cannot predict yet, so admit and learn)."""
+        budget = self.budget_s()
+        admit = predicted_s is None or predicted_s <= budget
+        with self._lock:
+            if admit:
+                self._admitted += 1
+            else:
+                self._busy += 1
+        return admit, budget
+
+    def finished_local(self, seconds: float, budget_s: float) -> None:
+        """An admitted request's local answer is done: count it if it overran its budget."""
+        if seconds > budget_s:
+            with self._lock:
+                self._over_budget += 1
+
+    def counts(self) -> AdmissionCounts:
+        budget = self.budget_s()
+        with self._lock:
+            return AdmissionCounts(self._admitted, self._busy, self._over_budget, budget)

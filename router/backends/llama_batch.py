@@ -1,0 +1,663 @@
+"""Continuous batching: one llama.cpp context decodes every live local request in one batch.
+
+One decode step reads the model's weights once for all live sequences (on Gemma 3 270M the
+262k-token output layer is most of a step), so 16 sequences decode at about 2.5 times the
+aggregate speed of one on two cores. The scheduler thread owns the context; each step it
+
+* admits waiting jobs while a sequence id and KV room are free (FIFO: a job that does not fit
+  waits, and the ones behind it wait too, so a long prompt is not starved);
+* gives each new sequence the longest cached prompt that starts its own (:mod:`._prefix_cache`)
+  and prefills the rest in chunks of ``prefill_chunk`` tokens *beside* the decoding sequences, so
+  a long prompt never stalls the others for more than one chunk;
+* decodes one token of every decoding sequence plus those chunks in one ``llama_decode``;
+* samples each sequence with its own sampler (temperature, top_p, seed, penalties; plain greedy
+  is a numpy argmax), turns tokens into text, applies stop strings, and pushes the pieces into
+  the job's own queue, exactly what the one-sequence worker pool pushed;
+* ends a sequence alone when its reader stopped reading (the guard rejected it, the caller went
+  away, the deadline passed), when it hits a stop or ``max_tokens``, or when its own sampling
+  raised; its cells are freed at once and a waiting job takes its place at the next step.
+
+A failed ``llama_decode`` (a native error) fails the sequences of that batch, which share the
+step, and rebuilds the context; waiting jobs are kept. A step stuck in native code past a live
+job's deadline plus ``hang_grace_s`` retires the scheduler thread (it frees its context if it ever
+returns) and a fresh one is loaded in the background; until it is up, jobs are refused at once.
+
+Adapters: a context serves one LoRA, and a sequence's cells were computed under the adapter it
+started with. A promotion therefore *drains*: no new sequence starts, the ones in flight finish
+on the old adapter, then the new one is applied to the same context and the waiting jobs start
+on it (the wait is at most one answer; no second context, no second KV budget).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from router.backends.llama_native import NativeBatch, PieceDecoder, TokenSampler
+from router.backends._prefix_cache import PrefixCache
+from router.backends.base import LocalFailure
+from router.backends.llama_workers import GenerationJob, JobDone
+
+__all__ = ["BatchScheduler", "BatchStats"]
+
+logger = logging.getLogger("router")
+
+# Steps that carry a newcomer's prefill chunk take longer than the decode-only steps the moving
+# averages mostly see, and requests that may not spill (private, model="local") join regardless.
+_PREDICTION_MARGIN = 1.2
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What the batch is doing now, for admission, ``router stats`` and ``/metrics``."""
+
+    live: int
+    waiting: int
+    kv_reserved: int
+    kv_tokens: int
+    step_s: float | None
+    """Recent time of one decode step at the current batch size (None before any)."""
+    sequence_tokens_per_s: float | None
+    """Tokens one sequence gets per second at the current batch size."""
+    prefix_hits: int
+    prefix_misses: int
+    adapter_version: str | None
+
+
+@dataclass
+class _Sequence:
+    job: GenerationJob
+    seq: int
+    prompt: list[int]
+    reserved: int
+    prefilled: int = 0  # prompt positions already in the KV memory
+    last_token: int | None = None  # sampled, not yet decoded
+    generated: int = 0
+    sampler: TokenSampler | None = None
+    text: str = ""
+    emitted: int = 0  # characters of text already pushed to the job
+    stops: list[str] = field(default_factory=list)  # the scheduler's stop strings plus the request's own
+    decoder: PieceDecoder = field(default_factory=PieceDecoder)
+
+    @property
+    def decoding(self) -> bool:
+        return self.last_token is not None
+
+
+class _StepTimes:
+    """A moving average of one step's time per batch size: the speed a new sequence would get."""
+
+    def __init__(self, sizes: int) -> None:
+        self._by_size: list[float | None] = [None] * (sizes + 1)
+
+    def observe(self, size: int, seconds: float) -> None:
+        old = self._by_size[size]
+        self._by_size[size] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
+    def at(self, size: int) -> float | None:
+        """The step time at ``size`` sequences: measured, else the nearest measured size scaled linearly."""
+        size = max(1, min(size, len(self._by_size) - 1))
+        if self._by_size[size] is not None:
+            return self._by_size[size]
+        known = [(abs(s - size), s, t) for s, t in enumerate(self._by_size) if t is not None]
+        if not known:
+            return None
+        _, near, seconds = min(known)
+        return seconds * max(1.0, size / max(1, near)) if size > near else seconds
+
+
+class BatchScheduler:
+    """Continuous batching over one context from ``new_native(adapter_path)``.
+
+    The same intake contract as :class:`~router.backends.llama_workers.LlamaWorkerPool`:
+    :meth:`submit` queues a :class:`GenerationJob` or refuses at once with
+    ``LocalFailure("overloaded")``; pieces, then a :class:`JobDone` or a :class:`LocalFailure`,
+    arrive on the job's queue.
+    """
+
+    def __init__(
+        self,
+        new_native: Callable[[Path | None], NativeBatch],
+        *,
+        adapter_path: Path | None,
+        adapter_version: str | None,
+        max_sequences: int,
+        max_queue: int,
+        kv_tokens: int,
+        prefill_chunk: int,
+        prefix_slots: int,
+        prefix_min_tokens: int,
+        pad_multiple: int,
+        hang_grace_s: float,
+        stop_sequences: list[str],
+        respawn_backoff_s: float = 0.5,
+        respawn_backoff_max_s: float = 30.0,
+    ) -> None:
+        self._new_native = new_native
+        self.max_sequences = max_sequences
+        self.max_queue = max_queue
+        self.kv_tokens = kv_tokens
+        self.prefill_chunk = prefill_chunk
+        self.pad_multiple = pad_multiple
+        self._scratch_seq = max_sequences + prefix_slots  # padding entries, freed after each step
+        self.hang_grace_s = hang_grace_s
+        self.stop_sequences = [s for s in stop_sequences if s]
+        self.respawn_backoff_s = respawn_backoff_s
+        self.respawn_backoff_max_s = respawn_backoff_max_s
+        self._prefix_slots = prefix_slots
+        self._prefix_min_tokens = prefix_min_tokens
+        self._adapter_path = adapter_path
+        self.adapter_version = adapter_version
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._waiting: collections.deque[GenerationJob] = collections.deque()
+        self._live: dict[int, _Sequence] = {}
+        self._pending_swap: tuple[Path | None, str | None, Future[bool]] | None = None
+        self._closed = False
+        self._generation = 0  # bumped when a stuck scheduler thread is retired
+        self._running = False  # a scheduler thread with a loaded context is serving
+        self._step_started: float | None = None
+        self._times = _StepTimes(max_sequences)
+        self._native: NativeBatch | None = new_native(adapter_path)
+        self._prefixes = self._new_prefix_cache()
+        self.replaced_hung = 0
+        self.respawn_failures = 0
+        self.completed = 0
+        self.service_s: float | None = None
+        """Moving average of one answer's time (compatibility with the worker pool's figure)."""
+        self._start_thread()
+        self._watchdog = threading.Thread(target=self._watch, name="llama-batch-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _new_prefix_cache(self) -> PrefixCache:
+        slots = list(range(self.max_sequences, self.max_sequences + self._prefix_slots))
+        return PrefixCache(slots, min_tokens=self._prefix_min_tokens)
+
+    def _start_thread(self) -> None:
+        self._running = True
+        generation = self._generation
+        thread = threading.Thread(target=self._run, args=(generation,), name=f"llama-batch-{generation}", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    # -- intake -----------------------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting or decoding."""
+        return len(self._waiting) + len(self._live)
+
+    @property
+    def workers(self) -> int:
+        return 1 if self._running else 0
+
+    def submit(self, job: GenerationJob) -> None:
+        """Queue ``job``; ``LocalFailure("overloaded")`` at once when the queue is full or no
+        context is up, or when it could never fit the KV budget (its prompt plus ``max_tokens``)."""
+        need = len(job.tokens) + job.max_tokens
+        room = self.kv_tokens - self.pad_multiple  # what _kv_free() offers with nothing live or cached
+        with self._lock:
+            if self._closed:
+                raise LocalFailure("error", "the local tier is closed")
+            if not self._running:
+                raise LocalFailure("overloaded", "the local model is being reloaded")
+            if need > room:
+                raise LocalFailure("overloaded", f"needs {need} KV cells; the batch has {room}")
+            if len(self._waiting) + len(self._live) >= self.max_sequences + self.max_queue:
+                raise LocalFailure("overloaded", f"{self.depth} local requests already waiting or running")
+            self._waiting.append(job)
+            self._wake.notify_all()
+
+    def stats(self) -> BatchStats:
+        with self._lock:
+            live = len(self._live)
+            reserved = sum(s.reserved for s in self._live.values())
+            waiting = len(self._waiting)
+        step = self._times.at(max(1, live))
+        return BatchStats(
+            live=live,
+            waiting=waiting,
+            kv_reserved=reserved,
+            kv_tokens=self.kv_tokens,
+            step_s=step,
+            sequence_tokens_per_s=(1.0 / step) if step else None,
+            prefix_hits=self._prefixes.hits,
+            prefix_misses=self._prefixes.misses,
+            adapter_version=self.adapter_version,
+        )
+
+    def predicted_seconds(self, prompt_tokens: int, max_tokens: int) -> float | None:
+        """How long a job submitted now would take to finish: its wait for a free sequence, its
+        prefill and ``max_tokens`` steps at the batch size it would join (None before any step)."""
+        with self._lock:
+            live = list(self._live.values())
+            waiting = len(self._waiting)
+        size = min(self.max_sequences, len(live) + waiting + 1)
+        step = self._times.at(size)
+        if step is None:
+            return None
+        wait_steps = 0
+        ahead = len(live) + waiting + 1 - self.max_sequences
+        if ahead > 0:  # it waits for the ahead-th sequence to finish
+            remaining = sorted(max(0, s.job.max_tokens - s.generated) for s in live)
+            wait_steps = remaining[min(ahead, len(remaining)) - 1] if remaining else 0
+            wait_steps += (ahead // max(1, self.max_sequences)) * max_tokens
+        prefill_steps = -(-prompt_tokens // max(1, self.prefill_chunk))
+        return _PREDICTION_MARGIN * (wait_steps + prefill_steps + max_tokens) * step
+
+    # -- adapter swaps ----------------------------------------------------------------------------
+
+    def swap_adapter(self, adapter_path: Path | None, version: str | None) -> Future[bool]:
+        """Serve ``adapter_path`` for sequences that start after the ones in flight finish.
+
+        The future resolves True once the new adapter serves, or False when llama.cpp refused it
+        (the old one then keeps serving).
+        """
+        future: Future[bool] = Future()
+        with self._lock:
+            if self._closed:
+                future.set_result(False)
+                return future
+            if self._pending_swap is not None:
+                self._pending_swap[2].set_result(False)  # superseded
+            self._pending_swap = (adapter_path, version, future)
+            self._wake.notify_all()
+        return future
+
+    def _apply_swap(self) -> None:
+        if self._native is None:  # no context (being rebuilt): the swap stays pending for the next one
+            return
+        with self._lock:
+            pending, self._pending_swap = self._pending_swap, None
+        if pending is None:
+            return
+        path, version, future = pending
+        try:
+            self._native.use_adapter(path)
+        except Exception as err:  # noqa: BLE001 - a bad promotion leaves the serving adapter in place
+            logger.warning("registry version %s failed to load (%s); still serving %s", version, err, self.adapter_version)
+            future.set_result(False)
+            return
+        for seq in self._prefixes.clear():  # computed under the old adapter
+            self._native.forget(seq)
+        self._adapter_path, self.adapter_version = path, version
+        future.set_result(True)
+
+    # -- the scheduler loop -----------------------------------------------------------------------
+
+    def _run(self, generation: int) -> None:
+        native = self._native
+        try:
+            while True:
+                with self._lock:
+                    while (
+                        generation == self._generation  # a retired thread leaves at once, freeing its context
+                        and not self._closed
+                        and not self._live
+                        and not self._waiting
+                        and self._pending_swap is None
+                    ):
+                        self._wake.wait()
+                    if generation != self._generation:
+                        return
+                    native = self._native  # _rebuild may have replaced it: free this one if retired in it
+                    if self._closed and not self._live and not self._waiting:
+                        return
+                if self._pending_swap is not None and not self._live:
+                    self._apply_swap()
+                self._admit()
+                if self._live:
+                    self._step(generation)
+                elif self._waiting and self._pending_swap is None:
+                    time.sleep(0.001)  # the head job is waiting for KV room freed by cancellations
+        finally:
+            if generation != self._generation and native is not None:
+                native.close()  # retired while stuck: nobody else will free it
+
+    def _kv_free(self) -> int:
+        reserved = sum(s.reserved for s in self._live.values())
+        return self.kv_tokens - reserved - self._prefixes.cached_tokens - self.pad_multiple
+
+    def _admit(self) -> None:
+        if self._pending_swap is not None or self._native is None:
+            return  # draining for an adapter swap
+        while True:
+            with self._lock:
+                if not self._waiting or len(self._live) >= self.max_sequences:
+                    return
+                job = self._waiting[0]
+                if job.cancelled.is_set():
+                    self._waiting.popleft()
+                    continue
+                need = len(job.tokens) + job.max_tokens
+                while need > self._kv_free():
+                    seq = self._prefixes.evict_oldest()
+                    if seq is None:
+                        return  # waits for a live sequence to finish
+                    self._native.forget(seq)
+                self._waiting.popleft()
+                seq_id = next(i for i in range(self.max_sequences) if i not in self._live)
+                stops = [*self.stop_sequences, *(s for s in job.params.stop if s)]
+                sequence = _Sequence(job, seq_id, list(job.tokens), need, stops=stops)
+                self._live[seq_id] = sequence
+            if time.monotonic() > job.deadline:
+                self._end(sequence, LocalFailure("timeout", "waited in the local queue past the deadline"))
+                continue
+            job.started_at = time.monotonic()
+            try:
+                sequence.sampler = self._native.new_sampler(job.params)
+            except Exception as err:  # noqa: BLE001 - this request fails alone
+                self._end(sequence, LocalFailure("error", f"{type(err).__name__}: {err}"))
+                continue
+            hit = self._prefixes.lookup(sequence.prompt)
+            if hit is not None:
+                self._native.copy_prefix(hit.seq, seq_id, hit.length)
+                sequence.prefilled = hit.length
+
+    def _step(self, generation: int) -> None:
+        native = self._native
+        assert native is not None
+        entries: list[tuple[int, int, int, bool]] = []
+        owners: list[tuple[_Sequence, int]] = []  # (sequence, entry index) that want logits
+        decoding = 0
+        for sequence in list(self._live.values()):
+            if self._should_stop(sequence):
+                continue
+            if sequence.decoding:
+                owners.append((sequence, len(entries)))
+                entries.append((sequence.last_token, len(sequence.prompt) + sequence.generated - 1, sequence.seq, True))
+                decoding += 1
+        budget = max(1, self.prefill_chunk)
+        for sequence in list(self._live.values()):
+            if sequence.decoding or budget <= 0:
+                continue
+            start = sequence.prefilled
+            chunk = sequence.prompt[start : start + budget]
+            for offset, token in enumerate(chunk):
+                last = start + offset == len(sequence.prompt) - 1
+                if last:
+                    owners.append((sequence, len(entries)))
+                entries.append((token, start + offset, sequence.seq, last))
+            sequence.prefilled += len(chunk)
+            budget -= len(chunk)
+        if not entries:
+            return
+        padding = self._padding(len(entries), decoding)
+        entries.extend((0, pos, self._scratch_seq, False) for pos in range(padding))
+        self._step_started = time.monotonic()
+        try:
+            code = native.decode(entries)
+        except Exception as err:  # noqa: BLE001 - a native failure fails this step's sequences
+            code = -999
+            logger.warning("llama_decode raised %s: %s", type(err).__name__, err)
+        finally:
+            with self._lock:  # atomic with _replace_stuck: either it retires this step, or the step is over
+                elapsed = time.monotonic() - (self._step_started or 0.0)
+                self._step_started = None
+                retired = generation != self._generation
+        if retired:
+            return  # retired while the step ran: the new scheduler owns the jobs now
+        if padding:
+            native.forget(self._scratch_seq)
+        if code != 0:
+            self._failed_step(code, owners, entries)
+            return
+        if decoding:
+            self._times.observe(len(self._live), elapsed)
+        for sequence, index in owners:
+            try:
+                self._advance(sequence, index)
+            except Exception as err:  # noqa: BLE001 - one sequence's failure ends it alone
+                logger.warning("local sequence %d failed (%s: %s); the others continue", sequence.seq, type(err).__name__, err)
+                self._end(sequence, LocalFailure("error", f"{type(err).__name__}: {err}"))
+
+    def _padding(self, size: int, decoding: int) -> int:
+        """Dummy entries that round a pure decode step up to a multiple of ``pad_multiple``.
+
+        CPU matrix kernels work on tiles of rows: measured here, 6 sequences took 70 ms a step and
+        8 took 59 ms (13-15 slower than 16 likewise). Above one tile, padding to whole tiles is
+        cheaper than the ragged shape. Steps carrying a prefill chunk are long already: not padded.
+        """
+        multiple = self.pad_multiple
+        if multiple <= 1 or size != decoding or size <= multiple or size % multiple == 0:
+            return 0
+        return multiple - size % multiple
+
+    def _should_stop(self, sequence: _Sequence) -> bool:
+        job = sequence.job
+        if job.cancelled.is_set():
+            self._end(sequence, None, finish="cancelled")
+            return True
+        if time.monotonic() > job.deadline:
+            self._end(sequence, LocalFailure("timeout", "local generation passed its deadline"))
+            return True
+        return False
+
+    def _sample(self, sequence: _Sequence, index: int) -> int:
+        native = self._native
+        assert native is not None
+        if sequence.sampler is None:
+            return native.argmax(index)
+        return native.sample(sequence.sampler, index)
+
+    def _advance(self, sequence: _Sequence, index: int) -> None:
+        """Take the sequence's next token from the step's logits and push its text."""
+        native = self._native
+        assert native is not None
+        if not sequence.decoding:  # its prompt just finished: cache it for the next one like it
+            self._cache_prompt(sequence)
+        token = self._sample(sequence, index)
+        if native.is_end(token):
+            self._end(sequence, None, finish="stop")
+            return
+        sequence.generated += 1
+        sequence.last_token = token
+        sequence.text += sequence.decoder.feed(native.piece(token))
+        if self._push_text(sequence, final=False):
+            self._end(sequence, None, finish="stop")
+        elif sequence.generated >= sequence.job.max_tokens:
+            sequence.text += sequence.decoder.flush()
+            stopped = self._push_text(sequence, final=True)
+            self._end(sequence, None, finish="stop" if stopped else "length")
+
+    def _push_text(self, sequence: _Sequence, *, final: bool) -> bool:
+        """Push the text no stop string can still claim; True when a stop string ended it."""
+        text = sequence.text
+        search_from = max(0, sequence.emitted - max((len(s) for s in sequence.stops), default=0))
+        cut = None
+        for stop in sequence.stops:
+            found = text.find(stop, search_from)
+            if found != -1 and (cut is None or found < cut):
+                cut = found
+        if cut is not None:
+            end = cut
+            sequence.text = text[:cut]  # the stop string and what follows it are never sent (_end flushes the rest)
+        elif final:
+            end = len(text)
+        else:
+            end = len(text) - self._held_back(text, sequence.stops)
+        if end > sequence.emitted:
+            sequence.job.out.put(text[sequence.emitted : end])
+            sequence.emitted = end
+        return cut is not None
+
+    @staticmethod
+    def _held_back(text: str, stops: list[str]) -> int:
+        """Characters at the end of ``text`` that could be the start of a stop string."""
+        longest = 0
+        for stop in stops:
+            for n in range(min(len(stop) - 1, len(text)), longest, -1):
+                if text.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest
+
+    def _cache_prompt(self, sequence: _Sequence) -> None:
+        native = self._native
+        assert native is not None
+        prompt = sequence.prompt[: native.prefix_limit] if native.prefix_limit else sequence.prompt
+        slot = self._prefixes.store(prompt)
+        if slot is None:
+            return
+        seq, evicted = slot
+        if evicted is not None:
+            native.forget(evicted)
+        native.copy_prefix(sequence.seq, seq, len(prompt))
+
+    def _end(self, sequence: _Sequence, failure: LocalFailure | None, *, finish: str = "stop") -> None:
+        job = sequence.job
+        if failure is not None:
+            job.out.put(failure)
+        else:
+            if finish != "cancelled" and sequence.emitted < len(sequence.text):
+                job.out.put(sequence.text[sequence.emitted :])
+                sequence.emitted = len(sequence.text)
+            job.out.put(JobDone(finish if finish != "cancelled" else "stop", sequence.generated, self.adapter_version))
+            if finish != "cancelled" and job.started_at is not None:
+                seconds = time.monotonic() - job.started_at
+                self.service_s = seconds if self.service_s is None else 0.8 * self.service_s + 0.2 * seconds
+                self.completed += 1
+        if sequence.sampler is not None:
+            sequence.sampler.close()
+            sequence.sampler = None
+        if self._native is not None:
+            self._native.forget(sequence.seq)
+        with self._lock:
+            self._live.pop(sequence.seq, None)
+            job.released = True
+            self._wake.notify_all()
+
+    def _failed_step(self, code: int, owners: list[tuple[_Sequence, int]], entries: list[tuple[int, int, int, bool]]) -> None:
+        if code == 1:  # no KV room for this step: end the newest sequence, the others go on
+            newest = max(self._live.values(), key=lambda s: s.job.started_at or 0.0)
+            logger.warning("the KV memory is full; ending the newest local sequence")
+            self._end(newest, LocalFailure("overloaded", "the local KV memory is full"))
+            for sequence in self._live.values():  # undo this step's prefill bookkeeping
+                if not sequence.decoding:
+                    sequence.prefilled = min(sequence.prefilled, self._prefilled_before(sequence, entries))
+            return
+        logger.warning("llama_decode failed (code %d); failing the %d sequences of the step and rebuilding", code, len(self._live))
+        for sequence in list(self._live.values()):
+            self._end(sequence, LocalFailure("error", f"llama_decode returned {code}"))
+        self._rebuild()
+
+    @staticmethod
+    def _prefilled_before(sequence: _Sequence, entries: list[tuple[int, int, int, bool]]) -> int:
+        positions = [pos for _, pos, seq, _ in entries if seq == sequence.seq]
+        return min(positions) if positions else sequence.prefilled
+
+    def _rebuild(self) -> None:
+        old, self._native = self._native, None
+        if old is not None:
+            try:
+                old.close()
+            except Exception:  # noqa: BLE001
+                logger.debug("closing a failed llama context failed", exc_info=True)
+        self._prefixes = self._new_prefix_cache()
+        try:
+            self._native = self._new_native(self._adapter_path)
+        except Exception as err:  # noqa: BLE001 - the respawner retries
+            logger.error("could not reload the local model (%s)", err)
+            with self._lock:
+                self._generation += 1  # this thread exits; the respawner starts the next (never two on one context)
+                self._running = False
+            threading.Thread(target=self._respawn, name="llama-batch-respawn", daemon=True).start()
+
+    # -- hangs ------------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._closed:
+            time.sleep(min(1.0, max(0.05, self.hang_grace_s / 4)))
+            started = self._step_started
+            if started is None or not self._running:
+                continue
+            now = time.monotonic()
+            with self._lock:
+                deadlines = [s.job.deadline for s in self._live.values()]
+            if deadlines and now > min(deadlines) + self.hang_grace_s and now - started > self.hang_grace_s:
+                self._replace_stuck(started)
+
+    def _replace_stuck(self, started: float) -> None:
+        with self._lock:
+            if self._step_started != started:
+                return  # that step ended meanwhile: the scheduler is not stuck
+            logger.warning("the local batch is stuck in one step for %.1f s; replacing its context", time.monotonic() - started)
+            self._generation += 1
+            self._running = False
+            live, self._live = list(self._live.values()), {}
+            self._native = None  # the stuck thread frees it if it ever returns
+            self._step_started = None
+        for sequence in live:
+            sequence.job.cancelled.set()
+            sequence.job.out.put(LocalFailure("timeout", "the local model hung and was replaced"))
+            sequence.job.released = True
+        self.replaced_hung += 1
+        self._prefixes = self._new_prefix_cache()
+        threading.Thread(target=self._respawn, name="llama-batch-respawn", daemon=True).start()
+
+    def _respawn(self) -> None:
+        """Load a fresh context off the request path, retrying with a doubling back-off; jobs that
+        arrive meanwhile are refused, and the ones already waiting are failed rather than left to
+        their deadlines."""
+        delay = self.respawn_backoff_s
+        self._refuse_waiting()
+        while not self._closed:
+            try:
+                native = self._new_native(self._adapter_path)
+            except Exception as err:  # noqa: BLE001 - retried after the back-off
+                self.respawn_failures += 1
+                logger.error("could not start a replacement local context (%s); retrying in %.1f s", err, delay)
+                self._refuse_waiting()
+                time.sleep(delay)
+                delay = min(self.respawn_backoff_max_s, delay * 2)
+                continue
+            with self._lock:
+                if self._closed:
+                    native.close()
+                    return
+                self._native = native
+                self._start_thread()
+            logger.info("the local batch context was reloaded")
+            return
+
+    def _refuse_waiting(self) -> None:
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for job in waiting:
+            job.out.put(LocalFailure("overloaded", "the local model is being reloaded"))
+            job.released = True
+
+    # -- shutdown ---------------------------------------------------------------------------------
+
+    def close(self, timeout_s: float) -> bool:
+        """Refuse new jobs, let the live and waiting ones finish (up to ``timeout_s``), free the context.
+
+        Returns False when the scheduler was still busy at the timeout: its context is then left to
+        its own thread to free, never freed under it.
+        """
+        with self._lock:
+            if self._closed:
+                return True
+            self._closed = True
+            self._wake.notify_all()
+            pending = self._pending_swap
+            self._pending_swap = None
+        if pending is not None:
+            pending[2].set_result(False)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            with self._lock:
+                self._generation += 1  # the thread frees its context when it returns
+            logger.warning("the local batch was still busy at close; it frees its context when it returns")
+            return False
+        native, self._native = self._native, None
+        if native is not None:
+            native.close()
+        return True

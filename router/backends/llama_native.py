@@ -1,0 +1,258 @@
+"""The few llama.cpp calls continuous batching needs, over llama-cpp-python's low-level API.
+
+``Llama`` (the high-level class) owns a one-sequence context and decodes one prompt at a time;
+batching many sequences needs the context built with ``n_seq_max`` and the batch filled by hand
+(llama.cpp's ``llama_batch`` / ``llama_decode``, the way its own server's parallel slots work).
+Everything here runs on the scheduler thread that owns the context; nothing is thread-safe.
+
+The KV memory is *unified* (one pool of cells shared by all sequences), so a sequence takes the
+cells it needs rather than ``n_ctx / n_seq_max``, and copying a cached prefix to a new sequence
+shares its cells instead of copying them. Sliding-window layers keep only their window
+(``swa_full=False``): on Gemma 3 that is five layers in six, which keeps a 16-sequence budget small.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hybrid_common.errors import ArtifactError, MissingDependencyError
+from router._request import GenerationParams
+
+__all__ = ["NativeBatch", "NativeContextSettings", "TokenSampler"]
+
+_PENALTY_LAST_N = 64  # llama-cpp-python's default window, so sampling matches the one-sequence path
+_TOP_K = 40
+_MIN_P = 0.05
+_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: draw a random seed
+
+_backend_ready = threading.Lock()
+_backend_initialised = False
+
+
+def _llama_cpp() -> Any:
+    global _backend_initialised
+    try:
+        import llama_cpp
+    except ImportError as err:
+        raise MissingDependencyError("llama-cpp-python", purpose="the local tier") from err
+    with _backend_ready:
+        if not _backend_initialised:
+            llama_cpp.llama_backend_init()
+            _backend_initialised = True
+    return llama_cpp
+
+
+@dataclass(frozen=True)
+class NativeContextSettings:
+    """What the context is built with: the model, the KV budget and the batch shape."""
+
+    model_path: Path
+    kv_tokens: int
+    """Cells in the unified KV memory, shared by every live sequence and cached prefix."""
+    n_seq_max: int
+    """Sequence ids the context accepts: live sequences plus cached prefixes."""
+    n_batch: int
+    """Most tokens one ``llama_decode`` carries (decode steps plus prefill chunks)."""
+    n_threads: int
+    flash_attention: bool = False
+    """Off by default: the one-sequence path (``Llama``) runs without it, and with the shipped
+    adapter the two round differently enough to pick other words on near ties."""
+
+
+class NativeBatch:
+    """One model, one multi-sequence context, one reusable ``llama_batch`` and the LoRA in use."""
+
+    def __init__(self, settings: NativeContextSettings, adapter_path: Path | None) -> None:
+        lib = self._lib = _llama_cpp()
+        self.settings = settings
+        self._model = None
+        self._ctx = None
+        self._batch = None
+        self._adapter = None
+        self.adapter_path: Path | None = None
+        model_params = lib.llama_model_default_params()
+        self._model = lib.llama_model_load_from_file(str(settings.model_path).encode("utf-8"), model_params)
+        if not self._model:
+            raise ArtifactError(f"llama.cpp could not load the model {settings.model_path}")
+        try:
+            params = lib.llama_context_default_params()
+            params.n_ctx = settings.kv_tokens
+            params.n_batch = settings.n_batch
+            params.n_ubatch = settings.n_batch
+            params.n_seq_max = settings.n_seq_max
+            params.n_threads = settings.n_threads
+            params.n_threads_batch = settings.n_threads
+            params.kv_unified = True
+            params.swa_full = False
+            params.no_perf = True
+            params.flash_attn_type = 1 if settings.flash_attention else 0
+            self._ctx = lib.llama_init_from_model(self._model, params)
+            if not self._ctx:
+                raise ArtifactError(
+                    f"llama.cpp could not allocate a context of {settings.kv_tokens} KV cells for "
+                    f"{settings.n_seq_max} sequences"
+                )
+            self._memory = lib.llama_get_memory(self._ctx)
+            self._vocab = lib.llama_model_get_vocab(self._model)
+            self.n_vocab = lib.llama_vocab_n_tokens(self._vocab)
+            swa = int(lib.llama_model_n_swa(self._model))
+            self.prefix_limit: int | None = swa if swa > 0 else None
+            """Longest prompt start worth caching. With sliding-window layers (and ``swa_full`` off),
+            llama.cpp may hand a cell that fell out of a sequence's window to another sequence; a cached
+            prompt no longer than the window has no such cell, so every cell a reuse needs is still there."""
+            self._batch = lib.llama_batch_init(settings.n_batch, 0, 1)
+            self._piece = ctypes.create_string_buffer(256)
+            self.use_adapter(adapter_path)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- adapters ---------------------------------------------------------------------------------
+
+    def use_adapter(self, adapter_path: Path | None) -> None:
+        """Serve ``adapter_path`` (None: the base model) from the next decode; only between
+        sequences, since a sequence's KV cells were computed under the adapter it started with."""
+        lib = self._lib
+        new = None
+        if adapter_path is not None:
+            if not Path(adapter_path).is_file():
+                raise ArtifactError(f"no such LoRA adapter file: {adapter_path}")
+            new = lib.llama_adapter_lora_init(self._model, str(adapter_path).encode("utf-8"))
+            if not new:  # a NULL pointer: wrong architecture or shapes, or a damaged file
+                raise ArtifactError(
+                    f"llama.cpp refused the LoRA adapter {adapter_path}: not a LoRA for this base model "
+                    "(architecture or tensor shapes differ) or a damaged file"
+                )
+            adapters = (lib.llama_adapter_lora_p_ctypes * 1)(new)
+            scales = (ctypes.c_float * 1)(1.0)
+            failed = lib.llama_set_adapters_lora(self._ctx, adapters, 1, scales)
+        else:
+            failed = lib.llama_set_adapters_lora(self._ctx, None, 0, None)
+        if failed:
+            if new is not None:
+                lib.llama_adapter_lora_free(new)
+            raise ArtifactError(f"llama.cpp could not apply the LoRA adapter {adapter_path}")
+        old, self._adapter, self.adapter_path = self._adapter, new, adapter_path
+        if old is not None:
+            lib.llama_adapter_lora_free(old)
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> int:
+        """Decode ``(token, position, seq_id, wants_logits)`` entries as one batch; llama.cpp's
+        return code (0 ok, 1 no KV room, negative an error). Logits are read by entry index."""
+        batch = self._batch
+        for i, (token, pos, seq, logits) in enumerate(entries):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = logits
+        batch.n_tokens = len(entries)
+        return int(self._lib.llama_decode(self._ctx, batch))
+
+    def argmax(self, index: int) -> int:
+        """The greedy token for the batch entry ``index`` (numpy over the logits, no sampler copy)."""
+        import numpy as np
+
+        pointer = self._lib.llama_get_logits_ith(self._ctx, index)
+        return int(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).argmax())
+
+    def sample(self, sampler: TokenSampler, index: int) -> int:
+        return int(self._lib.llama_sampler_sample(sampler.chain, self._ctx, index))
+
+    def is_end(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (control tokens render as nothing)."""
+        n = self._lib.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        if n < 0:
+            self._piece = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        return self._piece.raw[:n]
+
+    # -- KV memory --------------------------------------------------------------------------------
+
+    def forget(self, seq: int) -> None:
+        """Free every cell of sequence ``seq`` (cells shared with a cached prefix stay)."""
+        self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
+
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        """Give ``target`` the first ``length`` positions of ``source`` (shared cells, no copy)."""
+        self._lib.llama_memory_seq_cp(self._memory, source, target, 0, length)
+
+    def clear(self) -> None:
+        self._lib.llama_memory_clear(self._memory, True)
+
+    def new_sampler(self, params: GenerationParams) -> TokenSampler | None:
+        """A sampler chain for ``params``; None for plain greedy (argmax is faster and identical)."""
+        temperature = params.temperature if params.temperature is not None else 0.0
+        freq = params.frequency_penalty or 0.0
+        presence = params.presence_penalty or 0.0
+        if temperature <= 0.0 and freq == 0.0 and presence == 0.0:
+            return None
+        return TokenSampler(self._lib, params, temperature, freq, presence, n_vocab=self.n_vocab)
+
+    def close(self) -> None:
+        lib = self._lib
+        if self._batch is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if self._adapter is not None:
+            lib.llama_adapter_lora_free(self._adapter)
+            self._adapter = None
+        if self._model is not None:
+            lib.llama_model_free(self._model)
+            self._model = None
+
+
+class TokenSampler:
+    """One sequence's sampler chain, in llama-cpp-python's order (penalties, top-k, top-p, min-p,
+    temperature, seeded draw), so a request samples as it did on the one-sequence path."""
+
+    def __init__(
+        self, lib: Any, params: GenerationParams, temperature: float, freq: float, presence: float, *, n_vocab: int
+    ) -> None:
+        self._lib = lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        self.chain = chain
+        add = lib.llama_sampler_chain_add
+        if freq or presence:
+            # this llama.cpp still takes n_vocab first (include/llama.h), as llama-cpp-python's own sampler passes it
+            add(chain, lib.llama_sampler_init_penalties(n_vocab, _PENALTY_LAST_N, 1.0, freq, presence))
+        if temperature <= 0.0:
+            add(chain, lib.llama_sampler_init_greedy())
+            return
+        top_p = params.top_p if params.top_p is not None else 1.0
+        add(chain, lib.llama_sampler_init_top_k(_TOP_K))
+        add(chain, lib.llama_sampler_init_top_p(top_p, 1))
+        add(chain, lib.llama_sampler_init_min_p(_MIN_P, 1))
+        add(chain, lib.llama_sampler_init_temp(temperature))
+        add(chain, lib.llama_sampler_init_dist(params.seed if params.seed is not None else _DEFAULT_SEED))
+
+    def close(self) -> None:
+        if self.chain is not None:
+            self._lib.llama_sampler_free(self.chain)
+            self.chain = None
+
+
+class PieceDecoder:
+    """Token bytes to text, holding back an incomplete UTF-8 character until its last byte."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, data: bytes) -> str:
+        return self._decoder.decode(data)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)

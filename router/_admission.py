@@ -19,7 +19,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hybrid_common.chat import message_text
@@ -63,6 +63,7 @@ class LocalAdmission:
         self._admitted = 0
         self._busy = 0
         self._over_budget = 0
+        self._pending = 0
 
     def observe_cloud(self, seconds: float) -> None:
         """A cloud answer's total latency (first attempts that succeeded)."""
@@ -79,17 +80,26 @@ class LocalAdmission:
             return config.latency_budget_cap_s
         return min(config.latency_budget_cap_s, max(config.latency_budget_floor_s, statistics.median(recent)))
 
-    def decide(self, predicted_s: float | None) -> tuple[bool, float]:
-        """``(admit, budget_s)`` for a request predicted to take ``predicted_s`` locally (None: the
-        backend cannot predict yet, so admit and learn)."""
+    def decide(self, predict: Callable[[int], float | None]) -> tuple[bool, float, float | None]:
+        """``(admit, budget_s, predicted_s)`` for a request whose local completion ``predict(ahead)``
+        estimates, ``ahead`` being the requests admitted but not yet handed to the backend (callers
+        deciding at the same moment must see each other). None from ``predict``: the backend cannot
+        predict yet, so admit and learn. An admitted request is pending until :meth:`handed_over`."""
         budget = self.budget_s()
-        admit = predicted_s is None or predicted_s <= budget
-        with self._lock:
+        with self._lock:  # one decision at a time: the next one counts this one as pending
+            predicted = predict(self._pending)
+            admit = predicted is None or predicted <= budget
             if admit:
                 self._admitted += 1
+                self._pending += 1
             else:
                 self._busy += 1
-        return admit, budget
+        return admit, budget, predicted
+
+    def handed_over(self) -> None:
+        """An admitted request reached the backend (or will not): it is no longer pending."""
+        with self._lock:
+            self._pending = max(0, self._pending - 1)
 
     def finished_local(self, seconds: float, budget_s: float) -> None:
         """An admitted request's local answer is done: count it if it overran its budget."""

@@ -61,6 +61,8 @@ class Exchange:
     topic_start: int | None = None  # a later turn: the message index that opened its topic (local.history = "topic")
     pruned: str | None = None  # what was left out of the prompt to fit the local window (hybrid_common.pruning)
     local_budget_s: float | None = None  # a routed request admitted to the local tier: the latency budget it was admitted under
+    local_finish_by: float | None = None  # ... and the time.monotonic() by which its answer should be done
+    admission_pending: bool = False  # admitted, not yet handed to the backend (counted by later predictions)
 
     def serve_with(self, tier: Tier, backend: str, model: str, adapter_version: str | None = None) -> None:
         self.tier, self.backend, self.model, self.adapter_version = tier, backend, model, adapter_version

@@ -51,18 +51,29 @@ class LocalPath:
             return
         request = exchange.request
         max_tokens = self.config.local.answer_tokens(request.params.max_tokens)
-        predicted = self.backend.predicted_seconds(prompt_token_estimate(request.messages), max_tokens)
-        admit, budget = self.admission.decide(predicted)
+        prompt_tokens = prompt_token_estimate(request.messages)
+        admit, budget, predicted = self.admission.decide(
+            lambda ahead: self.backend.predicted_seconds(prompt_tokens, max_tokens, ahead=ahead)
+        )
         if admit:
             exchange.local_budget_s = budget
+            exchange.local_finish_by = time.monotonic() + budget
+            exchange.admission_pending = True
             return
         exchange.decision = dataclasses.replace(
             decision, tier="cloud", reason=Reason.LOCAL_BUSY,
             detail=f"{decision.detail}; local answer predicted {predicted:.1f} s, budget {budget:.1f} s",
         )  # fmt: skip
 
+    def handed_over(self, exchange: Exchange) -> None:
+        """An admitted request reached the backend, or ended without it (a cache hit, an error)."""
+        if exchange.admission_pending:
+            exchange.admission_pending = False
+            self.admission.handed_over()
+
     def observe_latency(self, exchange: Exchange) -> None:
         """Feed admission: the cloud's latency (the budget), and admitted local answers that overran."""
+        self.handed_over(exchange)
         if exchange.error is not None:
             return
         seconds = time.perf_counter() - exchange.started
@@ -116,12 +127,15 @@ class LocalPath:
 
     # -- generation -----------------------------------------------------------------------------
 
-    def start(self, request: ChatRequest, *, deadline: float) -> tuple[GenerationStream, DegenerationGuard]:
+    def start(
+        self, request: ChatRequest, *, deadline: float, finish_by: float | None = None
+    ) -> tuple[GenerationStream, DegenerationGuard]:
         """Start generating ``request`` as served (token cap, guard): for answers and shadow answers alike."""
         local = self.config.local
         stream = self.backend.generate(
-            request.messages, request.params, max_tokens=local.answer_tokens(request.params.max_tokens), deadline=deadline
-        )
+            request.messages, request.params, max_tokens=local.answer_tokens(request.params.max_tokens), deadline=deadline,
+            finish_by=finish_by,
+        )  # fmt: skip
         return stream, local.new_guard(request.query, earlier_turns(request.messages))
 
     def pieces(self, exchange: Exchange) -> Iterator[str]:
@@ -144,7 +158,10 @@ class LocalPath:
         local = self.config.local
         adapter_version = self.backend.adapter_version if local.followed_registry else local.adapter_version
         exchange.serve_with("local", self.backend.name, self.backend.model_name, adapter_version)
-        stream, guard = self.start(request, deadline=self._deadline(request))
+        try:
+            stream, guard = self.start(request, deadline=self._deadline(request), finish_by=exchange.local_finish_by)
+        finally:
+            self.handed_over(exchange)
         # A stream that may fall back (or hand off) holds its opening back until the guard has judged it.
         fallible = not stays_local(exchange.decision) or self.hands_off_private(exchange.decision)
         hold_back = local.hold_back_for(request.query) if request.stream and fallible else 0

@@ -75,14 +75,22 @@ class LocalBackend(abc.ABC):
 
     @abc.abstractmethod
     def generate(
-        self, messages: Sequence[dict[str, Any]], params: GenerationParams, *, max_tokens: int, deadline: float
+        self,
+        messages: Sequence[dict[str, Any]],
+        params: GenerationParams,
+        *,
+        max_tokens: int,
+        deadline: float,
+        finish_by: float | None = None,
     ) -> GenerationStream:
         """Start generating; raise :class:`LocalFailure` (kind ``timeout``) past ``deadline``, kind
-        ``overloaded`` at once when the backend cannot take more work now."""
+        ``overloaded`` at once when the backend cannot take more work now. ``finish_by`` (monotonic):
+        the latency budget the request was admitted under, which a batching backend protects."""
 
-    def predicted_seconds(self, prompt_tokens: int, max_tokens: int) -> float | None:
-        """How long a request submitted now would take to finish here (None: no estimate yet; the
-        request is then admitted). Latency-aware admission compares it with the budget."""
+    def predicted_seconds(self, prompt_tokens: int, max_tokens: int, *, ahead: int = 0) -> float | None:
+        """How long a request submitted now, behind ``ahead`` admitted requests not yet submitted,
+        would take to finish here (None: no estimate yet; the request is then admitted).
+        Latency-aware admission compares it with the budget."""
         return None
 
     @property

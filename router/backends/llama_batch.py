@@ -233,12 +233,13 @@ class BatchScheduler:
             adapter_version=self.adapter_version,
         )
 
-    def predicted_seconds(self, prompt_tokens: int, max_tokens: int) -> float | None:
-        """How long a job submitted now would take to finish: its wait for a free sequence, its
-        prefill and ``max_tokens`` steps at the batch size it would join (None before any step)."""
+    def predicted_seconds(self, prompt_tokens: int, max_tokens: int, *, ahead: int = 0) -> float | None:
+        """How long a job submitted now (behind ``ahead`` jobs about to be submitted) would take to
+        finish: its wait for a free sequence, its prefill and ``max_tokens`` steps at the batch size
+        it would join (None before any step)."""
         with self._lock:
             live = list(self._live.values())
-            waiting = len(self._waiting)
+            waiting = len(self._waiting) + ahead
         size = min(self.max_sequences, len(live) + waiting + 1)
         step = self._times.at(size)
         if step is None:
@@ -321,6 +322,25 @@ class BatchScheduler:
             if generation != self._generation and native is not None:
                 native.close()  # retired while stuck: nobody else will free it
 
+    def _keeps_budgets(self) -> bool:
+        """Whether one more sequence leaves every live request that was admitted under a latency
+        budget (``job.finish_by``) within it, at the step time of the larger batch. Admission
+        predicted each of them at the batch size of its moment; requests that may not spill
+        (private, ``model="local"``) would otherwise join later and slow them past it."""
+        bound = [s for s in self._live.values() if s.job.finish_by is not None]
+        if not bound:
+            return True
+        step = self._times.at(len(self._live) + 1)
+        if step is None:
+            return True
+        now = time.monotonic()
+        for sequence in bound:
+            prefill = -(-(len(sequence.prompt) - sequence.prefilled) // max(1, self.prefill_chunk))
+            remaining = prefill + sequence.job.max_tokens - sequence.generated
+            if now + remaining * step > sequence.job.finish_by:
+                return False
+        return True
+
     def _kv_free(self) -> int:
         reserved = sum(s.reserved for s in self._live.values())
         return self.kv_tokens - reserved - self._prefixes.cached_tokens - self.pad_multiple
@@ -336,6 +356,8 @@ class BatchScheduler:
                 if job.cancelled.is_set():
                     self._waiting.popleft()
                     continue
+                if not self._keeps_budgets():
+                    return  # one more sequence would make an admitted request miss its budget: wait
                 need = len(job.tokens) + job.max_tokens
                 while need > self._kv_free():
                     seq = self._prefixes.evict_oldest()

@@ -219,15 +219,16 @@ class LlamaCppBackend(LocalBackend):
             stop_sequences=list(STOP_SEQUENCES),
         )
 
-    def predicted_seconds(self, prompt_tokens: int, max_tokens: int) -> float | None:
+    def predicted_seconds(self, prompt_tokens: int, max_tokens: int, *, ahead: int = 0) -> float | None:
         pool = self._pool
         if pool is None:
             return None
         if isinstance(pool, LlamaWorkerPool):  # one answer at a time per worker
             if pool.service_s is None:
                 return None
-            return (pool.depth // max(1, pool.workers) + 1) * pool.service_s * max_tokens / max(1, self._config.default_max_tokens)
-        return pool.predicted_seconds(prompt_tokens, max_tokens)
+            queued = (pool.depth + ahead) // max(1, pool.workers) + 1
+            return queued * pool.service_s * max_tokens / max(1, self._config.default_max_tokens)
+        return pool.predicted_seconds(prompt_tokens, max_tokens, ahead=ahead)
 
     @property
     def batch(self) -> BatchScheduler | None:
@@ -300,10 +301,16 @@ class LlamaCppBackend(LocalBackend):
         return len(self._prompt_tokens(messages)) + max_tokens <= self._config.n_ctx
 
     def generate(
-        self, messages: Sequence[dict[str, Any]], params: GenerationParams, *, max_tokens: int, deadline: float
+        self,
+        messages: Sequence[dict[str, Any]],
+        params: GenerationParams,
+        *,
+        max_tokens: int,
+        deadline: float,
+        finish_by: float | None = None,
     ) -> GenerationStream:
         tokens = self._prompt_tokens(messages)
-        job = GenerationJob(tokens, params, max_tokens, deadline)
+        job = GenerationJob(tokens, params, max_tokens, deadline, finish_by=finish_by)
         assert self._pool is not None  # _prompt_tokens loaded it
         self._pool.submit(job)  # LocalFailure("overloaded") at once when the queue is full
         stream = GenerationStream(pieces=iter(()), prompt_tokens=len(tokens))

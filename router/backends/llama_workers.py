@@ -60,6 +60,7 @@ class GenerationJob:
     cancelled: threading.Event = field(default_factory=threading.Event)
     started_at: float | None = None
     released: bool = False  # its queue slot was given back (once: by the worker, or by the watchdog)
+    finish_by: float | None = None  # a routed request's latency budget (monotonic): the batch does not let later joiners break it
 
 
 @dataclass

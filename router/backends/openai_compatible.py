@@ -93,7 +93,13 @@ class OpenAICompatibleBackend(LocalBackend):
         return len(render_prompt(messages)) // _CHARS_PER_TOKEN_LOW + max_tokens <= self._config.n_ctx
 
     def generate(
-        self, messages: Sequence[dict[str, Any]], params: GenerationParams, *, max_tokens: int, deadline: float
+        self,
+        messages: Sequence[dict[str, Any]],
+        params: GenerationParams,
+        *,
+        max_tokens: int,
+        deadline: float,
+        finish_by: float | None = None,  # the server batches on its own; the budget is admission's only
     ) -> GenerationStream:
         self.load()
         self.refresh()

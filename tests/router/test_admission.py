@@ -1,0 +1,130 @@
+"""Latency-aware admission: routed requests go local only while the local tier would answer within
+the budget; private and model="local" requests never spill; concurrent decisions see each other."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from router import Client, Reason
+from router._admission import LocalAdmission, prompt_token_estimate
+from router.backends.llama_batch import BatchScheduler, _Sequence, _StepTimes
+from router.backends.llama_workers import GenerationJob
+from router.backends.base import GenerationParams
+from router.config import LocalConfig
+from tests.conftest import user
+
+ORDER_QUERY = "I want to cancel the order I placed yesterday"
+PAYMENT_QUERY = "I cannot pay with my credit card, what payment methods do you accept?"
+
+
+def test_the_budget_is_the_cloud_median_clamped_and_a_fixed_budget_wins() -> None:
+    admission = LocalAdmission(LocalConfig(latency_budget_floor_s=1.0, latency_budget_cap_s=8.0))
+    assert admission.budget_s() == 8.0  # nothing measured yet: the cap
+    for seconds in (0.2, 0.3, 0.4):
+        admission.observe_cloud(seconds)
+    assert admission.budget_s() == 1.0  # a median of 0.3 s is below the floor
+    for seconds in (3.0, 3.5, 4.0, 4.5):
+        admission.observe_cloud(seconds)
+    assert admission.budget_s() == 3.0  # the median of seven
+    for _ in range(20):
+        admission.observe_cloud(60.0)
+    assert admission.budget_s() == 8.0
+    assert LocalAdmission(LocalConfig(latency_budget_s=2.5)).budget_s() == 2.5
+
+
+def test_decisions_count_admitted_busy_and_pending_so_simultaneous_callers_see_each_other() -> None:
+    admission = LocalAdmission(LocalConfig(latency_budget_s=1.0))
+    seen: list[int] = []
+
+    def predict(ahead: int) -> float:
+        seen.append(ahead)
+        return 0.4 * (ahead + 1)  # each request admitted ahead makes this one slower
+
+    decisions = [admission.decide(predict)[0] for _ in range(4)]
+    assert decisions == [True, True, False, False] and seen == [0, 1, 2, 2]
+    admission.handed_over()
+    assert admission.decide(predict)[0] is True  # one reached the backend: a place is free again
+    assert admission.decide(lambda ahead: None)[0] is True  # no estimate yet: admit and learn
+    counts = admission.counts()
+    assert (counts.admitted, counts.busy) == (4, 2) and counts.spill_share == pytest.approx(2 / 6)
+    admission.finished_local(1.5, 1.0)
+    admission.finished_local(0.5, 1.0)
+    assert admission.counts().over_budget == 1
+
+
+def test_the_prompt_estimate_grows_with_the_conversation() -> None:
+    one = prompt_token_estimate(user("hello there"))
+    two = prompt_token_estimate([*user("hello there"), {"role": "assistant", "content": "x" * 400}, *user("and?")])
+    assert 0 < one < two and two - one >= 100
+
+
+def _scheduler_with(live: list[tuple[int, float | None]], step_s: float) -> BatchScheduler:
+    """A scheduler's bookkeeping only (no model): live sequences (tokens left, finish_by offset)."""
+    scheduler = object.__new__(BatchScheduler)
+    scheduler.max_sequences = 16
+    scheduler.prefill_chunk = 128
+    scheduler._times = _StepTimes(16)
+    for size in range(1, 17):
+        scheduler._times.observe(size, step_s * size)
+    now = time.monotonic()
+    scheduler._live = {}
+    for seq, (left, finish_in) in enumerate(live):
+        job = GenerationJob([1, 2, 3], GenerationParams(), left, now + 60, finish_by=None if finish_in is None else now + finish_in)
+        scheduler._live[seq] = _Sequence(job, seq, [1, 2, 3], 3 + left, prefilled=3, last_token=5)
+    return scheduler
+
+
+def test_a_joiner_waits_when_it_would_push_an_admitted_request_past_its_budget() -> None:
+    # Two live sequences, 50 tokens left each; one more makes a step 3 x 10 ms: 1.5 s to go.
+    assert _scheduler_with([(50, None), (50, None)], 0.01)._keeps_budgets()  # nobody was promised anything
+    assert _scheduler_with([(50, 2.0), (50, None)], 0.01)._keeps_budgets()
+    assert not _scheduler_with([(50, 1.0), (50, None)], 0.01)._keeps_budgets()
+
+
+@pytest.mark.slow
+def test_a_busy_local_tier_sends_routed_requests_to_the_cloud_but_keeps_private_and_pinned_ones(make_config, monkeypatch) -> None:
+    with Client(make_config(local={"latency_budget_s": 2.0})) as client:
+        backend = client._engine.local
+        predicted: dict[str, Any] = {"s": 30.0}
+        monkeypatch.setattr(backend, "predicted_seconds", lambda *a, **k: predicted["s"])
+        busy = client.chat.completions.create(model="auto", messages=user(ORDER_QUERY), max_tokens=4)
+        assert (busy.router.tier, busy.router.reason) == ("cloud", Reason.LOCAL_BUSY)
+        assert "predicted 30.0 s, budget 2.0 s" in busy.router.detail and busy.router.fallback_from is None
+        private = client.chat.completions.create(model="auto", messages=user(PAYMENT_QUERY), max_tokens=4)
+        assert (private.router.tier, private.router.reason) == ("local", Reason.PRIVATE_CATEGORY)
+        pinned = client.chat.completions.create(model="local", messages=user(ORDER_QUERY), max_tokens=4)
+        assert (pinned.router.tier, pinned.router.reason) == ("local", Reason.FORCED_LOCAL)
+        predicted["s"] = 0.5
+        admitted = client.chat.completions.create(model="auto", messages=user(ORDER_QUERY), max_tokens=4)
+        assert (admitted.router.tier, admitted.router.reason) == ("local", Reason.LOCAL_CATEGORY)
+        counts = client._engine.admission.counts()
+        assert (counts.admitted, counts.busy) == (1, 1)
+
+
+@pytest.mark.slow
+def test_admitted_requests_tell_the_batch_their_budget_and_leave_nothing_pending(make_config) -> None:
+    with Client(make_config(local={"latency_budget_s": 30.0})) as client:
+        seen: list[float | None] = []
+        batch = client._engine.local
+        original = batch.generate
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            seen.append(kwargs.get("finish_by"))
+            return original(*args, **kwargs)
+
+        batch.generate = spy  # type: ignore[method-assign]
+        threads = [
+            threading.Thread(target=client.chat.completions.create, kwargs={"model": "auto", "messages": user(ORDER_QUERY), "max_tokens": 4})
+            for _ in range(3)
+        ]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(seen) == 3 and all(f is not None and started + 29 < f < time.monotonic() + 30 for f in seen)
+        assert client._engine.admission._pending == 0

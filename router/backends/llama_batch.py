@@ -92,25 +92,36 @@ class _Sequence:
 
 
 class _StepTimes:
-    """A moving average of one step's time per batch size: the speed a new sequence would get."""
+    """One step's time per batch size: the speed a new sequence would get.
+
+    Each size keeps its quiet time (the fastest its moving average has been); a common *slowdown*,
+    the recent steps' time over their size's quiet time, scales every size. A size not seen for a
+    while is then still predicted as slow as the box is now (busy with HTTP and classification, say),
+    not as it was when that size was last seen.
+    """
 
     def __init__(self, sizes: int) -> None:
-        self._by_size: list[float | None] = [None] * (sizes + 1)
+        self._average: list[float | None] = [None] * (sizes + 1)
+        self._quiet: list[float | None] = [None] * (sizes + 1)
+        self._slowdown = 1.0
 
     def observe(self, size: int, seconds: float) -> None:
-        old = self._by_size[size]
-        self._by_size[size] = seconds if old is None else 0.8 * old + 0.2 * seconds
+        old = self._average[size]
+        average = seconds if old is None else 0.8 * old + 0.2 * seconds
+        self._average[size] = average
+        quiet = self._quiet[size]
+        self._quiet[size] = average if quiet is None else min(quiet, average)
+        self._slowdown = min(8.0, max(1.0, 0.8 * self._slowdown + 0.2 * seconds / self._quiet[size]))
 
     def at(self, size: int) -> float | None:
-        """The step time at ``size`` sequences: measured, else the nearest measured size scaled linearly."""
-        size = max(1, min(size, len(self._by_size) - 1))
-        if self._by_size[size] is not None:
-            return self._by_size[size]
-        known = [(abs(s - size), s, t) for s, t in enumerate(self._by_size) if t is not None]
+        """The step time at ``size`` sequences now: its quiet time (else the nearest measured size's,
+        scaled linearly) times the current slowdown."""
+        size = max(1, min(size, len(self._quiet) - 1))
+        known = [(abs(s - size), s, t) for s, t in enumerate(self._quiet) if t is not None]
         if not known:
             return None
         _, near, seconds = min(known)
-        return seconds * max(1.0, size / max(1, near)) if size > near else seconds
+        return (seconds * max(1.0, size / max(1, near)) if size > near else seconds) * self._slowdown
 
 
 class BatchScheduler:
@@ -431,8 +442,8 @@ class BatchScheduler:
         if code != 0:
             self._failed_step(code, owners, entries)
             return
-        if decoding:
-            self._times.observe(len(self._live), elapsed)
+        if decoding and decoding + padding == len(entries):  # pure decode steps: prefill is in the margin
+            self._times.observe(decoding, elapsed)
         for sequence, index in owners:
             try:
                 self._advance(sequence, index)

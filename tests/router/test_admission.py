@@ -128,3 +128,13 @@ def test_admitted_requests_tell_the_batch_their_budget_and_leave_nothing_pending
             t.join()
         assert len(seen) == 3 and all(f is not None and started + 29 < f < time.monotonic() + 30 for f in seen)
         assert client._engine.admission._pending == 0
+
+
+def test_step_times_scale_every_size_by_how_much_slower_the_box_is_now() -> None:
+    times = _StepTimes(16)
+    times.observe(1, 0.02)
+    times.observe(8, 0.06)
+    assert times.at(1) == pytest.approx(0.02) and times.at(16) == pytest.approx(0.12)  # 16 from 8, linearly
+    for _ in range(10):  # the box got busy: steps at 8 take twice as long
+        times.observe(8, 0.12)
+    assert times.at(1) > 0.03  # size 1 was not seen since, yet a new request there is predicted slower

@@ -348,7 +348,7 @@ class BatchScheduler:
         for sequence in bound:
             prefill = -(-(len(sequence.prompt) - sequence.prefilled) // max(1, self.prefill_chunk))
             remaining = prefill + sequence.job.max_tokens - sequence.generated
-            if now + remaining * step > sequence.job.finish_by:
+            if now + _PREDICTION_MARGIN * remaining * step > sequence.job.finish_by:
                 return False
         return True
 
@@ -363,9 +363,11 @@ class BatchScheduler:
             with self._lock:
                 if not self._waiting or len(self._live) >= self.max_sequences:
                     return
-                job = self._waiting[0]
+                # A request admitted under a latency budget goes first: the others (private,
+                # model="local") were promised no time, only a place in the queue.
+                job = next((j for j in self._waiting if j.finish_by is not None), self._waiting[0])
                 if job.cancelled.is_set():
-                    self._waiting.popleft()
+                    self._waiting.remove(job)
                     continue
                 if not self._keeps_budgets():
                     return  # one more sequence would make an admitted request miss its budget: wait
@@ -375,7 +377,7 @@ class BatchScheduler:
                     if seq is None:
                         return  # waits for a live sequence to finish
                     self._native.forget(seq)
-                self._waiting.popleft()
+                self._waiting.remove(job)
                 seq_id = next(i for i in range(self.max_sequences) if i not in self._live)
                 stops = [*self.stop_sequences, *(s for s in job.params.stop if s)]
                 sequence = _Sequence(job, seq_id, list(job.tokens), need, stops=stops)

@@ -138,3 +138,22 @@ def test_step_times_scale_every_size_by_how_much_slower_the_box_is_now() -> None
     for _ in range(10):  # the box got busy: steps at 8 take twice as long
         times.observe(8, 0.12)
     assert times.at(1) > 0.03  # size 1 was not seen since, yet a new request there is predicted slower
+
+
+def test_a_request_admitted_under_a_budget_joins_before_earlier_ones_promised_no_time() -> None:
+    scheduler = _scheduler_with([], 0.01)
+    scheduler._lock = threading.Lock()
+    scheduler._wake = threading.Condition(scheduler._lock)
+    scheduler._pending_swap = None
+    scheduler._native = type("Native", (), {"new_sampler": lambda self, params: None, "forget": lambda self, seq: None})()
+    scheduler.kv_tokens, scheduler.pad_multiple, scheduler.stop_sequences = 10_000, 4, []
+    scheduler._prefixes = type("NoCache", (), {"cached_tokens": 0, "lookup": lambda self, prompt: None})()
+    scheduler.max_sequences = 1
+    now = time.monotonic()
+    private = GenerationJob([1, 2, 3], GenerationParams(), 8, now + 60)
+    routed = GenerationJob([1, 2, 3], GenerationParams(), 8, now + 60, finish_by=now + 5)
+    import collections
+
+    scheduler._waiting = collections.deque([private, routed])
+    scheduler._admit()
+    assert [s.job for s in scheduler._live.values()] == [routed] and list(scheduler._waiting) == [private]

@@ -9,7 +9,9 @@ Private and ``model="local"`` requests never spill: they queue up to the bound, 
 
 The budget is ``local.latency_budget_s`` when set, else the rolling median of the cloud route's own
 recent answers, clamped to ``[latency_budget_floor_s, latency_budget_cap_s]`` (the cap also serves
-until the cloud has answered anything).
+until the cloud has answered anything), and never below the request's own time on an idle local
+tier: ``local_busy`` means busy, and an idle local tier answers even where the cloud is faster
+(else a local model slower than the cloud would save nothing).
 """
 
 from __future__ import annotations
@@ -80,12 +82,20 @@ class LocalAdmission:
             return config.latency_budget_cap_s
         return min(config.latency_budget_cap_s, max(config.latency_budget_floor_s, statistics.median(recent)))
 
-    def decide(self, predict: Callable[[int], float | None]) -> tuple[bool, float, float | None]:
+    def decide(self, predict: Callable[[int], float | None], idle_s: float | None = None) -> tuple[bool, float, float | None]:
         """``(admit, budget_s, predicted_s)`` for a request whose local completion ``predict(ahead)``
         estimates, ``ahead`` being the requests admitted but not yet handed to the backend (callers
         deciding at the same moment must see each other). None from ``predict``: the backend cannot
-        predict yet, so admit and learn. An admitted request is pending until :meth:`handed_over`."""
+        predict yet, so admit and learn. An admitted request is pending until :meth:`handed_over`.
+
+        With the derived budget, ``idle_s`` (the request's time on an idle local tier) is its floor:
+        admission refuses the slowdown that *load* adds, not a local model that is simply slower
+        than the cloud (it would then never answer anything, and save nothing). A configured
+        ``latency_budget_s`` is a hard bound.
+        """
         budget = self.budget_s()
+        if self._config.latency_budget_s is None and idle_s is not None:
+            budget = max(budget, idle_s)
         with self._lock:  # one decision at a time: the next one counts this one as pending
             predicted = predict(self._pending)
             admit = predicted is None or predicted <= budget

@@ -53,7 +53,8 @@ class LocalPath:
         max_tokens = self.config.local.answer_tokens(request.params.max_tokens)
         prompt_tokens = prompt_token_estimate(request.messages)
         admit, budget, predicted = self.admission.decide(
-            lambda ahead: self.backend.predicted_seconds(prompt_tokens, max_tokens, ahead=ahead)
+            lambda ahead: self.backend.predicted_seconds(prompt_tokens, max_tokens, ahead=ahead),
+            idle_s=self.backend.idle_seconds(prompt_tokens, max_tokens),
         )
         if admit:
             exchange.local_budget_s = budget

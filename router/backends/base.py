@@ -93,6 +93,10 @@ class LocalBackend(abc.ABC):
         Latency-aware admission compares it with the budget."""
         return None
 
+    def idle_seconds(self, prompt_tokens: int, max_tokens: int) -> float | None:
+        """What the request would take here with nothing else running (None: no estimate)."""
+        return None
+
     @property
     def adapter_version(self) -> str | None:
         """Registry version of the adapter now serving, for backends that follow a registry."""

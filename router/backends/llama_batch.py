@@ -264,6 +264,14 @@ class BatchScheduler:
         prefill_steps = -(-prompt_tokens // max(1, self.prefill_chunk))
         return _PREDICTION_MARGIN * (wait_steps + prefill_steps + max_tokens) * step
 
+    def idle_seconds(self, prompt_tokens: int, max_tokens: int) -> float | None:
+        """What the same job would take on an idle batch: the floor of any prediction, load aside."""
+        step = self._times.at(1)
+        if step is None:
+            return None
+        prefill_steps = -(-prompt_tokens // max(1, self.prefill_chunk))
+        return _PREDICTION_MARGIN * (prefill_steps + max_tokens) * step
+
     # -- adapter swaps ----------------------------------------------------------------------------
 
     def swap_adapter(self, adapter_path: Path | None, version: str | None) -> Future[bool]:

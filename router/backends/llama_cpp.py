@@ -230,6 +230,14 @@ class LlamaCppBackend(LocalBackend):
             return queued * pool.service_s * max_tokens / max(1, self._config.default_max_tokens)
         return pool.predicted_seconds(prompt_tokens, max_tokens, ahead=ahead)
 
+    def idle_seconds(self, prompt_tokens: int, max_tokens: int) -> float | None:
+        pool = self._pool
+        if pool is None:
+            return None
+        if isinstance(pool, LlamaWorkerPool):
+            return None if pool.service_s is None else pool.service_s * max_tokens / max(1, self._config.default_max_tokens)
+        return pool.idle_seconds(prompt_tokens, max_tokens)
+
     @property
     def batch(self) -> BatchScheduler | None:
         """The continuous-batching scheduler (None with ``local.max_sequences = 1`` or before load)."""

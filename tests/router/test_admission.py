@@ -157,3 +157,16 @@ def test_a_request_admitted_under_a_budget_joins_before_earlier_ones_promised_no
     scheduler._waiting = collections.deque([private, routed])
     scheduler._admit()
     assert [s.job for s in scheduler._live.values()] == [routed] and list(scheduler._waiting) == [private]
+
+
+def test_an_idle_local_tier_answers_even_when_the_cloud_is_faster_but_load_does_not_slow_it_past_the_cloud() -> None:
+    admission = LocalAdmission(LocalConfig(latency_budget_floor_s=1.0))
+    for _ in range(5):
+        admission.observe_cloud(2.0)  # the cloud answers in 2 s
+    # Alone, this answer takes 3 s locally: slower than the cloud, yet nothing else delays it.
+    assert admission.decide(lambda ahead: 3.0, idle_s=3.0)[:2] == (True, 3.0)
+    # Behind a busy batch it would take 5 s: the slowdown is load's, so the cloud answers.
+    assert admission.decide(lambda ahead: 5.0, idle_s=3.0)[0] is False
+    # A configured budget is a hard bound, idle or not.
+    hard = LocalAdmission(LocalConfig(latency_budget_s=2.0))
+    assert hard.decide(lambda ahead: 3.0, idle_s=3.0)[0] is False

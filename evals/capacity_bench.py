@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evals.bench import _rss_mb  # the process RSS as make bench reads it
+
 RESULTS = Path(__file__).resolve().parent / "results" / "capacity.json"
 ADAPTER = Path(__file__).resolve().parent / "adapters" / "bitext-support" / "adapter.gguf"
 FROZEN = Path(__file__).resolve().parent / "corpora" / "tuned_answers.jsonl"
@@ -67,14 +69,6 @@ def _percentile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _client(work: Path, **local: Any) -> Any:

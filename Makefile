@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover eval-cache eval-security eval-conversations bench-load bench-capacity bench-fuzz bench-log clean
+.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover eval-cache eval-security eval-conversations bench-load bench-capacity bench-fuzz bench-log bench-report bench-rollout rollout-scores clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -94,6 +94,20 @@ bench-load: $(STAMP)
 # build, whole and incremental; then 1,000,000 distinct prompts, where the pool cap bounds memory (about an hour).
 bench-log: $(STAMP)
 	$(PY) -m evals.log_scale
+
+# `router report` over a 1,000,000-row synthetic log (the whole year): wall time and peak RSS, targets 30 s
+# and 1 GB (about 10 minutes, most of it synthesising the log): writes evals/results/report.json.
+bench-report: $(STAMP)
+	$(PY) -m evals.report_bench
+
+# Canary rollout on 600 replayed queries with audits (worse, better and equal canaries, 20 replays each):
+# writes evals/results/rollout.json in seconds from evals/results/rollout_replay.json; `make rollout-scores`
+# regenerates that table (both versions answer the 600 queries as served: about 25 minutes).
+bench-rollout: $(STAMP)
+	$(PY) -m evals.rollout_eval
+
+rollout-scores: $(STAMP)
+	$(PY) -m evals.rollout_scores
 
 # The CI fuzz tests with 20x the generated cases; counts merged into evals/results/load.json.
 bench-fuzz: $(STAMP)

@@ -98,6 +98,16 @@ PROMISED_TTFT_RATIO = 0.30
 RESULTS = Path(__file__).resolve().parent / "results" / "demo.json"
 
 
+def write_phase_report(config: Any, log_path: Path, out: Path) -> Path:
+    """``router report`` for one phase's traffic log: the page an operator would open."""
+    from router.report import build_report
+    from router.traffic_log import TrafficLog
+
+    with TrafficLog(log_path, spool=False) as log:
+        out.write_text(build_report(log, config), encoding="utf-8")
+    return out.resolve()
+
+
 def quality_report(results: list[dict[str, Any]]) -> str:
     """Per category and tier: queries served and mean similarity of those answers to the reference."""
     lines = [f"{'category':<18}{'tier':<8}{'served':>7}{'share':>7}{'similarity':>11}   why (most common reason)"]
@@ -319,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
                           f" {config.quality.audit_rate:.0%} of local ones): {sampled.offered} queued, {sampled.completed} scored,"
                           f" {sampled.preempted} stopped for a foreground request, {sampled.expired + sampled.dropped_queue_full} dropped")  # fmt: skip
             print(f"      traffic log: {log_path}")
+            print(f"      report: {write_phase_report(config, log_path, args.workdir / f'report-{phase}.html')}")
         print(f"[5/7] the response cache on: {len(repeated)} more held-out queries, then the same questions again")
         cache_figures = cache_step(base, args.workdir, repeated, answer_tokens=args.answer_tokens)
         print(f"[6/7] conversations: the phase-2 router answers {len(conversations)} benchmark conversations turn by turn")

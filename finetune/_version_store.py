@@ -17,15 +17,12 @@ their fields ``serving.json`` carries for the router.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -33,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from hybrid_common.errors import ArtifactError, RouterError
 from hybrid_common.files import publish_numbered_dir, write_text_atomic
+from hybrid_common.serving_pointer import append_history, locked, read_history, read_serving, utc_now, write_serving
 
 __all__ = ["NoRollbackTargetError", "VersionStore", "utc_now"]
 
@@ -49,10 +47,6 @@ class NoRollbackTargetError(RouterError):
 
 
 R = TypeVar("R", bound=BaseModel)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class VersionStore(Generic[R]):
@@ -156,15 +150,7 @@ class VersionStore(Generic[R]):
 
     def serving_state(self) -> dict[str, Any] | None:
         """The raw ``serving.json`` (None when nothing was promoted yet)."""
-        try:
-            data = json.loads(self.serving_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as err:
-            raise ArtifactError(f"{self.serving_path}: unreadable: {err}") from err
-        if not isinstance(data, dict) or not isinstance(data.get("version"), str):
-            raise ArtifactError(f"{self.serving_path}: no 'version' field")
-        return data
+        return read_serving(self.root)
 
     def serving(self, *, verify: bool = False) -> R | None:
         """The version the router serves, or None when nothing was promoted yet."""
@@ -172,29 +158,46 @@ class VersionStore(Generic[R]):
         return None if state is None else self.get(state["version"], verify=verify)
 
     def history(self) -> list[dict[str, Any]]:
-        """Every promote and rollback, oldest first (a line torn by a crash is skipped)."""
-        try:
-            lines = self.history_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        entries = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict):
-                    entries.append(entry)
-        return entries
+        """Every promote, rollback and canary start or end, oldest first (a line torn by a crash is skipped)."""
+        return read_history(self.root)
 
     def promote(self, version: str, reason: str = "") -> R:
-        """Serve ``version`` (its files verified first)."""
+        """Serve ``version`` (its files verified first). Promoting the running canary ends it as
+        promoted; promoting another version retires the canary."""
+        from router.canary import canary_spec, end_canary
+
+        spec = canary_spec(self.serving_state())
+        if spec is not None and spec.version == version:
+            record = self.get(version)
+            if end_canary(self.root, spec, "promote", reason=reason or "promoted by hand"):
+                return record
         with self._locked():
             record = self.get(version)
             state = self.serving_state()
             current = state["version"] if state else None
             if current == version:
                 return record
+            self._retire_canary(state, f"{version} promoted instead")
             self._point_to(record, previous=current, action="promote", reason=reason)
         return record
+
+    def abort_canary(self, reason: str = "") -> str:
+        """Retire the running canary by hand; the serving version keeps all traffic. Returns its version."""
+        from router.canary import canary_spec, end_canary
+
+        spec = canary_spec(self.serving_state())
+        if spec is None or not end_canary(self.root, spec, "abort", reason=reason or "aborted by hand"):
+            raise RouterError(f"no canary is running in {self.root}")
+        return spec.version
+
+    def _retire_canary(self, state: dict[str, Any] | None, why: str) -> None:
+        """A promotion or rollback rewrites ``serving.json`` whole: say in the history that its canary ended."""
+        canary = state.get("canary") if state else None
+        if isinstance(canary, dict) and state is not None:
+            append_history(self.root, {
+                "action": "canary_abort", "version": canary.get("version"), "serving": state["version"],
+                "share": canary.get("share"), "at": utc_now().isoformat(), "reason": why, "evidence": {},
+            })  # fmt: skip
 
     def rollback(self, reason: str = "") -> R:
         """Serve again the version that served before the current one."""
@@ -213,30 +216,51 @@ class VersionStore(Generic[R]):
                 (e.get("previous") for e in reversed(self.history()) if e.get("version") == target),
                 None,
             )
+            self._retire_canary(state, f"rolled back to {target}")
             self._point_to(record, previous=before, action="rollback", reason=reason, replaced=state["version"])
         return record
+
+    def start_canary(self, version: str, share: float, reason: str = "") -> R:
+        """Let ``version`` serve ``share`` of local traffic beside the serving version, until a running
+        router's live evidence (or an operator) promotes it or rolls it back (:mod:`router.canary`)."""
+        if not 0 < share < 1:
+            raise RouterError(f"a canary share must be between 0 and 1 (exclusive), got {share}")
+        with self._locked():
+            record = self.get(version)
+            state = self.serving_state()
+            if state is None:
+                raise RouterError(f"nothing is being served from {self.root}: promote a first version without --canary")
+            if state["version"] == version:
+                raise RouterError(f"{version} is already the serving version")
+            running = state.get("canary")
+            if isinstance(running, dict) and running.get("version") not in (None, version):
+                raise RouterError(
+                    f"canary {running.get('version')} is still running: abort or promote it first (router models canary abort|promote)"
+                )
+            at = utc_now().isoformat()
+            canary = {"version": version, **self._serving_fields(record), "share": share, "started_at": at, "reason": reason}
+            write_serving(self.root, {**state, "canary": canary})
+            append_history(self.root, {
+                "action": "canary_start", "version": version, "serving": state["version"], "share": share, "at": at, "reason": reason,
+            })  # fmt: skip
+        return record
+
+    def canary(self) -> dict[str, Any] | None:
+        """The running canary's block of ``serving.json`` (None when no canary runs)."""
+        state = self.serving_state()
+        block = state.get("canary") if state else None
+        return block if isinstance(block, dict) else None
 
     def _point_to(self, record: R, *, previous: str | None, action: str, reason: str, replaced: str | None = None) -> None:
         version: str = record.version  # type: ignore[attr-defined]
         at = utc_now().isoformat()
         state = {"version": version, **self._serving_fields(record), "promoted_at": at, "previous": previous, "reason": reason}
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.serving_path, json.dumps(state, indent=2) + "\n")
+        write_serving(self.root, state)  # a promotion or rollback ends any canary: serving.json is rewritten whole
         entry = {"action": action, "version": version, "previous": previous, "at": at, "reason": reason}
         if replaced is not None:
             entry["replaced"] = replaced
-        with open(self.history_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_history(self.root, entry)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Serialise writers (two ``router retrain`` runs, a CLI promote) across processes."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        """Serialise writers (two ``router retrain`` runs, a CLI promote, a router ending a canary) across processes."""
+        return locked(self.root)

@@ -71,10 +71,16 @@ def _models_list(args: argparse.Namespace) -> int:
             f"{_fmt(m.get('degenerate_rate'), '.1%'):>11}  {v.dataset_id or '-'}"
         )
 
-    return _list_versions(
+    code = _list_versions(
         args, what="model", none_yet="no model versions yet (run `router retrain`)",
         nothing="nothing (the configured model)", header=f"{'similarity':>11}{'rouge_l':>9}{'degenerate':>11}  dataset", row=row,
     )  # fmt: skip
+    from router.cli import print_canary_status
+
+    registry = args.open_registry(args)
+    if code == 0 and registry.serving_state() is not None:
+        print_canary_status(registry.serving_state(), registry.history())
+    return code
 
 
 def _classifiers_list(args: argparse.Namespace) -> int:
@@ -90,6 +96,12 @@ def _classifiers_list(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     registry = args.open_registry(args)
+    if getattr(args, "canary", None) is not None:
+        state = registry.serving_state()
+        registry.start_canary(args.version, args.canary, reason=args.reason or "manual canary (router models promote --canary)")
+        print(f"{args.version} serves {args.canary:.0%} of local traffic as a canary beside {state['version'] if state else '-'}; "
+              "running routers promote or roll it back on live evidence (router models canary)")  # fmt: skip
+        return 0
     state = registry.serving_state()
     record = registry.promote(args.version, reason=args.reason or f"manual promotion (router {args.noun} promote)")
     before = state["version"] if state else None
@@ -105,6 +117,28 @@ def _rollback(args: argparse.Namespace) -> int:
     state = registry.serving_state()
     record = registry.rollback(reason=args.reason or f"manual rollback (router {args.noun} rollback)")
     print(f"rolled back: {record.version} now serving (was {state['version'] if state else 'nothing'})")
+    return 0
+
+
+def _canary(args: argparse.Namespace) -> int:
+    from router.cli import print_canary_status
+
+    """``router models canary [status|promote|abort]``: the running canary, its decisions, a hand decision."""
+    registry = args.open_registry(args)
+    reason = args.reason or f"by hand (router models canary {args.canary_action})"
+    if args.canary_action == "abort":
+        version = registry.abort_canary(reason)
+        print(f"canary {version} aborted; {registry.serving_state()['version']} keeps all local traffic")
+        return 0
+    if args.canary_action == "promote":
+        block = registry.canary()
+        if block is None:
+            print(f"no canary is running in {registry.root}", file=sys.stderr)
+            return 1
+        registry.promote(block["version"], reason=reason)
+        print(f"canary {block['version']} promoted: it now serves all local traffic")
+        return 0
+    print_canary_status(registry.serving_state(), registry.history())
     return 0
 
 
@@ -124,8 +158,11 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_registry_actions(command: Any, *, noun: str, what: str, listing: Any, open_registry: Any, registry_help: str) -> None:
-    """``list``, ``promote VERSION`` and ``rollback`` under ``command``, on the registry ``open_registry(args)`` names."""
+def _add_registry_actions(
+    command: Any, *, noun: str, what: str, listing: Any, open_registry: Any, registry_help: str
+) -> dict[str, Any]:
+    """``list``, ``promote VERSION`` and ``rollback`` under ``command``, on the registry ``open_registry(args)`` names;
+    returns their parsers (and ``_sub``, the subparsers, for more actions)."""
     command.set_defaults(noun=noun, open_registry=open_registry)
     actions = command.add_subparsers(dest="action", required=True)
     list_ = actions.add_parser("list", help="every version with its figures; * marks the one serving")
@@ -139,14 +176,31 @@ def _add_registry_actions(command: Any, *, noun: str, what: str, listing: Any, o
         sub.add_argument("--registry", type=Path, help=registry_help)
     for sub in (promote, rollback):
         sub.add_argument("--reason", help="why, recorded in the registry's history")
+    return {"list": list_, "promote": promote, "rollback": rollback, "_sub": actions}
 
 
 def add_models_command(commands: Any) -> None:
     """``router models list|promote|rollback``."""
-    models = commands.add_parser("models", help="list, promote and roll back local model versions")
-    _add_registry_actions(
+    models = commands.add_parser("models", help="list, promote and roll back local model versions; canaries")
+    actions = _add_registry_actions(
         models, noun="models", what="adapter", listing=_models_list, open_registry=_registry, registry_help=_REGISTRY_HELP
     )
+    actions["promote"].add_argument(
+        "--canary", type=_share, metavar="SHARE",
+        help="serve VERSION to this share of local traffic (e.g. 0.1) first; running routers promote or roll it back on live evidence",
+    )  # fmt: skip
+    canary = actions["_sub"].add_parser("canary", help="the running canary and its decisions; promote or abort it by hand")
+    canary.add_argument("canary_action", nargs="?", choices=("status", "promote", "abort"), default="status")
+    canary.add_argument("--registry", type=Path, help=_REGISTRY_HELP)
+    canary.add_argument("--reason", help="why, recorded in the registry's history")
+    canary.set_defaults(run=_canary)
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a canary share is between 0 and 1 (exclusive), got {text}")
+    return value
 
 
 def add_classifiers_command(commands: Any) -> None:

@@ -59,6 +59,11 @@ class RetrainConfig(BaseModel):
     min_new_examples: int = Field(50, ge=1, description="Fewer new training examples than this: nothing to do.")
     max_train_examples: int = Field(1000, ge=1, description="Cap on examples per training run (a seeded random choice from the snapshot).")
     measure_logits_speedup: bool = Field(False, description="Also time naive vs response-only logits (about a minute).")
+    canary_share: float = Field(
+        0.0, ge=0, lt=1,
+        description="Above 0: a version that passes the offline gate first serves this share of local traffic as a "
+        "canary, and running routers promote or roll it back on live evidence ([canary] settings); 0: promoted at once.",
+    )  # fmt: skip
     filters: DatasetFilters = Field(default_factory=DatasetFilters)
     training: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)

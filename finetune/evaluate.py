@@ -196,11 +196,14 @@ def evaluate_model(
     serving: LocalConfig | None = None,
     progress: bool = True,
     label: str = "evaluating",
+    concurrency: int = 1,
 ) -> EvalReport:
     """Generate an answer for every example as the router would serve it, and score it.
 
     ``serving`` is the router's ``[local]`` configuration (default: its defaults); the model and
-    adapter given here replace its own, and no registry is followed.
+    adapter given here replace its own, and no registry is followed. ``concurrency`` > 1 answers
+    that many examples at once through the continuous batch (faster; greedy answers may differ from
+    one-at-a-time ones after a few dozen tokens, as served answers under load do).
     """
     from tqdm.auto import tqdm
 
@@ -223,26 +226,38 @@ def evaluate_model(
     )
     backend = LlamaCppBackend(local)
     max_tokens = local.answer_tokens(None)  # evaluation requests set no limit, so the served default applies
-    raw: list[tuple[str, str, int, float, str | None, bool]] = []
+    def answer(example: Example) -> tuple[str, str, int, float, str | None, bool]:
+        messages = list(example.served_messages(local.history))  # the prompt serving gives the local model
+        # A conversation longer than the window is pruned as serving prunes it (system prompt, latest turns).
+        pruned = prune_to_fit(messages, lambda m: backend.fits(m, max_tokens), summary_chars=local.summary_chars)
+        messages = list(pruned.messages) if pruned is not None else messages
+        guard = local.new_guard(last_user_text(messages), earlier_turns(messages))  # as served
+        started = time.perf_counter()
+        stream = backend.generate(messages, GenerationParams(), max_tokens=max_tokens, deadline=time.monotonic() + _EVAL_TIMEOUT_S)
+        try:
+            text = "".join(guarded_pieces(stream, guard))
+        finally:
+            stream.close()
+        seconds = time.perf_counter() - started
+        problem = guard.problem
+        return text, stream.finish_reason, stream.completion_tokens, seconds, problem, _format_valid(text, stream.finish_reason, problem)
+
     try:
         backend.load()
-        for example in tqdm(examples, desc=label, unit="answer", disable=not progress):
-            messages = list(example.served_messages(local.history))  # the prompt serving gives the local model
-            # A conversation longer than the window is pruned as serving prunes it (system prompt, latest turns).
-            pruned = prune_to_fit(messages, lambda m: backend.fits(m, max_tokens), summary_chars=local.summary_chars)
-            messages = list(pruned.messages) if pruned is not None else messages
-            guard = local.new_guard(last_user_text(messages), earlier_turns(messages))  # as served
-            started = time.perf_counter()
-            stream = backend.generate(
-                messages, GenerationParams(), max_tokens=max_tokens, deadline=time.monotonic() + _EVAL_TIMEOUT_S
-            )
-            try:
-                text = "".join(guarded_pieces(stream, guard))
-            finally:
-                stream.close()
-            seconds = time.perf_counter() - started
-            problem = guard.problem
-            raw.append((text, stream.finish_reason, stream.completion_tokens, seconds, problem, _format_valid(text, stream.finish_reason, problem)))
+        with tqdm(total=len(examples), desc=label, unit="answer", disable=not progress) as bar:
+            if concurrency <= 1:
+                raw = []
+                for example in examples:
+                    raw.append(answer(example))
+                    bar.update()
+            else:  # the batch decodes them together: the same answers up to the batch's rounding (see llama_batch)
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(concurrency, thread_name_prefix="evaluate") as pool:
+                    futures = [pool.submit(answer, example) for example in examples]
+                    for future in futures:
+                        future.add_done_callback(lambda _f: bar.update())
+                    raw = [f.result() for f in futures]
     finally:
         backend.close()
     similarities = similarity_scores([r[0] for r in raw], [e.answer for e in examples], config.encoder_path)

@@ -41,7 +41,7 @@ __all__ = ["RetrainResult", "retrain"]
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["promoted", "rejected", "skipped"]
+Status = Literal["promoted", "canary", "rejected", "skipped"]
 
 
 @dataclass
@@ -226,6 +226,14 @@ def retrain(
     if decision.promote:
         if first_run:  # so that a rollback returns to the base model
             registry.promote(serving.version, reason="initial base model")
+        if config.canary_share > 0:
+            registry.start_canary(version.version, config.canary_share, reason="; ".join(decision.reasons))
+            outcome.status = "canary"
+            outcome.message = (
+                f"{version.version} passed the offline gate and serves {config.canary_share:.0%} of local traffic as a "
+                f"canary beside {serving.version}; running routers decide on live evidence: " + "; ".join(decision.reasons)
+            )
+            return outcome
         registry.promote(version.version, reason="; ".join(decision.reasons))
         outcome.status = "promoted"
         outcome.message = f"{version.version} promoted over {serving.version}: " + "; ".join(decision.reasons)

@@ -38,6 +38,7 @@ from hybrid_common.chat import user_turns
 from hybrid_common.errors import APIError, InternalServerError, RouterError
 from hybrid_common.pii import PiiMatcher
 from router._admission import LocalAdmission
+from router._canary_serving import CanaryRollout
 from router._caching import CacheStage, CacheTier
 from router._conversation import TurnTopic, resolve_topics
 from router._exchange import Exchange, attach
@@ -109,10 +110,13 @@ class Engine:
         self.local_path = LocalPath(config, self.local, self.cloud, self.activity)
         self.served_quality = ServedQuality(config, self.local, self.log, self.cache_tier)
         self.served_quality.restore_live_samples()
+        self.canary = CanaryRollout(config, self.local, self.served_quality.gate, self.log)
+        self.local_path.choose_version = self.canary.choose
+        self.served_quality.on_vote = self.canary.observe_vote
         self.cache_stage = CacheStage(config, self.cache_tier, self.served_quality)
         self.shadowing = Shadowing(
             config, self.activity, classifier=lambda: self.classifier, served_quality=self.served_quality,
-            local_path=self.local_path, cloud=self.cloud, log=self.log,
+            local_path=self.local_path, cloud=self.cloud, log=self.log, canary=self.canary,
         )  # fmt: skip
         self._turns = TurnClassifications()
         self._cloud_answers = CloudAnswers(config.conversation.sticky_memory)
@@ -318,6 +322,7 @@ class Engine:
         if self.log is not None:
             self.log.record(exchange.log_record())
             self.shadowing.offer(exchange)
+        self.canary.observe_answer(exchange)
         self.cache_stage.remember(exchange)
 
     # -- fallback ---------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ class Exchange:
     local_budget_s: float | None = None  # a routed request admitted to the local tier: the latency budget it was admitted under
     local_finish_by: float | None = None  # ... and the time.monotonic() by which its answer should be done
     admission_pending: bool = False  # admitted, not yet handed to the backend (counted by later predictions)
+    canary_arm: str | None = None  # a canary runs and this request is counted in it: "canary" or "serving" (router.canary)
+    canary_version: str | None = None  # ... and the version its arm asked to answer
 
     def serve_with(self, tier: Tier, backend: str, model: str, adapter_version: str | None = None) -> None:
         self.tier, self.backend, self.model, self.adapter_version = tier, backend, model, adapter_version
@@ -81,7 +83,9 @@ class Exchange:
     def detail(self) -> str:
         """The decision's detail, and what the local prompt left out while the local tier is the one serving
         (a cloud fallback or a hand-off answered the whole conversation)."""
-        return "; ".join(filter(None, [self.decision.detail, self.pruned if self.tier == "local" else None]))
+        local = self.tier == "local"
+        canary = f"canary {self.canary_version}" if local and self.canary_arm == "canary" else None
+        return "; ".join(filter(None, [self.decision.detail, self.pruned if local else None, canary]))
 
     @property
     def latency_ms(self) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from hybrid_common.chat import earlier_turns, topic_messages
@@ -40,6 +40,8 @@ class LocalPath:
         self.cloud = cloud  # prices what a local answer would have cost in the cloud
         self.activity = activity
         self.admission = LocalAdmission(config.local)
+        # Which registry version answers a request (a running canary's arm); set by the engine.
+        self.choose_version: Callable[[Exchange], str | None] = lambda exchange: None
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -129,13 +131,13 @@ class LocalPath:
     # -- generation -----------------------------------------------------------------------------
 
     def start(
-        self, request: ChatRequest, *, deadline: float, finish_by: float | None = None
+        self, request: ChatRequest, *, deadline: float, finish_by: float | None = None, version: str | None = None
     ) -> tuple[GenerationStream, DegenerationGuard]:
         """Start generating ``request`` as served (token cap, guard): for answers and shadow answers alike."""
         local = self.config.local
         stream = self.backend.generate(
             request.messages, request.params, max_tokens=local.answer_tokens(request.params.max_tokens), deadline=deadline,
-            finish_by=finish_by,
+            finish_by=finish_by, version=version,
         )  # fmt: skip
         return stream, local.new_guard(request.query, earlier_turns(request.messages))
 
@@ -158,9 +160,10 @@ class LocalPath:
         # With a registry the backend knows which promoted version it loaded; else the config labels it.
         local = self.config.local
         adapter_version = self.backend.adapter_version if local.followed_registry else local.adapter_version
-        exchange.serve_with("local", self.backend.name, self.backend.model_name, adapter_version)
+        version = self.choose_version(exchange) if local.followed_registry else None
+        exchange.serve_with("local", self.backend.name, self.backend.model_name, version or adapter_version)
         try:
-            stream, guard = self.start(request, deadline=self._deadline(request), finish_by=exchange.local_finish_by)
+            stream, guard = self.start(request, deadline=self._deadline(request), finish_by=exchange.local_finish_by, version=version)
         finally:
             self.handed_over(exchange)
         # A stream that may fall back (or hand off) holds its opening back until the guard has judged it.
@@ -185,6 +188,8 @@ class LocalPath:
         exchange.finish_reason = exchange.finish_reason or stream.finish_reason
         if local.followed_registry and stream.adapter_version is not None:  # a swap may land while a request waits
             exchange.adapter_version = stream.adapter_version
+            if exchange.canary_version not in (None, stream.adapter_version):
+                exchange.canary_arm = exchange.canary_version = None  # the canary ended meanwhile: not counted
         exchange.prompt_tokens = stream.prompt_tokens
         exchange.completion_tokens = stream.completion_tokens
         exchange.cloud_cost_usd_estimate = self._cloud_estimate(exchange)

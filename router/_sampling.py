@@ -141,6 +141,9 @@ class SampleJob:
     """Fallback: why the guard rejected it."""
     topic_start: int | None = None
     """A later turn: the message index that opened its topic (the local prompt is shaped as served)."""
+    canary_arm: str | None = None
+    """Audit of a request counted in a running canary: its arm and version (:mod:`router._canary_serving`)."""
+    canary_version: str | None = None
     enqueued: float = field(default_factory=time.monotonic)
 
 

@@ -9,6 +9,7 @@ is judged on its own evidence and the old model's cached answers are evicted.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from router._caching import CacheTier
 from router._feedback import IN_PROCESS_OPERATOR, FeedbackSender, authorize_feedback, check_feedback
@@ -32,6 +33,8 @@ class ServedQuality:
         self.cache_tier = cache_tier  # answers of a model no longer served, or rejected, leave it
         self.gate = QualityGate(config.quality, evidence_reader(config.local.followed_registry, config.quality.evidence_dir))
         self._adapter_sha: str | None = None
+        # A vote on a local answer is also shown with a running canary's evidence (set by the engine).
+        self.on_vote: Callable[[str | None, float], None] = lambda version, value: None
         self._announced_key: str | None = None
 
     def served_key(self) -> str:
@@ -112,6 +115,7 @@ class ServedQuality:
             value = float(score) if score is not None else (1.0 if accepted else 0.0)
             key = self.key_of(row.adapter_version)
             self.gate.record_vote(key, row.category, request_id, value)
+            self.on_vote(row.adapter_version, value)
             self.log.record_quality_sample(
                 kind="feedback", category=row.category, served_key=key, similarity=value, degenerate=False, request_id=request_id
             )

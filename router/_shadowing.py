@@ -19,6 +19,7 @@ from typing import Any
 from hybrid_common.chat import user_turns
 from hybrid_common.errors import RouterError
 from hybrid_common.generation import guarded_pieces
+from router._canary_serving import CanaryRollout
 from router._exchange import Exchange
 from router._fallback import stays_local
 from router._local_path import LocalPath
@@ -50,8 +51,10 @@ class Shadowing:
         local_path: LocalPath,
         cloud: CloudBackend,
         log: TrafficLog | None,
+        canary: CanaryRollout | None = None,
     ) -> None:
         self.config = config
+        self.canary = canary
         self._classifier = classifier  # its encoder scores answers when it is the untuned one
         self.served_quality = served_quality
         self.local_path = local_path
@@ -63,7 +66,8 @@ class Shadowing:
         self._scorer_lock = threading.Lock()
         self.sampler: QualitySampler | None = None
         quality = config.quality
-        if log is not None and quality.enabled and (quality.shadow_rate > 0 or quality.audit_rate > 0):
+        canary_audits = config.local.followed_registry is not None and config.canary.audit_rate > 0
+        if log is not None and quality.enabled and (quality.shadow_rate > 0 or quality.audit_rate > 0 or canary_audits):
             self.sampler = QualitySampler(
                 quality, activity, shadow=self._shadow_answer, audit=self._audit_answer,
                 score=self.answer_similarity, record=self._record_sample,
@@ -89,10 +93,14 @@ class Shadowing:
             # A degenerate local answer in an open category: free evidence (no extra call), always kept.
             if decision.reason is not Reason.LOCAL_CATEGORY or self._scorer() is None:
                 return
+            # In a canary it scores 0 for its arm, drawn at the arms' audit rate like any other local answer,
+            # so each arm's scores are one sample of all its answers, degenerate ones included.
+            counted = exchange.canary_arm is not None and self._rng.random() < self._canary_audit_rate()
             sampler.offer(SampleJob(
                 "fallback", request, exchange.request_id, exchange.category, exchange.text, decision.cloud_model,
-                self.served_quality.key_of(exchange.adapter_version), local_answer=exchange.rejected_local_text,
-                problem=exchange.fallback_reason, topic_start=exchange.topic_start,
+                self.served_quality.key_of(exchange.canary_version or exchange.adapter_version),
+                local_answer=exchange.rejected_local_text, problem=exchange.fallback_reason, topic_start=exchange.topic_start,
+                canary_arm=exchange.canary_arm if counted else None, canary_version=exchange.canary_version,
             ))  # fmt: skip
             return
         if exchange.fallback_from:
@@ -104,6 +112,8 @@ class Shadowing:
             and not stays_local(decision) and exchange.degenerate is None
         ):  # fmt: skip
             kind, rate, key = "audit", quality.audit_rate, self.served_quality.key_of(exchange.adapter_version)
+            if exchange.canary_arm is not None:  # both arms of a canary are audited at its own, same rate
+                rate = self._canary_audit_rate()
         else:
             return
         if rate <= 0 or self._rng.random() >= rate or self._scorer() is None:
@@ -112,7 +122,11 @@ class Shadowing:
         sampler.offer(SampleJob(
             kind, plain, exchange.request_id, exchange.category, exchange.text, decision.cloud_model, key,  # type: ignore[arg-type]
             topic_start=exchange.topic_start,
+            canary_arm=exchange.canary_arm if kind == "audit" else None, canary_version=exchange.canary_version,
         ))  # fmt: skip
+
+    def _canary_audit_rate(self) -> float:
+        return max(self.config.quality.audit_rate, self.config.canary.audit_rate)
 
     def answer_similarity(self, a: str, b: str) -> float:
         """How alike two answers are, by the encoder the offline evidence was scored with."""
@@ -176,6 +190,11 @@ class Shadowing:
         """A scored sample is evidence for its category; a follow-up's is also evidence for the
         category's follow-ups (:func:`router.quality.followup_key`), logged as a row of its own."""
         job = sample.job
+        if self.canary is not None and job.canary_arm is not None and job.canary_version is not None:
+            self.canary.observe_audit(
+                job.canary_arm, job.canary_version, category=job.category, similarity=sample.similarity,
+                degenerate=sample.degenerate, request_id=job.request_id,
+            )  # fmt: skip
         keys = [job.category]
         if sum(1 for _, text in user_turns(job.request.messages) if text.strip()) > 1:
             keys.append(followup_key(job.category))

@@ -14,17 +14,29 @@ from typing import Any
 
 from hybrid_common.files import sha256_file
 from router._registry_watch import RegistryWatch
+from router.canary import CanarySpec, canary_spec
 
-__all__ = ["AdapterWatch", "ServingAdapter"]
+__all__ = ["AdapterWatch", "CanaryAdapter", "ServingAdapter"]
+
+
+@dataclass(frozen=True)
+class CanaryAdapter:
+    """A canary beside the promoted version (:mod:`router.canary`): its adapter, verified, and the rollout."""
+
+    version: str
+    adapter_path: Path | None
+    spec: CanarySpec
 
 
 @dataclass(frozen=True)
 class ServingAdapter:
-    """The promoted registry version: its adapter (None = the base model alone) and checksum."""
+    """The promoted registry version: its adapter (None = the base model alone) and checksum, and
+    the canary serving a share beside it, if any."""
 
     version: str
     adapter_path: Path | None
     adapter_sha256: str | None
+    canary: CanaryAdapter | None = None
 
 
 class AdapterWatch(RegistryWatch[ServingAdapter]):
@@ -33,17 +45,32 @@ class AdapterWatch(RegistryWatch[ServingAdapter]):
     def _state(self, version: str, data: dict[str, Any]) -> tuple[ServingAdapter, Path | None]:
         adapter = self.resolve(data.get("adapter_path"))
         sha = data.get("adapter_sha256")
-        return ServingAdapter(version, adapter, sha if isinstance(sha, str) else None), adapter
+        return ServingAdapter(version, adapter, sha if isinstance(sha, str) else None, self._canary(data)), adapter
+
+    def _canary(self, data: dict[str, Any]) -> CanaryAdapter | None:
+        """The canary block, verified now (once per change of serving.json): a canary whose adapter
+        does not match its checksum is ignored, and the promoted version keeps all traffic."""
+        spec = canary_spec(data)
+        if spec is None:
+            return None
+        path = self.resolve(spec.files.get("adapter_path"))
+        sha = spec.files.get("adapter_sha256")
+        if not self._matches(spec.version, path, sha if isinstance(sha, str) else None):
+            return None
+        return CanaryAdapter(spec.version, path, spec)
 
     def _verify(self, state: ServingAdapter) -> bool:
-        if state.adapter_path is None:
+        return self._matches(state.version, state.adapter_path, state.adapter_sha256)
+
+    def _matches(self, version: str, path: Path | None, expected: str | None) -> bool:
+        if path is None:
             return True
         try:
-            actual = sha256_file(state.adapter_path)
+            actual = sha256_file(path)
         except OSError as err:
-            self.warn("adapter of version %s unreadable (%s)", state.version, err)
+            self.warn("adapter of version %s unreadable (%s)", version, err)
             return False
-        if state.adapter_sha256 and actual != state.adapter_sha256:
-            self.warn("adapter of version %s has sha256 %s, expected %s", state.version, actual, state.adapter_sha256)
+        if expected and actual != expected:
+            self.warn("adapter of version %s has sha256 %s, expected %s", version, actual, expected)
             return False
         return True

@@ -78,7 +78,61 @@ def _stats(args: argparse.Namespace) -> int:
             _print_reasons(log.reason_counts(since=args.since, until=args.until))
         if not args.log:
             _print_gate(config, log, sorted({r["category"] for r in rows if r["category"]}))
+            _print_canary(config, log)
     return 0
+
+
+def _print_canary(config: Any, log: Any) -> None:
+    """The followed registry's canary: its state, live evidence rebuilt from the log, and decisions."""
+    from hybrid_common.serving_pointer import read_history, read_serving
+    from router.canary import CanaryJudge, canary_spec, replay_canary_samples
+
+    registry = config.local.followed_registry
+    if registry is None:
+        return
+    state = read_serving(registry)
+    history = read_history(registry)
+    if state is None or not any(str(e.get("action", "")).startswith("canary") for e in history):
+        return
+    spec, live = canary_spec(state), None
+    if spec is not None:
+        judge = CanaryJudge(spec, config.canary, max_degenerate_rate=config.quality.max_degenerate_rate)
+        replay_canary_samples(judge, log.canary_samples(since=spec.started_at, served_keys=[f"registry:{spec.version}", f"registry:{spec.serving}"]))
+        live = judge.evidence()
+    print_canary_status(state, history, live=live)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from hybrid_common.files import write_text_atomic
+    from router.config import load_config
+    from router.report import build_report
+    from router.traffic_log import TrafficLog
+
+    config = load_config(args.config)
+    location: str | Path = args.log or config.log.location
+    if not args.log:
+        print_legacy_path_notes(config.log.path, config.local.registry_path)
+    if not is_database_url(location) and not Path(location).exists():
+        print(f"no traffic log at {location}", file=sys.stderr)
+        return 1
+    if args.since and args.until and args.since > args.until:
+        print(f"router report: --since {args.since} is after --until {args.until}", file=sys.stderr)
+        return 2
+    with TrafficLog(location, spool=False) as log:
+        page = build_report(log, config, since=args.since, until=args.until)
+    out = Path(args.out)
+    write_text_atomic(out, page)
+    print(out)
+    return 0
+
+
+def _day(value: str) -> str:
+    from router.report import window_day
+
+    try:
+        return window_day(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _print_reasons(counts: dict[str, int]) -> None:
@@ -158,63 +212,66 @@ def _copy_log(args: argparse.Namespace) -> int:
     return 0
 
 
-def _served_key(config: Any) -> str:
-    """The served model's gate key, read without loading it (the registry's serving.json, or the config)."""
-    from hybrid_common.files import sha256_file
-    from router.adapter_watch import AdapterWatch
-    from router.backends import create_local_backend
-    from router.quality import model_key
-
-    local = config.local
-    version = None
-    if local.followed_registry is not None:
-        state = AdapterWatch(local.followed_registry).read()
-        version = state.version if state is not None else None
-    adapter_sha = sha256_file(local.adapter_path) if version is None and local.adapter_path is not None else None
-    return model_key(registry_version=version, adapter_sha256=adapter_sha, model_name=create_local_backend(local).model_name)
-
-
 def _print_gate(config: Any, log: Any, seen: list[str]) -> None:
     """Per category: the gate's state for the model serving now, its offline and live evidence."""
-    from router.quality import QualityGate, evidence_reader, replay_samples
+    from router.gate_state import gate_state
 
-    gate = QualityGate(config.quality, evidence_reader(config.local.followed_registry, config.quality.evidence_dir))
-    samples = log.quality_samples(per_category=config.quality.live_window)
-    replay_samples(gate, samples)
-    key = _served_key(config)
-    local = config.routing.local_categories
-    categories = sorted(set(seen) | (set() if local == "*" else set(local)) | set(gate.offline(key)))
-    if not categories:
+    state = gate_state(config, log, seen)
+    if not state.categories:
         return
-    by_kind: dict[str, dict[str, list[float]]] = {}  # category -> kind -> similarities (this model's window)
-    audit_cost = audit_calls = 0
-    for sample in samples:
-        if sample["served_key"] == key:
-            by_kind.setdefault(sample["category"], {}).setdefault(sample["kind"], []).append(sample["similarity"])
-            if sample.get("cost_usd") is not None:
-                audit_cost += sample["cost_usd"]
-                audit_calls += 1
-    print(f"\nquality gate for {key} (floors: similarity >= {config.quality.min_similarity:.2f}, "
+    print(f"\nquality gate for {state.key} (floors: similarity >= {config.quality.min_similarity:.2f}, "
           f"degenerate <= {config.quality.max_degenerate_rate:.0%}, {config.quality.min_samples} samples)")  # fmt: skip
     print(f"{'category':<20}{'gate':<10}{'offline sim':>12}{'n':>5}{'live sim':>10}{'n':>5}  live samples (mean similarity) / reason")
-    for category in categories:
-        verdict = gate.verdict(key, category)
-        offline = gate.offline(key).get(category)
-        kinds = by_kind.get(category, {})
+    for row in state.categories:
+        verdict, offline, kinds = row.verdict, row.offline, row.live
         # Votes are evidence of their own (one per response, their own floor), never averaged with similarities.
         live = [s for kind, sims in kinds.items() if kind != "feedback" for s in sims]
-        state = "open" if verdict.open else "closed"
+        gate = "open" if verdict.open else "closed"
         note = ", ".join(f"{k} {len(v)} ({sum(v) / len(v):.2f})" for k, v in sorted(kinds.items()) if k != "feedback")
-        if (votes := gate.votes(key, category)) is not None:
-            note = f"{note + '; ' if note else ''}{votes.describe()}"
+        if row.votes is not None:
+            note = f"{note + '; ' if note else ''}{row.votes.describe()}"
         if not verdict.open and verdict.reason is not None:
             note = f"{note + '; ' if note else ''}{verdict.reason.value}"
         print(
-            f"{category:<20}{state:<10}{_num(offline.similarity if offline else None):>12}{offline.samples if offline else 0:>5}"
+            f"{row.category:<20}{gate:<10}{_num(offline.similarity if offline else None):>12}{offline.samples if offline else 0:>5}"
             f"{_num(sum(live) / len(live) if live else None):>10}{len(live):>5}  {note}"
         )
-    if audit_calls:
-        print(f"audit answers: {audit_calls} cloud calls, ${audit_cost:.4f} (quality.audit_rate = {config.quality.audit_rate:g})")
+    if state.audit_calls:
+        print(f"audit answers: {state.audit_calls} cloud calls, ${state.audit_cost_usd:.4f} (quality.audit_rate = {config.quality.audit_rate:g})")
+
+
+def print_canary_status(
+    state: dict[str, Any] | None, history: list[dict[str, Any]], *, last: int = 5, live: dict[str, Any] | None = None
+) -> None:
+    """The running canary (if any), its live evidence from the log, and the latest canary decisions."""
+    block = state.get("canary") if state else None
+    if isinstance(block, dict):
+        print(f"canary {block.get('version')}: {float(block.get('share', 0)):.0%} of local traffic beside "
+              f"{state['version'] if state else '-'} since {str(block.get('started_at', ''))[:19]}")  # fmt: skip
+        if live:
+            arms = {arm: live.get(arm) or {} for arm in ("canary", "serving")}
+            print(f"  live: score {arms['canary'].get('mean_score')} vs {arms['serving'].get('mean_score')} "
+                  f"(audits {arms['canary'].get('audits')} / {arms['serving'].get('audits')}; difference "
+                  f"{live.get('score_diff')}, promote above -{live.get('margin')} at {live.get('score_diff_lower')}, "
+                  f"roll back below 0 at {live.get('score_diff_upper')}); answers {arms['canary'].get('answers')} / "
+                  f"{arms['serving'].get('answers')}, degenerate {arms['canary'].get('degenerate_rate')} vs "
+                  f"{arms['serving'].get('degenerate_rate')}; votes {arms['canary'].get('mean_vote')} vs "
+                  f"{arms['serving'].get('mean_vote')}; latency p50 {arms['canary'].get('latency_p50_ms')} vs "
+                  f"{arms['serving'].get('latency_p50_ms')} ms")  # fmt: skip
+    else:
+        print("no canary running")
+    decisions = [e for e in history if str(e.get("action", "")).startswith("canary_") and e.get("action") != "canary_start"]
+    for entry in decisions[-last:]:
+        evidence = entry.get("evidence") or {}
+        arms = {arm: evidence.get(arm) or {} for arm in ("canary", "serving")}
+        figures = (
+            f"; score {arms['canary'].get('mean_score')} vs {arms['serving'].get('mean_score')} "
+            f"(audits {arms['canary'].get('audits')} / {arms['serving'].get('audits')}), "
+            f"degenerate {arms['canary'].get('degenerate_rate')} vs {arms['serving'].get('degenerate_rate')}"
+            if evidence else ""
+        )
+        print(f"  {str(entry.get('at', ''))[:19]}  {entry['action'][7:]:<9}{entry.get('version')} vs {entry.get('serving')}: "
+              f"{entry.get('reason', '')}{figures}")  # fmt: skip
 
 
 def _num(value: float | None) -> str:
@@ -253,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--reasons", action="store_true",
                        help="also count requests per routing reason, local_busy spills included (reads the rows of the days asked for)")
     stats.set_defaults(run=_stats)
+    report = commands.add_parser("report", help="write one self-contained HTML page about a window of the traffic log")
+    report.add_argument("--log", help="traffic log: a SQLite path or a postgresql:// URL (default: from the configuration)")
+    report.add_argument("--since", type=_day, help="first day reported, YYYY-MM-DD (default: the log's first)")
+    report.add_argument("--until", type=_day, help="last day reported, YYYY-MM-DD (default: the log's last)")
+    report.add_argument("--out", default="report.html", help="where to write the page (default: report.html)")
+    # Accepted after the subcommand too (`router report --config r.toml`); SUPPRESS keeps a --config given before it.
+    report.add_argument("--config", default=argparse.SUPPRESS, help="router.toml (also accepted before the subcommand)")
+    report.set_defaults(run=_report)
     log_cmd = commands.add_parser("log", help="the traffic log itself: copy it between databases")
     log_commands = log_cmd.add_subparsers(dest="log_command", required=True)
     copy = log_commands.add_parser("copy", help="copy every request, feedback and quality sample into another log (e.g. SQLite -> PostgreSQL)")

@@ -45,6 +45,7 @@ __all__ = [
     "LEGACY_REGISTRY",
     "LITELLM_CONTROL_KEYS",
     "CacheConfig",
+    "CanaryConfig",
     "CategoryCacheConfig",
     "ClassifierConfig",
     "CloudConfig",
@@ -517,6 +518,40 @@ class QualityConfig(_Section):
     )
 
 
+class CanaryConfig(_Section):
+    """How a running router judges a canary (a new version serving a share of local traffic; router.canary).
+
+    The share and the version come from the registry (``router models promote vN --canary 0.1`` or
+    ``[retrain] canary_share``); these settings say how the evidence decides. Both arms are audited
+    at the same rate; the decision is a group-sequential test with Bonferroni spending over a bounded
+    number of looks, so its error rates hold however often it looks.
+    """
+
+    decide: bool = Field(True, description="End canaries on their live evidence (promote or roll back); off: only by hand.")
+    audit_rate: float = Field(
+        0.25, ge=0, le=1,
+        description="While a canary runs, the share of local answers (both arms, same rate) audited against the cloud. "
+        "Each audit is a paid cloud call; the canary ends sooner the higher it is.",
+    )  # fmt: skip
+    margin: float = Field(
+        0.03, gt=0, le=0.5,
+        description="Non-inferiority margin: the canary is promoted once its mean audit score is shown to be no more "
+        "than this below the serving version's (score = similarity to the cloud's answer; 0 for a degenerate answer).",
+    )  # fmt: skip
+    alpha: float = Field(
+        0.05, gt=0, lt=0.5,
+        description="Error rate of each decision: a canary as good as the serving version is rolled back with at most "
+        "this probability (split between the score and guard tests), and one worse by the margin is promoted with at most this.",
+    )  # fmt: skip
+    look_every: int = Field(10, ge=1, description="Canary audits between two looks of the score test (and 2x this many canary answers for the guard test).")
+    min_audits: int = Field(20, ge=2, description="Canary audits before the first look.")
+    max_audits: int = Field(1000, ge=2, description="Canary audits at most: an undecided canary is rolled back here (bounds the looks).")
+    max_requests: int = Field(
+        10_000, ge=1, description="Canary answers at most: an undecided canary is rolled back here (bounds the guard test's looks)."
+    )
+    max_hours: float = Field(72.0, gt=0, description="An undecided canary older than this is rolled back.")
+
+
 class LogConfig(_Section):
     """The traffic log every request is written to."""
 
@@ -702,6 +737,7 @@ class RouterConfig(BaseSettings):
     conversation: ConversationConfig = Field(default_factory=ConversationConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     models: dict[str, ModelRoute] = Field(default_factory=dict, description="Requested model name → cloud route.")

@@ -21,13 +21,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from router.latency_histogram import bucket_sql
+
 __all__ = [
     "SCHEMA_VERSION", "LogStore", "PostgresStore", "SqliteStore", "is_database_url", "is_unavailable", "masked_url", "open_store",
 ]
 
 logger = logging.getLogger("router.traffic_log")
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # Version 1: requests. Version 2 adds feedback (client.feedback) and quality_samples (live evidence
 # for the quality gate). Version 3 gives a quality sample the answer it scored (shadow: the local
 # answer; audit: the cloud's), what it cost and a detail line. Version 4 records which classifier
@@ -113,6 +115,63 @@ ALTER TABLE requests ADD COLUMN caller TEXT;
 # retrain renders the prompt the local model was given (local.history = "topic").
 _SCHEMA_V8 = """
 ALTER TABLE requests ADD COLUMN topic_start INTEGER;
+"""
+# Version 9 keeps running totals per hour as well (``request_hourly``: requests, cost, all-cloud
+# estimate, cache hits, errors per hour, tier and category) and a latency histogram per hour and
+# tier over fixed log-spaced buckets (``latency_hourly``, see router.latency_histogram), so
+# ``router report`` draws time series and latency percentiles without scanning the log. The same
+# SQL fills them on both databases (a CASE for the bucket, CASE for the counts); the migration
+# backfills them from the rows the log still holds.
+_BUCKET = bucket_sql("latency_ms")
+_HOURLY_BACKFILL = f"""
+INSERT INTO request_hourly
+    SELECT substr(created_at, 1, 13), COALESCE(tier, ''), COALESCE(category, ''), COUNT(*), SUM(COALESCE(cost_usd, 0)),
+           SUM(COALESCE(cloud_cost_usd_estimate, 0)), SUM(CASE WHEN cached_from IS NULL THEN 0 ELSE 1 END),
+           SUM(CASE WHEN error_type IS NULL THEN 0 ELSE 1 END)
+    FROM requests GROUP BY 1, 2, 3;
+INSERT INTO latency_hourly
+    SELECT substr(created_at, 1, 13), COALESCE(tier, ''), {_BUCKET}, COUNT(*)
+    FROM requests WHERE latency_ms IS NOT NULL GROUP BY 1, 2, 3;
+"""
+_HOURLY_ROW = """substr(NEW.created_at, 1, 13), COALESCE(NEW.tier, ''), COALESCE(NEW.category, ''), 1, COALESCE(NEW.cost_usd, 0),
+        COALESCE(NEW.cloud_cost_usd_estimate, 0), CASE WHEN NEW.cached_from IS NULL THEN 0 ELSE 1 END,
+        CASE WHEN NEW.error_type IS NULL THEN 0 ELSE 1 END"""
+_LATENCY_ROW = f"substr(NEW.created_at, 1, 13), COALESCE(NEW.tier, ''), {bucket_sql('NEW.latency_ms')}, 1"
+_SCHEMA_V9 = f"""
+BEGIN;
+CREATE TABLE IF NOT EXISTS request_hourly (
+    hour TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    category TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    cloud_cost_usd_estimate REAL NOT NULL,
+    cache_hits INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    PRIMARY KEY (hour, tier, category)
+);
+CREATE TABLE IF NOT EXISTS latency_hourly (
+    hour TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (hour, tier, bucket)
+);
+{_HOURLY_BACKFILL}
+CREATE TRIGGER IF NOT EXISTS request_hourly_on_insert AFTER INSERT ON requests BEGIN
+    INSERT INTO request_hourly VALUES ({_HOURLY_ROW})
+    ON CONFLICT (hour, tier, category) DO UPDATE SET
+        requests = requests + 1,
+        cost_usd = cost_usd + excluded.cost_usd,
+        cloud_cost_usd_estimate = cloud_cost_usd_estimate + excluded.cloud_cost_usd_estimate,
+        cache_hits = cache_hits + excluded.cache_hits,
+        errors = errors + excluded.errors;
+END;
+CREATE TRIGGER IF NOT EXISTS latency_hourly_on_insert AFTER INSERT ON requests WHEN NEW.latency_ms IS NOT NULL BEGIN
+    INSERT INTO latency_hourly VALUES ({_LATENCY_ROW})
+    ON CONFLICT (hour, tier, bucket) DO UPDATE SET n = n + 1;
+END;
+COMMIT;
 """
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -250,6 +309,44 @@ _PG_MIGRATIONS: list[tuple[int, str]] = [
     (6, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS cached_from TEXT"),
     (7, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS caller TEXT"),
     (8, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS topic_start INTEGER"),
+    (9, f"""
+CREATE TABLE IF NOT EXISTS request_hourly (
+    hour TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    category TEXT NOT NULL,
+    requests BIGINT NOT NULL,
+    cost_usd DOUBLE PRECISION NOT NULL,
+    cloud_cost_usd_estimate DOUBLE PRECISION NOT NULL,
+    cache_hits BIGINT NOT NULL,
+    errors BIGINT NOT NULL,
+    PRIMARY KEY (hour, tier, category)
+);
+CREATE TABLE IF NOT EXISTS latency_hourly (
+    hour TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    n BIGINT NOT NULL,
+    PRIMARY KEY (hour, tier, bucket)
+);
+{_HOURLY_BACKFILL}
+CREATE OR REPLACE FUNCTION router_hourly_totals() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO request_hourly VALUES ({_HOURLY_ROW})
+    ON CONFLICT (hour, tier, category) DO UPDATE SET
+        requests = request_hourly.requests + 1,
+        cost_usd = request_hourly.cost_usd + excluded.cost_usd,
+        cloud_cost_usd_estimate = request_hourly.cloud_cost_usd_estimate + excluded.cloud_cost_usd_estimate,
+        cache_hits = request_hourly.cache_hits + excluded.cache_hits,
+        errors = request_hourly.errors + excluded.errors;
+    IF NEW.latency_ms IS NOT NULL THEN
+        INSERT INTO latency_hourly VALUES ({_LATENCY_ROW})
+        ON CONFLICT (hour, tier, bucket) DO UPDATE SET n = latency_hourly.n + 1;
+    END IF;
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS request_hourly_on_insert ON requests;
+CREATE TRIGGER request_hourly_on_insert AFTER INSERT ON requests FOR EACH ROW EXECUTE FUNCTION router_hourly_totals();
+"""),
 ]
 
 
@@ -344,7 +441,8 @@ class SqliteStore(LogStore):
         steps = [(2, _SCHEMA_V2, "feedback, quality samples"), (3, _SCHEMA_V3, "answers and cost of quality samples"),
                  (4, _SCHEMA_V4, "classifier version per request"), (5, _SCHEMA_V5, "running totals for stats; one scan"),
                  (6, _SCHEMA_V6, "response cache hits"), (7, _SCHEMA_V7, "caller of each request"),
-                 (8, _SCHEMA_V8, "topic of a conversation's later turn")]  # fmt: skip
+                 (8, _SCHEMA_V8, "topic of a conversation's later turn"),
+                 (9, _SCHEMA_V9, "hourly totals and latency histograms for reports; one scan")]  # fmt: skip
         for target, script, what in steps:
             if version < target:
                 if version >= 1:

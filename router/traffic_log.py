@@ -29,7 +29,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -109,6 +109,27 @@ def _record_from(values: dict[str, Any]) -> LogRecord:
     values["stream"] = bool(values["stream"])
     values["redacted"] = bool(values["redacted"])
     return LogRecord(**values)
+
+
+_PERIOD_WIDTH = {"hour": 13, "day": 10}  # characters of 'YYYY-MM-DDTHH' a period keeps
+
+
+def _period_width(by: str) -> int:
+    if by not in _PERIOD_WIDTH:
+        raise ValueError(f"by must be 'hour' or 'day', not {by!r}")
+    return _PERIOD_WIDTH[by]
+
+
+def _hour_window(since: str | None, until: str | None) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause bounding the hourly tables to the days ``since`` .. ``until`` (inclusive)."""
+    where, args = [], []
+    if since is not None:
+        where.append("hour >= ?")
+        args.append(since[:10])
+    if until is not None:
+        where.append("hour <= ?")
+        args.append(until[:10] + "T99")
+    return ("WHERE " + " AND ".join(where) if where else ""), tuple(args)
 
 
 def _latest_feedback(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -503,6 +524,53 @@ class TrafficLog:
         )
         return {r["reason"]: int(r["n"]) for r in rows}
 
+    def hourly(self, *, since: str | None = None, until: str | None = None, by: str = "hour") -> list[dict[str, Any]]:
+        """Requests, cost, all-cloud estimate, cache hits and errors per period and tier, from the hourly
+        running totals (schema 9; no scan): the time series of ``router report``.
+
+        ``by`` is ``"hour"`` (periods ``YYYY-MM-DDTHH``, UTC) or ``"day"`` (``YYYY-MM-DD``); ``since`` /
+        ``until`` bound the days as in :meth:`summary`. Rows deleted by retention before the log
+        reached schema 9 have no hourly totals (their days still count in :meth:`summary`).
+        """
+        where, args = _hour_window(since, until)
+        rows = self._read(
+            f"""SELECT substr(hour, 1, {_period_width(by)}) AS period, NULLIF(tier, '') AS tier,
+                       CAST(SUM(requests) AS BIGINT) AS requests, SUM(cost_usd) AS cost_usd,
+                       SUM(cloud_cost_usd_estimate) AS cloud_cost_usd_estimate,
+                       CAST(SUM(cache_hits) AS BIGINT) AS cache_hits, CAST(SUM(errors) AS BIGINT) AS errors
+                FROM request_hourly {where} GROUP BY 1, 2 ORDER BY 1, 2""",
+            args,
+        )
+        return [dict(r) for r in rows]
+
+    def latency_histogram(self, *, since: str | None = None, until: str | None = None, by: str = "hour") -> list[dict[str, Any]]:
+        """Requests per latency bucket (:mod:`router.latency_histogram`), period and tier, from the running
+        histogram (schema 9; no scan); :func:`router.latency_histogram.percentile` reads percentiles from it."""
+        where, args = _hour_window(since, until)
+        rows = self._read(
+            f"""SELECT substr(hour, 1, {_period_width(by)}) AS period, NULLIF(tier, '') AS tier, bucket, CAST(SUM(n) AS BIGINT) AS n
+                FROM latency_hourly {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""",
+            args,
+        )
+        return [dict(r) for r in rows]
+
+    def quality_samples_between(self, *, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """Every scored sample and vote recorded in the days ``since`` .. ``until`` (inclusive), oldest first,
+        without the answers' text: a sampled few per request at most, so a window's worth is small."""
+        where, args = [], []
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since[:10])
+        if until is not None:
+            where.append("created_at < ?")
+            args.append(until[:10] + "T99")  # the whole last day: timestamps are ISO 8601 strings
+        rows = self._read(
+            f"""SELECT id, created_at, request_id, kind, category, served_key, similarity, degenerate, cost_usd
+                FROM quality_samples {"WHERE " + " AND ".join(where) if where else ""} ORDER BY id""",
+            tuple(args),
+        )
+        return [dict(r) for r in rows]
+
     def prune(self, retain_days: float, *, batch: int = 5000) -> int:
         """Delete requests (and their feedback and quality samples) older than ``retain_days``; rows deleted.
 
@@ -622,10 +690,23 @@ class TrafficLog:
             """SELECT * FROM (
                    SELECT *, ROW_NUMBER() OVER (PARTITION BY served_key, category, kind = 'feedback' ORDER BY id DESC) AS rank
                    FROM quality_samples
-                   WHERE kind <> 'feedback' OR id IN (SELECT MAX(id) FROM quality_samples WHERE kind = 'feedback' GROUP BY request_id)
+                   WHERE kind NOT LIKE 'canary%' AND (kind <> 'feedback' OR id IN (SELECT MAX(id) FROM quality_samples WHERE kind = 'feedback' GROUP BY request_id))
                ) AS ranked
                WHERE rank <= ? ORDER BY id""",
             (per_category,),
+        )
+        return [dict(r) for r in rows]
+
+    def canary_samples(self, *, since: str, served_keys: Sequence[str]) -> list[dict[str, Any]]:
+        """A canary's logged observations (kinds ``canary_answer`` and ``canary_audit``) of the given
+        models since ``since`` (ISO time), oldest first: what a restarted router resumes it from."""
+        if not served_keys:
+            return []
+        marks = ", ".join("?" for _ in served_keys)
+        rows = self._read(
+            f"SELECT kind, category, served_key, similarity, degenerate, detail FROM quality_samples "
+            f"WHERE kind LIKE 'canary%' AND created_at >= ? AND served_key IN ({marks}) ORDER BY id",
+            (since, *served_keys),
         )
         return [dict(r) for r in rows]
 

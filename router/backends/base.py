@@ -9,11 +9,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybrid_common.errors import ConfigError
 from router._request import GenerationParams
 from router.config import LocalConfig
+
+if TYPE_CHECKING:
+    from router.canary import CanarySpec
 
 __all__ = [
     "GenerationParams",
@@ -82,10 +85,14 @@ class LocalBackend(abc.ABC):
         max_tokens: int,
         deadline: float,
         finish_by: float | None = None,
+        version: str | None = None,
     ) -> GenerationStream:
         """Start generating; raise :class:`LocalFailure` (kind ``timeout``) past ``deadline``, kind
         ``overloaded`` at once when the backend cannot take more work now. ``finish_by`` (monotonic):
-        the latency budget the request was admitted under, which a batching backend protects."""
+        the latency budget the request was admitted under, which a batching backend protects.
+        ``version``: the registry version that should answer (the running canary's, see
+        :attr:`canary`); None or any other: the serving one. The stream's ``adapter_version`` says
+        which one did."""
 
     def predicted_seconds(self, prompt_tokens: int, max_tokens: int, *, ahead: int = 0) -> float | None:
         """How long a request submitted now, behind ``ahead`` admitted requests not yet submitted,
@@ -100,6 +107,12 @@ class LocalBackend(abc.ABC):
     @property
     def adapter_version(self) -> str | None:
         """Registry version of the adapter now serving, for backends that follow a registry."""
+        return None
+
+    @property
+    def canary(self) -> CanarySpec | None:
+        """The canary this backend can serve now beside :attr:`adapter_version` (loaded and verified;
+        None: no canary, or a backend that serves one version at a time)."""
         return None
 
     def refresh(self) -> None:

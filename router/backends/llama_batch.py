@@ -9,7 +9,8 @@ aggregate speed of one on two cores. The scheduler thread owns the context; each
 * gives each new sequence the longest cached prompt that starts its own (:mod:`._prefix_cache`)
   and prefills the rest in chunks of ``prefill_chunk`` tokens *beside* the decoding sequences, so
   a long prompt never stalls the others for more than one chunk;
-* decodes one token of every decoding sequence plus those chunks in one ``llama_decode``;
+* decodes one token of every decoding sequence plus those chunks in one ``llama_decode`` (one per
+  adapter in use, see below);
 * samples each sequence with its own sampler (temperature, top_p, seed, penalties; plain greedy
   is a numpy argmax), turns tokens into text, applies stop strings, and pushes the pieces into
   the job's own queue, exactly what the one-sequence worker pool pushed;
@@ -22,10 +23,32 @@ step, and rebuilds the context; waiting jobs are kept. A step stuck in native co
 job's deadline plus ``hang_grace_s`` retires the scheduler thread (it frees its context if it ever
 returns) and a fresh one is loaded in the background; until it is up, jobs are refused at once.
 
-Adapters: a context serves one LoRA, and a sequence's cells were computed under the adapter it
-started with. A promotion therefore *drains*: no new sequence starts, the ones in flight finish
-on the old adapter, then the new one is applied to the same context and the waiting jobs start
-on it (the wait is at most one answer; no second context, no second KV budget).
+Adapters: a sequence's cells were computed under the LoRA it started with, so every decode of it
+runs under that adapter; llama.cpp applies one adapter set per ``llama_decode``. The context holds
+the serving adapter and, during a canary rollout, a second one (*lane*) for the jobs that ask for
+the canary's version (``GenerationJob.adapter_version``; ``JobDone`` reports the version that
+answered). Both share the context, the KV budget and the cores:
+
+* a step decodes each lane in its own ``llama_decode`` under its adapter, one after the other, and
+  samples that lane before the next decode overwrites the logits. A step carrying both lanes thus
+  costs about two smaller decodes: on Gemma 3 270M the output layer, most of a small decode, is read
+  once per lane, and switching adapters makes llama.cpp re-plan its compute graph inside the next
+  decode. Measured here (2 threads, 8,192 KV cells, batches of 148): a decode of one sequence took
+  15.5 ms, 20.1 ms right after a switch (the re-planning alone about 4 ms; up to 12 ms with the
+  cores busy); four sequences 37 ms, 42 ms after a switch. The lane already applied goes first, so
+  a two-lane step switches once. How many steps carry both lanes depends on the concurrency more
+  than on the canary's share: with share p and n live sequences, about 1 - (1-p)^n - p^n of them
+  (a 10 % canary: 18 % of steps at 2 sequences, 81 % at 16). At a full batch, one canary sequence
+  then adds its own small decode and a switch, about 20 ms, to a step of about 100 ms. Step times
+  are learnt per decode, and a step's predicted time is the sum over its lanes;
+* the lanes share the prefill budget of a step; cached prompts (:mod:`._prefix_cache`) were
+  computed under the serving adapter and serve only its sequences;
+* a promotion of a new adapter *drains* the serving lane: no serving sequence starts, the ones in
+  flight finish on the old adapter, then the new one is loaded and the waiting jobs start on it (the
+  wait is at most one answer; canary jobs go on meanwhile). Promoting the canary needs no drain: its
+  lane becomes the serving one at once and the old adapter is freed when its last sequence ends;
+  removing the canary (a rollback) sends its version's new jobs to the serving adapter and frees it
+  once its sequences finished. A rebuilt context loads both lanes' adapters again.
 """
 
 from __future__ import annotations
@@ -63,12 +86,24 @@ class BatchStats:
     kv_reserved: int
     kv_tokens: int
     step_s: float | None
-    """Recent time of one decode step at the current batch size (None before any)."""
+    """Recent time of one step at the current batch size, its lanes' decodes summed (None before any)."""
     sequence_tokens_per_s: float | None
     """Tokens one sequence gets per second at the current batch size."""
     prefix_hits: int
     prefix_misses: int
     adapter_version: str | None
+    canary_version: str | None
+    """The canary lane's version (None: no lane)."""
+    canary_live: int
+    """Live sequences started on a canary lane (a removed lane's included until they finish)."""
+
+
+@dataclass(frozen=True)
+class _Lane:
+    """An adapter new sequences start on: its file (None: the base model) and its version label."""
+
+    path: Path | None
+    version: str | None
 
 
 @dataclass
@@ -77,6 +112,9 @@ class _Sequence:
     seq: int
     prompt: list[int]
     reserved: int
+    adapter: Path | None = None  # its KV cells are computed under this adapter, so every decode of it is too
+    version: str | None = None  # what its JobDone reports
+    canary: bool = False  # started on the canary lane (cleared when that lane is promoted)
     prefilled: int = 0  # prompt positions already in the KV memory
     last_token: int | None = None  # sampled, not yet decoded
     generated: int = 0
@@ -92,7 +130,8 @@ class _Sequence:
 
 
 class _StepTimes:
-    """One step's time per batch size: the speed a new sequence would get.
+    """One decode's time per number of sequences in it: the speed a new sequence would get (a step
+    is one decode per adapter in use, see :meth:`BatchScheduler._step_time`).
 
     Each size keeps its quiet time (the fastest its moving average has been); a common *slowdown*,
     the recent steps' time over their size's quiet time, scales every size. A size not seen for a
@@ -171,6 +210,9 @@ class BatchScheduler:
         self._waiting: collections.deque[GenerationJob] = collections.deque()
         self._live: dict[int, _Sequence] = {}
         self._pending_swap: tuple[Path | None, str | None, Future[bool]] | None = None
+        self._canary: _Lane | None = None
+        self._pending_canary: tuple[Path | None, str, Future[bool]] | None = None
+        self._releases: list[tuple[Path | None, Future[bool]]] = []  # removed canary lanes whose sequences still run
         self._closed = False
         self._generation = 0  # bumped when a stuck scheduler thread is retired
         self._running = False  # a scheduler thread with a loaded context is serving
@@ -226,12 +268,20 @@ class BatchScheduler:
             self._waiting.append(job)
             self._wake.notify_all()
 
+    @property
+    def canary_version(self) -> str | None:
+        """The version new jobs asking for it start on beside the serving adapter (None: no canary lane)."""
+        canary = self._canary
+        return canary.version if canary is not None else None
+
     def stats(self) -> BatchStats:
         with self._lock:
             live = len(self._live)
             reserved = sum(s.reserved for s in self._live.values())
             waiting = len(self._waiting)
-        step = self._times.at(max(1, live))
+            lanes = self._lane_sizes()
+            canary_live = sum(s.canary for s in self._live.values())
+        step = self._step_time(lanes)
         return BatchStats(
             live=live,
             waiting=waiting,
@@ -242,7 +292,22 @@ class BatchScheduler:
             prefix_hits=self._prefixes.hits,
             prefix_misses=self._prefixes.misses,
             adapter_version=self.adapter_version,
+            canary_version=self.canary_version,
+            canary_live=canary_live,
         )
+
+    def _lane_sizes(self, extra: int = 0, adapter: Path | None = None) -> collections.Counter[Path | None]:
+        """Live sequences per adapter (under the lock), plus ``extra`` newcomers on ``adapter``."""
+        sizes = collections.Counter(s.adapter for s in self._live.values())
+        if extra:
+            sizes[adapter] += extra
+        return sizes
+
+    def _step_time(self, lanes: collections.Counter[Path | None]) -> float | None:
+        """One step's time for these sequences per adapter: one decode per adapter in use, so a step
+        carrying a canary lane costs two smaller decodes (and one adapter switch, inside them)."""
+        times = [self._times.at(n) for n in lanes.values() if n > 0] or [self._times.at(1)]
+        return None if any(t is None for t in times) else sum(t for t in times if t is not None)
 
     def predicted_seconds(self, prompt_tokens: int, max_tokens: int, *, ahead: int = 0) -> float | None:
         """How long a job submitted now (behind ``ahead`` jobs about to be submitted) would take to
@@ -251,8 +316,9 @@ class BatchScheduler:
         with self._lock:
             live = list(self._live.values())
             waiting = len(self._waiting) + ahead
-        size = min(self.max_sequences, len(live) + waiting + 1)
-        step = self._times.at(size)
+            size = min(self.max_sequences, len(live) + waiting + 1)
+            lanes = self._lane_sizes(size - len(live), self._adapter_path)  # newcomers: mostly the serving lane
+        step = self._step_time(lanes)
         if step is None:
             return None
         wait_steps = 0
@@ -272,43 +338,147 @@ class BatchScheduler:
         prefill_steps = -(-prompt_tokens // max(1, self.prefill_chunk))
         return _PREDICTION_MARGIN * (prefill_steps + max_tokens) * step
 
-    # -- adapter swaps ----------------------------------------------------------------------------
+    # -- adapter swaps and the canary lane -------------------------------------------------------
 
     def swap_adapter(self, adapter_path: Path | None, version: str | None) -> Future[bool]:
-        """Serve ``adapter_path`` for sequences that start after the ones in flight finish.
+        """Serve ``adapter_path`` for new jobs.
 
-        The future resolves True once the new adapter serves, or False when llama.cpp refused it
-        (the old one then keeps serving).
+        A new adapter *drains* the serving lane: no serving sequence starts (canary ones still do),
+        the ones in flight finish on the old adapter, then the new one is loaded. Promoting the
+        canary (``adapter_path`` is its file) needs no drain: its loaded adapter serves new jobs at
+        once and the old serving adapter is freed once its sequences finished. The future resolves
+        True once the new adapter serves, or False when llama.cpp refused it (the old one then keeps
+        serving).
         """
         future: Future[bool] = Future()
         with self._lock:
             if self._closed:
                 future.set_result(False)
                 return future
-            if self._pending_swap is not None:
-                self._pending_swap[2].set_result(False)  # superseded
+            superseded = self._pending_swap
             self._pending_swap = (adapter_path, version, future)
             self._wake.notify_all()
+        if superseded is not None:
+            superseded[2].set_result(False)
         return future
 
-    def _apply_swap(self) -> None:
-        if self._native is None:  # no context (being rebuilt): the swap stays pending for the next one
-            return
+    def set_canary(self, adapter_path: Path | None, version: str | None) -> Future[bool]:
+        """Serve ``adapter_path`` beside the serving adapter to the jobs that ask for ``version``.
+
+        Resolves True once loaded, False when llama.cpp refused it (a canary lane already there then
+        stays). ``version`` None removes the lane: jobs asking for its version go to the serving
+        adapter at once, its sequences in flight finish on it, then its adapter is freed and the
+        future resolves True.
+        """
+        future: Future[bool] = Future()
         with self._lock:
-            pending, self._pending_swap = self._pending_swap, None
+            if self._closed:
+                future.set_result(False)
+                return future
+            superseded, self._pending_canary = self._pending_canary, None
+            removed = None
+            if version is None:
+                removed, self._canary = self._canary, None
+                if removed is not None:
+                    self._releases.append((removed.path, future))
+            else:
+                self._pending_canary = (adapter_path, version, future)
+            self._wake.notify_all()
+        if superseded is not None:
+            superseded[2].set_result(False)
+        if version is None and removed is None:
+            future.set_result(True)  # no lane to remove
+        return future
+
+    def _lane_of(self, job: GenerationJob) -> _Lane:
+        """The lane a job starts on (under the lock): the canary's when it asks for the canary's version
+        and the serving adapter has another one, else the serving adapter."""
+        canary, asked = self._canary, job.adapter_version
+        if canary is not None and asked is not None and asked == canary.version and asked != self.adapter_version:
+            return canary
+        return _Lane(self._adapter_path, self.adapter_version)
+
+    def _apply_canary(self) -> None:
+        native = self._native
+        with self._lock:
+            if native is None:  # no context (being rebuilt): it stays pending for the next one
+                return
+            pending, self._pending_canary = self._pending_canary, None
         if pending is None:
             return
         path, version, future = pending
         try:
-            self._native.use_adapter(path)
-        except Exception as err:  # noqa: BLE001 - a bad promotion leaves the serving adapter in place
-            logger.warning("registry version %s failed to load (%s); still serving %s", version, err, self.adapter_version)
+            if path is not None:
+                native.load_adapter(path)
+        except Exception as err:  # noqa: BLE001 - a refused canary leaves the lanes as they were
+            logger.warning("canary version %s failed to load (%s); %s keeps its traffic", version, err, self.adapter_version)
             future.set_result(False)
             return
-        for seq in self._prefixes.clear():  # computed under the old adapter
-            self._native.forget(seq)
-        self._adapter_path, self.adapter_version = path, version
+        with self._lock:
+            self._canary = _Lane(path, version)  # the one it replaces is freed once its sequences finished
         future.set_result(True)
+
+    def _apply_swap(self) -> None:
+        native = self._native
+        with self._lock:
+            pending = self._pending_swap
+            if native is None or pending is None:  # no context (being rebuilt): the swap stays pending for the next one
+                return
+            path, version, future = pending
+            canary = self._canary
+            promotion = canary is not None and path == canary.path
+            if not promotion and any(s.adapter == self._adapter_path for s in self._live.values()):
+                return  # draining: the serving sequences in flight finish on the old adapter first
+            self._pending_swap = None
+        if not promotion and path is not None:
+            try:
+                native.load_adapter(path)
+            except Exception as err:  # noqa: BLE001 - a bad promotion leaves the serving adapter in place
+                logger.warning("registry version %s failed to load (%s); still serving %s", version, err, self.adapter_version)
+                future.set_result(False)
+                return
+        for seq in self._prefixes.clear():  # computed under the old adapter
+            native.forget(seq)
+        with self._lock:
+            if promotion:
+                self._canary = None
+                for sequence in self._live.values():
+                    if sequence.canary and sequence.adapter == path:
+                        sequence.canary = False  # now on the serving adapter
+            self._adapter_path, self.adapter_version = path, version
+        future.set_result(True)
+
+    def _release_adapters(self) -> None:
+        """Free the adapters no lane offers and no live sequence runs on (a removed canary, the old
+        serving adapter after a promotion), then resolve the removals whose sequences all finished."""
+        native = self._native
+        loaded = native.loaded_adapters if native is not None else frozenset()
+        with self._lock:
+            offered = {self._adapter_path} | ({self._canary.path} if self._canary is not None else set())
+            if not self._releases and loaded <= offered:
+                return  # the usual step: nothing to free
+            keep = offered | {s.adapter for s in self._live.values()}
+            still = {s.adapter for s in self._live.values() if s.canary}
+            done = [future for path, future in self._releases if path not in still]
+            self._releases = [(path, future) for path, future in self._releases if path in still]
+        if native is not None:
+            for path in native.loaded_adapters - keep:
+                native.free_adapter(path)
+        for future in done:
+            future.set_result(True)
+
+    def _restore_canary(self, native: NativeBatch) -> None:
+        """Load the canary lane's adapter into a rebuilt context; when it no longer loads, the lane goes."""
+        canary = self._canary
+        if canary is None or canary.path is None:
+            return
+        try:
+            native.load_adapter(canary.path)
+        except Exception as err:  # noqa: BLE001 - its jobs then go to the serving adapter
+            logger.warning("canary version %s failed to reload (%s); the serving lane takes its traffic", canary.version, err)
+            with self._lock:
+                if self._canary is canary:
+                    self._canary = None
 
     # -- the scheduler loop -----------------------------------------------------------------------
 
@@ -323,6 +493,8 @@ class BatchScheduler:
                         and not self._live
                         and not self._waiting
                         and self._pending_swap is None
+                        and self._pending_canary is None
+                        and not self._releases
                     ):
                         self._wake.wait()
                     if generation != self._generation:
@@ -330,26 +502,30 @@ class BatchScheduler:
                     native = self._native  # _rebuild may have replaced it: free this one if retired in it
                     if self._closed and not self._live and not self._waiting:
                         return
-                if self._pending_swap is not None and not self._live:
-                    self._apply_swap()
+                if self._pending_canary is not None:
+                    self._apply_canary()
+                if self._pending_swap is not None:
+                    self._apply_swap()  # at once for a promoted canary, else once the serving lane drained
                 self._admit()
                 if self._live:
                     self._step(generation)
                 elif self._waiting and self._pending_swap is None:
                     time.sleep(0.001)  # the head job is waiting for KV room freed by cancellations
+                if generation == self._generation:  # a thread retired in this step leaves the new context alone
+                    self._release_adapters()
         finally:
             if generation != self._generation and native is not None:
                 native.close()  # retired while stuck: nobody else will free it
 
-    def _keeps_budgets(self) -> bool:
-        """Whether one more sequence leaves every live request that was admitted under a latency
-        budget (``job.finish_by``) within it, at the step time of the larger batch. Admission
-        predicted each of them at the batch size of its moment; requests that may not spill
-        (private, ``model="local"``) would otherwise join later and slow them past it."""
+    def _keeps_budgets(self, adapter: Path | None) -> bool:
+        """Whether one more sequence (on ``adapter``) leaves every live request that was admitted
+        under a latency budget (``job.finish_by``) within it, at the step time of the larger batch.
+        Admission predicted each of them at the batch size of its moment; requests that may not
+        spill (private, ``model="local"``) would otherwise join later and slow them past it."""
         bound = [s for s in self._live.values() if s.job.finish_by is not None]
         if not bound:
             return True
-        step = self._times.at(len(self._live) + 1)
+        step = self._step_time(self._lane_sizes(1, adapter))
         if step is None:
             return True
         now = time.monotonic()
@@ -364,20 +540,36 @@ class BatchScheduler:
         reserved = sum(s.reserved for s in self._live.values())
         return self.kv_tokens - reserved - self._prefixes.cached_tokens - self.pad_multiple
 
+    def _next_job(self) -> GenerationJob | None:
+        """The job to start next (under the lock). A request admitted under a latency budget goes
+        first: the others (private, ``model="local"``) were promised no time, only a place in the
+        queue. While the serving lane drains for a swap, only canary jobs start."""
+        waiting: collections.deque[GenerationJob] | list[GenerationJob] = self._waiting
+        if self._pending_swap is not None:
+            waiting = [j for j in waiting if self._lane_of(j) is self._canary]
+        if not waiting:
+            return None
+        return next((j for j in waiting if j.finish_by is not None), waiting[0])
+
+    def _uses_prefix_cache(self, sequence: _Sequence) -> bool:
+        """Cached prompts were computed under the serving adapter: only its own sequences share them."""
+        return not sequence.canary and sequence.adapter == self._adapter_path
+
     def _admit(self) -> None:
-        if self._pending_swap is not None or self._native is None:
-            return  # draining for an adapter swap
+        if self._native is None:
+            return
         while True:
             with self._lock:
-                if not self._waiting or len(self._live) >= self.max_sequences:
+                if len(self._live) >= self.max_sequences:
                     return
-                # A request admitted under a latency budget goes first: the others (private,
-                # model="local") were promised no time, only a place in the queue.
-                job = next((j for j in self._waiting if j.finish_by is not None), self._waiting[0])
+                job = self._next_job()
+                if job is None:
+                    return
                 if job.cancelled.is_set():
                     self._waiting.remove(job)
                     continue
-                if not self._keeps_budgets():
+                lane = self._lane_of(job)
+                if not self._keeps_budgets(lane.path):
                     return  # one more sequence would make an admitted request miss its budget: wait
                 need = len(job.tokens) + job.max_tokens
                 while need > self._kv_free():
@@ -388,7 +580,9 @@ class BatchScheduler:
                 self._waiting.remove(job)
                 seq_id = next(i for i in range(self.max_sequences) if i not in self._live)
                 stops = [*self.stop_sequences, *(s for s in job.params.stop if s)]
-                sequence = _Sequence(job, seq_id, list(job.tokens), need, stops=stops)
+                sequence = _Sequence(
+                    job, seq_id, list(job.tokens), need, lane.path, lane.version, lane is self._canary, stops=stops
+                )
                 self._live[seq_id] = sequence
             if time.monotonic() > job.deadline:
                 self._end(sequence, LocalFailure("timeout", "waited in the local queue past the deadline"))
@@ -399,43 +593,67 @@ class BatchScheduler:
             except Exception as err:  # noqa: BLE001 - this request fails alone
                 self._end(sequence, LocalFailure("error", f"{type(err).__name__}: {err}"))
                 continue
-            hit = self._prefixes.lookup(sequence.prompt)
+            hit = self._prefixes.lookup(sequence.prompt) if self._uses_prefix_cache(sequence) else None
             if hit is not None:
                 self._native.copy_prefix(hit.seq, seq_id, hit.length)
                 sequence.prefilled = hit.length
 
     def _step(self, generation: int) -> None:
+        """One token for every decoding sequence and a prefill chunk, one ``llama_decode`` per adapter.
+
+        A sequence's cells were computed under its own adapter and llama.cpp applies one adapter set
+        per decode, so each lane is decoded alone and its owners advanced before the next lane's
+        decode overwrites the logits. The lane under the adapter already applied goes first: with two
+        lanes, a step then switches adapters once, not twice. The lanes share the prefill budget.
+        """
         native = self._native
         assert native is not None
-        entries: list[tuple[int, int, int, bool]] = []
-        owners: list[tuple[_Sequence, int]] = []  # (sequence, entry index) that want logits
-        decoding = 0
+        lanes: dict[Path | None, list[_Sequence]] = {}
         for sequence in list(self._live.values()):
-            if self._should_stop(sequence):
-                continue
-            if sequence.decoding:
-                owners.append((sequence, len(entries)))
-                entries.append((sequence.last_token, len(sequence.prompt) + sequence.generated - 1, sequence.seq, True))
-                decoding += 1
+            if not self._should_stop(sequence):
+                lanes.setdefault(sequence.adapter, []).append(sequence)
         budget = max(1, self.prefill_chunk)
-        for sequence in list(self._live.values()):
-            if sequence.decoding or budget <= 0:
-                continue
-            start = sequence.prefilled
-            chunk = sequence.prompt[start : start + budget]
-            for offset, token in enumerate(chunk):
-                last = start + offset == len(sequence.prompt) - 1
-                if last:
+        for adapter in sorted(lanes, key=lambda path: path != native.adapter_path):
+            entries: list[tuple[int, int, int, bool]] = []
+            owners: list[tuple[_Sequence, int]] = []  # (sequence, entry index) that want logits
+            decoding = 0
+            for sequence in lanes[adapter]:
+                if sequence.decoding:
                     owners.append((sequence, len(entries)))
-                entries.append((token, start + offset, sequence.seq, last))
-            sequence.prefilled += len(chunk)
-            budget -= len(chunk)
-        if not entries:
-            return
+                    entries.append((sequence.last_token, len(sequence.prompt) + sequence.generated - 1, sequence.seq, True))
+                    decoding += 1
+            for sequence in lanes[adapter]:
+                if sequence.decoding or budget <= 0:
+                    continue
+                start = sequence.prefilled
+                chunk = sequence.prompt[start : start + budget]
+                for offset, token in enumerate(chunk):
+                    last = start + offset == len(sequence.prompt) - 1
+                    if last:
+                        owners.append((sequence, len(entries)))
+                    entries.append((token, start + offset, sequence.seq, last))
+                sequence.prefilled += len(chunk)
+                budget -= len(chunk)
+            if entries and not self._decode(generation, adapter, entries, owners, decoding):
+                return  # failed or retired: the next step starts over
+
+    def _decode(
+        self,
+        generation: int,
+        adapter: Path | None,
+        entries: list[tuple[int, int, int, bool]],
+        owners: list[tuple[_Sequence, int]],
+        decoding: int,
+    ) -> bool:
+        """Decode one lane's entries under its adapter and advance their owners; False when the
+        decode failed or the scheduler was retired meanwhile."""
+        native = self._native
+        assert native is not None
         padding = self._padding(len(entries), decoding)
         entries.extend((0, pos, self._scratch_seq, False) for pos in range(padding))
         self._step_started = time.monotonic()
         try:
+            native.apply_adapter(adapter)  # a no-op when already applied; a switch re-plans the graph in the decode
             code = native.decode(entries)
         except Exception as err:  # noqa: BLE001 - a native failure fails this step's sequences
             code = -999
@@ -446,13 +664,15 @@ class BatchScheduler:
                 self._step_started = None
                 retired = generation != self._generation
         if retired:
-            return  # retired while the step ran: the new scheduler owns the jobs now
+            return False  # retired while the step ran: the new scheduler owns the jobs now
         if padding:
             native.forget(self._scratch_seq)
         if code != 0:
             self._failed_step(code, owners, entries)
-            return
-        if decoding and decoding + padding == len(entries):  # pure decode steps: prefill is in the margin
+            return False
+        if decoding and decoding + padding == len(entries):  # pure decodes: prefill is in the margin
+            # One lane's decode, at its own size; with two lanes _step_time sums them. The lanes take
+            # turns going second, so each lane's average carries about half a switch.
             self._times.observe(decoding, elapsed)
         for sequence, index in owners:
             try:
@@ -460,6 +680,7 @@ class BatchScheduler:
             except Exception as err:  # noqa: BLE001 - one sequence's failure ends it alone
                 logger.warning("local sequence %d failed (%s: %s); the others continue", sequence.seq, type(err).__name__, err)
                 self._end(sequence, LocalFailure("error", f"{type(err).__name__}: {err}"))
+        return True
 
     def _padding(self, size: int, decoding: int) -> int:
         """Dummy entries that round a pure decode step up to a multiple of ``pad_multiple``.
@@ -494,7 +715,7 @@ class BatchScheduler:
         """Take the sequence's next token from the step's logits and push its text."""
         native = self._native
         assert native is not None
-        if not sequence.decoding:  # its prompt just finished: cache it for the next one like it
+        if not sequence.decoding and self._uses_prefix_cache(sequence):  # its prompt just finished: cache it
             self._cache_prompt(sequence)
         token = self._sample(sequence, index)
         if native.is_end(token):
@@ -562,7 +783,7 @@ class BatchScheduler:
             if finish != "cancelled" and sequence.emitted < len(sequence.text):
                 job.out.put(sequence.text[sequence.emitted :])
                 sequence.emitted = len(sequence.text)
-            job.out.put(JobDone(finish if finish != "cancelled" else "stop", sequence.generated, self.adapter_version))
+            job.out.put(JobDone(finish if finish != "cancelled" else "stop", sequence.generated, sequence.version))
             if finish != "cancelled" and job.started_at is not None:
                 seconds = time.monotonic() - job.started_at
                 self.service_s = seconds if self.service_s is None else 0.8 * self.service_s + 0.2 * seconds
@@ -605,7 +826,9 @@ class BatchScheduler:
                 logger.debug("closing a failed llama context failed", exc_info=True)
         self._prefixes = self._new_prefix_cache()
         try:
-            self._native = self._new_native(self._adapter_path)
+            native = self._new_native(self._adapter_path)
+            self._restore_canary(native)
+            self._native = native
         except Exception as err:  # noqa: BLE001 - the respawner retries
             logger.error("could not reload the local model (%s)", err)
             with self._lock:
@@ -654,6 +877,7 @@ class BatchScheduler:
         while not self._closed:
             try:
                 native = self._new_native(self._adapter_path)
+                self._restore_canary(native)
             except Exception as err:  # noqa: BLE001 - retried after the back-off
                 self.respawn_failures += 1
                 logger.error("could not start a replacement local context (%s); retrying in %.1f s", err, delay)
@@ -690,17 +914,23 @@ class BatchScheduler:
                 return True
             self._closed = True
             self._wake.notify_all()
-            pending = self._pending_swap
-            self._pending_swap = None
-        if pending is not None:
-            pending[2].set_result(False)
+            pending = [p for p in (self._pending_swap, self._pending_canary) if p is not None]
+            self._pending_swap = self._pending_canary = None
+        for _, _, future in pending:
+            future.set_result(False)
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             with self._lock:
                 self._generation += 1  # the thread frees its context when it returns
             logger.warning("the local batch was still busy at close; it frees its context when it returns")
-            return False
-        native, self._native = self._native, None
-        if native is not None:
-            native.close()
-        return True
+            freed = False
+        else:
+            native, self._native = self._native, None
+            if native is not None:
+                native.close()
+            freed = True
+        with self._lock:
+            releases, self._releases = self._releases, []
+        for _, future in releases:
+            future.set_result(freed)  # a removed canary goes with the context
+        return freed

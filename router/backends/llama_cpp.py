@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from hybrid_common.chat import STOP_SEQUENCES, render_prompt
 from hybrid_common.errors import ArtifactError, ConfigError, MissingDependencyError
-from router.adapter_watch import AdapterWatch, ServingAdapter
+from router.adapter_watch import AdapterWatch, CanaryAdapter, ServingAdapter
 from router.backends.base import GenerationParams, GenerationStream, LocalBackend, LocalFailure, register_local_backend
 from router.backends.llama_workers import GenerationJob, JobDone, LlamaWorkerPool
 
 if TYPE_CHECKING:
     from router.backends.llama_batch import BatchScheduler
+    from router.canary import CanarySpec
 from router.config import LocalConfig
 
 __all__ = ["LlamaCppBackend", "packaged_model_path"]
@@ -75,6 +76,8 @@ class LlamaCppBackend(LocalBackend):
         self._swap_thread: threading.Thread | None = None
         self._adapter_path: Path | None = config.adapter_path
         self._adapter_version: str | None = config.adapter_version
+        self._canary: CanaryAdapter | None = None  # the canary lane the batch serves beside the promoted adapter
+        self._canary_warned = False
         self._watch: AdapterWatch | None = None
         self._closed = False
         if config.followed_registry is not None:
@@ -97,6 +100,12 @@ class LlamaCppBackend(LocalBackend):
     def adapter_path(self) -> Path | None:
         """The adapter file now served (None: the base model alone)."""
         return self._adapter_path
+
+    @property
+    def canary(self) -> CanarySpec | None:
+        """The canary the batch serves beside the promoted adapter, once its lane is loaded."""
+        canary = self._canary
+        return canary.spec if canary is not None else None
 
     @property
     def queue_depth(self) -> int:
@@ -172,6 +181,7 @@ class LlamaCppBackend(LocalBackend):
                     self._adapter_path, self._adapter_version = self._config.adapter_path, self._config.adapter_version
                 else:
                     self._serve(state)
+                    self._load_canary(state, wait=True)
                     return
             self._pool = self._new_pool()
 
@@ -266,14 +276,25 @@ class LlamaCppBackend(LocalBackend):
         self._swap_thread.start()
 
     def _prepare_swap(self, state: ServingAdapter) -> None:
+        current = self._watch.current if self._watch is not None else None
+        if current is None or (current.version, current.adapter_path) != (state.version, state.adapter_path):
+            if not self._swap_serving(state):
+                return
+        else:
+            self._serve(state)
+        self._load_canary(state, wait=True)
+
+    def _swap_serving(self, state: ServingAdapter) -> bool:
+        """Serve ``state``'s promoted adapter; False when it could not load (the old one keeps serving)."""
         pool = self._pool
         if pool is None:
-            return
+            return False
         if not isinstance(pool, LlamaWorkerPool):  # the batch drains, then applies it to its context
-            if pool.swap_adapter(state.adapter_path, state.version).result():
-                self._serve(state)
-                logger.info("local tier now serves registry version %s", state.version)
-            return
+            if not pool.swap_adapter(state.adapter_path, state.version).result():
+                return False
+            self._serve(state)
+            logger.info("local tier now serves registry version %s", state.version)
+            return True
         contexts: list[tuple[Any, str | None]] = []
         try:
             for _ in range(pool.workers):
@@ -282,15 +303,40 @@ class LlamaCppBackend(LocalBackend):
             for llama, _ in contexts:
                 llama.close()
             logger.warning("registry version %s failed to load (%s); still serving %s", state.version, err, self._adapter_version)
-            return
+            return False
         try:
             pool.swap(contexts)
         except ValueError as err:  # a worker was replaced meanwhile: retry at the next poll
             logger.info("adapter swap to %s postponed: %s", state.version, err)
             self._watch.retry()
-            return
+            return False
         self._serve(state)
         logger.info("local tier now serves registry version %s", state.version)
+        return True
+
+    def _load_canary(self, state: ServingAdapter, *, wait: bool) -> None:
+        """Give the batch ``state``'s canary as a second lane (or retire the lane when it has none)."""
+        wanted, pool = state.canary, self._pool
+        if wanted == self._canary or pool is None:
+            return
+        if isinstance(pool, LlamaWorkerPool):
+            if wanted is not None and not self._canary_warned:
+                self._canary_warned = True
+                logger.warning(
+                    "canary %s not served: a canary needs the continuous batch (local.max_sequences > 1); %s keeps all traffic",
+                    wanted.version, self._adapter_version,
+                )  # fmt: skip
+            return
+        future = pool.set_canary(wanted.adapter_path, wanted.version) if wanted is not None else pool.set_canary(None, None)
+        if not wait:
+            return
+        if future.result():
+            self._canary = wanted
+            if wanted is not None:
+                logger.info("local tier serves canary %s for %.0f %% of conversations", wanted.version, 100 * wanted.spec.share)
+        elif wanted is not None:
+            logger.warning("canary %s failed to load; %s keeps all traffic", wanted.version, self._adapter_version)
+            self._canary = None
 
     def wait_for_swap(self, timeout_s: float | None = None) -> None:
         """Block until a swap being prepared has been handed to the workers (tests, tooling)."""
@@ -316,9 +362,10 @@ class LlamaCppBackend(LocalBackend):
         max_tokens: int,
         deadline: float,
         finish_by: float | None = None,
+        version: str | None = None,
     ) -> GenerationStream:
         tokens = self._prompt_tokens(messages)
-        job = GenerationJob(tokens, params, max_tokens, deadline, finish_by=finish_by)
+        job = GenerationJob(tokens, params, max_tokens, deadline, finish_by=finish_by, adapter_version=version)
         assert self._pool is not None  # _prompt_tokens loaded it
         self._pool.submit(job)  # LocalFailure("overloaded") at once when the queue is full
         stream = GenerationStream(pieces=iter(()), prompt_tokens=len(tokens))

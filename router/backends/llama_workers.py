@@ -61,6 +61,9 @@ class GenerationJob:
     started_at: float | None = None
     released: bool = False  # its queue slot was given back (once: by the worker, or by the watchdog)
     finish_by: float | None = None  # a routed request's latency budget (monotonic): the batch does not let later joiners break it
+    adapter_version: str | None = None
+    """The model version asked for: the batch's canary version runs on the canary adapter, anything else on the
+    serving one (the worker pool serves one adapter); :class:`JobDone` says which version answered."""
 
 
 @dataclass

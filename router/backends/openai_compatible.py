@@ -23,6 +23,7 @@ from hybrid_common.chat import STOP_SEQUENCES, render_prompt
 from hybrid_common.errors import ConfigError
 from router._request import GenerationParams
 from router.adapter_watch import AdapterWatch, ServingAdapter
+from router.canary import CanarySpec
 from router.backends.base import GenerationStream, LocalBackend, LocalFailure, register_local_backend
 from router.config import LocalConfig
 
@@ -61,12 +62,24 @@ class OpenAICompatibleBackend(LocalBackend):
         """The promoted registry version whose name requests now carry (None: not following one)."""
         return self._serving.version if self._serving is not None else None
 
-    def served_model(self) -> str:
-        """The model name the next request asks the server for."""
+    @property
+    def canary(self) -> CanarySpec | None:
+        """The registry's canary: the server is asked for it by name, like the promoted version."""
         serving = self._serving
-        if serving is None or serving.adapter_path is None:
+        return serving.canary.spec if serving is not None and serving.canary is not None else None
+
+    def served_model(self, version: str | None = None) -> str:
+        """The model name a request asks the server for: the promoted version, or ``version`` when it
+        is the running canary's."""
+        serving = self._serving
+        if serving is None:
             return str(self._config.remote_model)
-        return str(self._config.remote_adapter_model).format(version=serving.version)
+        canary = serving.canary
+        if canary is not None and version == canary.version:
+            path, name = canary.adapter_path, canary.version
+        else:
+            path, name = serving.adapter_path, serving.version
+        return str(self._config.remote_model) if path is None else str(self._config.remote_adapter_model).format(version=name)
 
     def refresh(self) -> None:
         """Pick up a promotion or rollback: a registry check at most every poll interval, no load."""
@@ -100,10 +113,14 @@ class OpenAICompatibleBackend(LocalBackend):
         max_tokens: int,
         deadline: float,
         finish_by: float | None = None,  # the server batches on its own; the budget is admission's only
+        version: str | None = None,
     ) -> GenerationStream:
         self.load()
         self.refresh()
-        model, version = self.served_model(), self.adapter_version
+        canary = self.canary
+        if canary is None or version != canary.version:
+            version = self.adapter_version
+        model = self.served_model(version)
         stream = GenerationStream(pieces=iter(()), adapter_version=version)
         stream.pieces = self._pieces(stream, model, render_prompt(messages), params, max_tokens, deadline)
         return stream

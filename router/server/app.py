@@ -7,7 +7,8 @@ blocks and the executor never grows; past ``server.max_waiting`` queued requests
 an immediate 503 "overloaded" with ``Retry-After`` instead of a silent wait.
 
 Liveness (``/health``) is up as soon as the process serves; readiness (``/ready``) only once the
-models are warm, and it turns 503 again while the server drains on SIGTERM.
+models are warm, and it turns 503 again while the server drains on SIGTERM. ``/report`` serves the
+page ``router report`` writes, behind the same API keys as ``/v1/``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from router._feedback import FeedbackSender
 from router.server.errors import error_body, error_for_exception
@@ -98,13 +99,20 @@ def create_app(client: Client, *, warm: bool = True) -> FastAPI:
         state.metrics.inc("router_http_errors_total", "Requests answered with an error status.", status=str(status))
         return JSONResponse(error_body(status, state.redact(message), param=param, code=code), status_code=status, headers=headers)
 
+    def failed(err: Exception) -> Response:
+        """An exception raised while answering as an OpenAI-shaped error (a log that is down: 503 with Retry-After)."""
+        status, payload = error_for_exception(err)
+        retry_after = getattr(err, "retry_after_s", None)
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if status == 503 and retry_after else None
+        return error(status, payload["error"]["message"], param=payload["error"]["param"], code=payload["error"]["code"], headers=headers)
+
     callers = [key.get_secret_value() for key in config.server.api_keys]
     operators = [key.get_secret_value() for key in config.server.operator_keys]
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Any) -> Response:
         request.state.caller, request.state.operator = None, False
-        if request.url.path.startswith("/v1/") and (callers or operators):
+        if (request.url.path.startswith("/v1/") or request.url.path == "/report") and (callers or operators):
             given = request.headers.get("authorization", "")
             token = given[7:].strip() if given.lower().startswith("bearer ") else ""
             # Every key is compared (no early exit), so the time taken says nothing about which matched.
@@ -169,11 +177,39 @@ def create_app(client: Client, *, warm: bool = True) -> FastAPI:
         try:
             await anyio.to_thread.run_sync(lambda: client._engine.feedback(response_id, sender=sender, **body), limiter=state.limiter)
         except Exception as err:  # noqa: BLE001 - mapped to an OpenAI-shaped error
-            status, payload = error_for_exception(err)
-            retry_after = getattr(err, "retry_after_s", None)
-            headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if status == 503 and retry_after else None
-            return error(status, payload["error"]["message"], param=payload["error"]["param"], code=payload["error"]["code"], headers=headers)
+            return failed(err)
         return Response(status_code=204)
+
+    @app.get("/report", response_class=HTMLResponse)
+    async def report(since: str | None = None, until: str | None = None) -> Response:
+        """The page ``router report`` writes, for the days ``since`` .. ``until`` (YYYY-MM-DD, optional)."""
+        from router.report import build_report, window_day
+
+        if client.traffic_log is None:
+            return error(404, "the traffic log is disabled (log.enabled = false): there is nothing to report", code="log_disabled")
+        days: dict[str, str | None] = {}
+        for name, value in (("since", since), ("until", until)):
+            try:
+                days[name] = window_day(value) if value else None
+            except ValueError as err:
+                return error(400, str(err), param=name)
+        first, last = days["since"], days["until"]
+        if first and last and first > last:
+            return error(400, f"the window starts ({first}) after it ends ({last})", param="since")
+
+        def render() -> str:
+            from router.traffic_log import TrafficLog
+
+            # A connection of its own: the report's reads never hold the lock the request path's log writes take.
+            with TrafficLog(config.log.location, spool=False) as reader:
+                return build_report(reader, config, since=first, until=last)
+
+        try:
+            # Blocking database reads and drawing: on a worker thread, one of the request slots' threads.
+            page = await anyio.to_thread.run_sync(render, limiter=state.limiter)
+        except Exception as err:  # noqa: BLE001 - mapped to an OpenAI-shaped error (a log that is down: 503)
+            return failed(err)
+        return HTMLResponse(state.redact(page))
 
     return app
 

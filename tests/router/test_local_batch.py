@@ -21,11 +21,15 @@ decoded on a fresh context. So every comparison here is exact, against one of:
 * an answer produced alone on free cells, for a request that also runs alone (after a rebuild, a
   swap, a wait for KV room);
 * an answer produced alone, for prompts whose greedy answer has no near tie at all: the base
-  model's echo loops (``ECHOES``), which that rounding cannot flip.
+  model's echo loops (``ECHOES``), which that rounding cannot flip;
+* for a serving and a canary lane decoded beside each other (each in decodes of its own, their cells
+  interleaved), an answer produced alone, for the echoes and for the bitext adapter's answer with
+  the widest margins (``CANARY_QUESTION``), on a schedule fixed by actions at a given decode.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import time
@@ -40,7 +44,7 @@ import pytest
 from hybrid_common.chat import STOP_SEQUENCES, render_prompt
 from router.backends._prefix_cache import PrefixCache, PrefixHit
 from router.backends.base import GenerationParams, LocalFailure
-from router.backends.llama_batch import BatchScheduler, _Sequence
+from router.backends.llama_batch import BatchScheduler, _Lane, _Sequence, _StepTimes
 from router.backends.llama_workers import GenerationJob, JobDone
 from tests.conftest import user
 
@@ -65,10 +69,12 @@ SUPPORT_SYSTEM = (
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def greedy(tokens: list[int], max_tokens: int, *, seconds: float = 120.0, **params: Any) -> GenerationJob:
-    """A job for ``tokens``: greedy unless ``params`` say otherwise, due in ``seconds``."""
+def greedy(
+    tokens: list[int], max_tokens: int, *, seconds: float = 120.0, version: str | None = None, **params: Any
+) -> GenerationJob:
+    """A job for ``tokens`` asking for adapter ``version``: greedy unless ``params`` say otherwise, due in ``seconds``."""
     params = {"temperature": 0.0, **params}
-    return GenerationJob(tokens, GenerationParams(**params), max_tokens, time.monotonic() + seconds)
+    return GenerationJob(tokens, GenerationParams(**params), max_tokens, time.monotonic() + seconds, adapter_version=version)
 
 
 class Reader:
@@ -181,54 +187,60 @@ def tokens(model_path: Path) -> Iterator[Callable[[list[dict[str, str]]], list[i
     vocab.close()
 
 
-@pytest.fixture
-def batch(model_path: Path) -> Iterator[Callable[..., BatchScheduler]]:
-    """Build schedulers over the packaged model (2 threads, a small KV budget); closed after the test."""
+def build_scheduler(
+    model_path: Path,
+    adapter: Path | None = ADAPTER,
+    version: str | None = "A",
+    *,
+    max_sequences: int = 4,
+    kv_tokens: int = 1024,
+    prefill_chunk: int = 64,
+    prefix_slots: int = 0,
+    pad_multiple: int = 4,
+    hang_grace_s: float = 10.0,
+    seq_ids: int | None = None,
+    broken_loads: list[int] | None = None,
+) -> BatchScheduler:
+    """A scheduler over the packaged model (2 threads, a small KV budget)."""
     from router.backends.llama_native import NativeBatch, NativeContextSettings
 
+    def new_native(adapter_path: Path | None) -> NativeBatch:
+        if broken_loads and broken_loads[0] > 0:  # the next n loads fail, as if the model file vanished
+            broken_loads[0] -= 1
+            raise FileNotFoundError("injected: the model file vanished")
+        return NativeBatch(settings, adapter_path)
+
+    settings = NativeContextSettings(
+        model_path=model_path,
+        kv_tokens=kv_tokens,
+        n_seq_max=seq_ids or max_sequences + prefix_slots + 1,
+        n_batch=prefill_chunk + max_sequences + pad_multiple,
+        n_threads=2,
+    )
+    return BatchScheduler(
+        new_native,
+        adapter_path=adapter,
+        adapter_version=version,
+        max_sequences=max_sequences,
+        max_queue=4,
+        kv_tokens=kv_tokens,
+        prefill_chunk=prefill_chunk,
+        prefix_slots=prefix_slots,
+        prefix_min_tokens=32,
+        pad_multiple=pad_multiple,
+        hang_grace_s=hang_grace_s,
+        stop_sequences=list(STOP_SEQUENCES),
+        respawn_backoff_s=0.05,
+    )
+
+
+@pytest.fixture
+def batch(model_path: Path) -> Iterator[Callable[..., BatchScheduler]]:
+    """Build schedulers with :func:`build_scheduler`; closed after the test."""
     made: list[BatchScheduler] = []
 
-    def build(
-        adapter: Path | None = ADAPTER,
-        version: str | None = "A",
-        *,
-        max_sequences: int = 4,
-        kv_tokens: int = 1024,
-        prefill_chunk: int = 64,
-        prefix_slots: int = 0,
-        pad_multiple: int = 4,
-        hang_grace_s: float = 10.0,
-        seq_ids: int | None = None,
-        broken_loads: list[int] | None = None,
-    ) -> BatchScheduler:
-        def new_native(adapter_path: Path | None) -> NativeBatch:
-            if broken_loads and broken_loads[0] > 0:  # the next n loads fail, as if the model file vanished
-                broken_loads[0] -= 1
-                raise FileNotFoundError("injected: the model file vanished")
-            return NativeBatch(settings, adapter_path)
-
-        settings = NativeContextSettings(
-            model_path=model_path,
-            kv_tokens=kv_tokens,
-            n_seq_max=seq_ids or max_sequences + prefix_slots + 1,
-            n_batch=prefill_chunk + max_sequences + pad_multiple,
-            n_threads=2,
-        )
-        scheduler = BatchScheduler(
-            new_native,
-            adapter_path=adapter,
-            adapter_version=version,
-            max_sequences=max_sequences,
-            max_queue=4,
-            kv_tokens=kv_tokens,
-            prefill_chunk=prefill_chunk,
-            prefix_slots=prefix_slots,
-            prefix_min_tokens=32,
-            pad_multiple=pad_multiple,
-            hang_grace_s=hang_grace_s,
-            stop_sequences=list(STOP_SEQUENCES),
-            respawn_backoff_s=0.05,
-        )
+    def build(*args: Any, **kwargs: Any) -> BatchScheduler:
+        scheduler = build_scheduler(model_path, *args, **kwargs)
         made.append(scheduler)
         return scheduler
 
@@ -676,3 +688,193 @@ def test_a_cached_prompt_stops_at_the_sliding_window_so_its_cells_cannot_be_hand
     reused, fresh = answer(on, second, 24), answer(off, second, 24)
     assert on._prefixes.reused_tokens == 512
     assert (reused.text, reused.end) == (fresh.text, fresh.end)
+
+
+# -- a canary lane beside the serving adapter ----------------------------------------------------
+
+# With the bitext adapter, the support answer with the widest top-2 margins we found: at least 0.76
+# logits over its first 12 tokens alone (most support questions have near ties of 0.01-0.2). A base
+# model sequence decoded beside it, in decodes of its own, moves its cells: measured, its margins
+# moved by up to 0.83 and no token changed. The schedules below are fixed (the actions run at a
+# given decode), so each two-lane answer is the same on every run.
+CANARY_QUESTION = "I want to speak to a human"
+LANE_TOKENS = {"base": 16, "A": 12}
+
+
+@pytest.fixture(scope="module")
+def alone(model_path: Path, tokens: Callable[[list[dict[str, str]]], list[int]]) -> dict[str, Reader]:
+    """Each lane's answer from a scheduler serving only that adapter, one sequence: the base model's
+    echo of ``ECHOES[0]`` ("base") and the bitext adapter's answer to ``CANARY_QUESTION`` ("A")."""
+    answers = {}
+    for adapter, version, question in ((None, "base", ECHOES[0]), (ADAPTER, "A", CANARY_QUESTION)):
+        scheduler = build_scheduler(model_path, adapter, version)
+        try:
+            answers[version] = answer(scheduler, tokens(user(question)), LANE_TOKENS[version])
+        finally:
+            assert scheduler.close(30)
+    assert answers["base"].end == JobDone("length", 16, "base") and answers["A"].end == JobDone("length", 12, "A")
+    return answers
+
+
+def log_decodes(
+    native: Any, monkeypatch: pytest.MonkeyPatch, actions: dict[int, Callable[[], None]] | None = None
+) -> list[tuple[Path | None, frozenset[int]]]:
+    """Record each decode's adapter and sequence ids. ``actions[n]`` runs on the scheduler thread just
+    before the n-th decode, so what it changes lands at the same step on every run."""
+    log: list[tuple[Path | None, frozenset[int]]] = []
+    real_decode, calls = native.decode, itertools.count(1)
+
+    def decode(entries: list[tuple[int, int, int, bool]]) -> int:
+        action = (actions or {}).get(next(calls))
+        if action is not None:
+            action()
+        log.append((native.adapter_path, frozenset(seq for _, _, seq, _ in entries)))
+        return real_decode(entries)
+
+    monkeypatch.setattr(native, "decode", decode)
+    return log
+
+
+def adapters_of(log: list[tuple[Path | None, frozenset[int]]], seq: int) -> set[Path | None]:
+    return {adapter for adapter, seqs in log if seq in seqs}
+
+
+def test_a_job_takes_the_canary_lane_only_for_the_canary_s_version_and_two_lanes_cost_two_decodes() -> None:
+    scheduler = object.__new__(BatchScheduler)  # _lane_of reads the lanes, _step_time the step times
+    serving = _Lane(Path("serving.gguf"), "v1")
+    scheduler._adapter_path, scheduler.adapter_version, scheduler._canary = serving.path, serving.version, None
+    assert scheduler._lane_of(greedy([1], 4, version="v2")) == serving  # no lane: the serving adapter
+    scheduler._canary = canary = _Lane(Path("canary.gguf"), "v2")
+    assert scheduler._lane_of(greedy([1], 4, version="v2")) is canary
+    for other in (None, "v1", "v0"):
+        assert scheduler._lane_of(greedy([1], 4, version=other)) == serving
+    scheduler._canary = _Lane(Path("canary.gguf"), "v1")  # a canary of the serving version: the serving one wins
+    assert scheduler._lane_of(greedy([1], 4, version="v1")) == serving
+
+    scheduler._times = _StepTimes(4)
+    scheduler._times.observe(1, 0.05)
+    scheduler._times.observe(3, 0.08)
+    assert scheduler._step_time(collections.Counter({serving.path: 3})) == pytest.approx(0.08)
+    assert scheduler._step_time(collections.Counter({serving.path: 3, canary.path: 1})) == pytest.approx(0.13)
+
+
+@pytest.mark.slow
+def test_a_serving_and_a_canary_job_decoded_together_each_answer_as_their_adapter_alone(batch, tokens, alone, monkeypatch) -> None:
+    scheduler = batch(None, "base")
+    assert scheduler.set_canary(ADAPTER, "A").result(30) is True
+    assert scheduler.canary_version == scheduler.stats().canary_version == "A"
+    log = log_decodes(scheduler._native, monkeypatch)
+    jobs = [greedy(tokens(user(ECHOES[0])), 16), greedy(tokens(user(CANARY_QUESTION)), 12, version="A")]
+    serving, canary = run_together(scheduler, jobs)
+
+    assert (serving.text, serving.end) == (alone["base"].text, JobDone("length", 16, "base"))
+    assert (canary.text, canary.end) == (alone["A"].text, JobDone("length", 12, "A"))
+    assert {seqs for _, seqs in log} == {frozenset({0}), frozenset({1})}  # never in one decode ...
+    assert adapters_of(log, 0) == {None} and adapters_of(log, 1) == {ADAPTER}  # ... each under its own adapter
+    assert scheduler.canary_version == "A" and scheduler.stats().canary_live == 0
+    # Every canary decode shares its step with a serving one; the lane already applied goes first, so
+    # each such step switches adapters once (decoding the lanes in a fixed order would switch twice).
+    switches = sum(a != b for (a, _), (b, _) in itertools.pairwise(log))
+    assert switches == sum(adapter == ADAPTER for adapter, _ in log) == 12
+
+
+@pytest.mark.slow
+def test_removing_the_canary_lets_its_sequences_finish_and_sends_its_version_to_the_serving_adapter(
+    batch, tokens, alone, ended, monkeypatch
+) -> None:
+    scheduler = batch(None, "base")
+    assert scheduler.set_canary(ADAPTER, "A").result(30) is True
+    native = scheduler._native
+    late = Reader(greedy(tokens(user(ECHOES[0])), 16, version="A"))  # asks for the canary once it is gone
+    seen: dict[str, Any] = {}
+
+    def remove() -> None:  # the canary job is decoding alone (decode 1 was its prompt)
+        seen["removal"] = removal = scheduler.set_canary(None, None)
+        removal.add_done_callback(lambda _: seen.setdefault("resolved_at", time.monotonic()))
+        seen["stats"] = scheduler.stats()
+        with scheduler._wake:
+            scheduler._waiting.append(late.job)
+
+    log = log_decodes(native, monkeypatch, {4: remove})
+    in_flight = Reader(greedy(tokens(user(CANARY_QUESTION)), 12, version="A"))
+    scheduler.submit(in_flight.job)
+    in_flight.wait()
+    late.wait()
+
+    assert seen["stats"].canary_version is None and seen["stats"].canary_live == 1  # closed to new jobs at once
+    assert (in_flight.text, in_flight.end) == (alone["A"].text, JobDone("length", 12, "A"))  # finished on the canary
+    assert (late.text, late.end) == (alone["base"].text, JobDone("length", 16, "base"))  # the serving adapter answered
+    assert adapters_of(log, 0) == {ADAPTER} and adapters_of(log, 1) == {None}
+    (finished,) = [e for e in ended if e.job is in_flight.job]
+    assert seen["removal"].result(30) is True and seen["resolved_at"] > finished.at
+    assert native.loaded_adapters == frozenset()  # the canary's adapter freed once its sequence finished
+    assert answer(scheduler, tokens(user(ECHOES[0])), 4, version="Z").end == JobDone("length", 4, "base")  # any other version
+
+
+@pytest.mark.slow
+def test_promoting_the_canary_serves_new_jobs_at_once_and_frees_the_old_adapter_after_its_sequences(
+    batch, tokens, alone, ended, monkeypatch, tmp_path
+) -> None:
+    from tests.finetune.conftest import write_tiny_adapter
+
+    old_adapter = write_tiny_adapter(tmp_path / "old.gguf", seed=0)
+    scheduler = batch(old_adapter, "T")
+    assert scheduler.set_canary(ADAPTER, "A").result(30) is True
+    native = scheduler._native
+    handle = native._adapters[ADAPTER]
+    new = Reader(greedy(tokens(user(CANARY_QUESTION)), 12))  # asks for no version: whatever serves
+    seen: dict[str, Any] = {}
+
+    def promote() -> None:  # the old adapter's job is decoding alone
+        seen["promotion"] = promotion = scheduler.swap_adapter(ADAPTER, "A")
+        promotion.add_done_callback(lambda _: seen.setdefault("promoted_at", time.monotonic()))
+        with scheduler._wake:
+            scheduler._waiting.append(new.job)
+
+    log = log_decodes(native, monkeypatch, {4: promote})
+    old = Reader(greedy(tokens(user(ECHOES[0])), 16))
+    scheduler.submit(old.job)
+    old.wait()
+    new.wait()
+
+    (old_end,) = [e for e in ended if e.job is old.job]
+    assert seen["promotion"].result(30) is True and seen["promoted_at"] < old_end.at  # no drain ...
+    assert new.first_at < old.last_at  # ... the promoted adapter answered beside the old one
+    assert (new.text, new.end) == (alone["A"].text, JobDone("length", 12, "A"))
+    assert isinstance(old.end, JobDone) and old.end.adapter_version == "T" and old_end.generated > 3
+    assert adapters_of(log, 0) == {old_adapter} and adapters_of(log, 1) == {ADAPTER}  # the old job on the old adapter
+    assert scheduler.canary_version is None and scheduler.stats().adapter_version == "A"
+    assert until(lambda: native.loaded_adapters == {ADAPTER})  # the old adapter freed after its job ...
+    assert native._adapters[ADAPTER] is handle  # ... and the promoted one never reloaded
+
+
+@pytest.mark.slow
+def test_a_refused_canary_resolves_false_and_leaves_the_lanes_as_they_were(batch, tokens, alone, tmp_path) -> None:
+    scheduler = batch(None, "base")
+    bad = _bad_shapes_adapter(tmp_path / "bad.gguf")
+    assert scheduler.set_canary(tmp_path / "missing.gguf", "missing").result(30) is False
+    assert scheduler.set_canary(bad, "bad").result(30) is False
+    assert scheduler.canary_version is None and scheduler._native.loaded_adapters == frozenset()
+    kept = answer(scheduler, tokens(user(ECHOES[0])), 16, version="bad")
+    assert (kept.text, kept.end) == (alone["base"].text, alone["base"].end)  # served and labelled by the serving adapter
+
+    assert scheduler.set_canary(ADAPTER, "A").result(30) is True
+    assert scheduler.set_canary(bad, "bad").result(30) is False
+    assert scheduler.canary_version == "A" and scheduler._native.loaded_adapters == {ADAPTER}  # the lane there stays
+
+
+@pytest.mark.slow
+def test_a_context_rebuilt_after_a_failed_decode_serves_both_lanes_again(batch, tokens, alone, monkeypatch) -> None:
+    scheduler = batch(None, "base")
+    assert scheduler.set_canary(ADAPTER, "A").result(30) is True
+    native = scheduler._native
+    monkeypatch.setattr(native, "decode", lambda entries: -1)
+    question = tokens(user(CANARY_QUESTION))
+
+    failed = answer(scheduler, question, 12, version="A")
+    assert isinstance(failed.end, LocalFailure) and failed.end.kind == "error"
+    assert until(lambda: scheduler._native not in (None, native)) and native._ctx is None
+    assert scheduler._native.loaded_adapters == {ADAPTER} and scheduler.canary_version == "A"
+    canary, serving = answer(scheduler, question, 12, version="A"), answer(scheduler, tokens(user(ECHOES[0])), 16)
+    assert (canary.text, canary.end) == (alone["A"].text, alone["A"].end)
+    assert (serving.text, serving.end) == (alone["base"].text, alone["base"].end)

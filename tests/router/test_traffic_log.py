@@ -100,11 +100,12 @@ def test_a_schema_4_log_is_migrated_and_its_totals_backfilled(tmp_path) -> None:
         for i in range(3):
             log.record(_dated(i, "2026-01-0" + str(i + 1), tier="cloud", category="ORDER"))
     with sqlite3.connect(path) as db:  # back to what release 4 wrote
-        db.executescript("DROP TRIGGER request_totals_on_insert; DROP TABLE request_totals; ALTER TABLE requests DROP COLUMN cached_from; ALTER TABLE requests DROP COLUMN caller; ALTER TABLE requests DROP COLUMN topic_start; PRAGMA user_version=4;")
+        db.executescript("DROP TRIGGER request_hourly_on_insert; DROP TRIGGER latency_hourly_on_insert; DROP TABLE request_hourly; DROP TABLE latency_hourly; DROP TRIGGER request_totals_on_insert; DROP TABLE request_totals; ALTER TABLE requests DROP COLUMN cached_from; ALTER TABLE requests DROP COLUMN caller; ALTER TABLE requests DROP COLUMN topic_start; PRAGMA user_version=4;")
     with TrafficLog(path) as log:
         assert [r["requests"] for r in log.summary()] == [3]
         log.record(_dated(9, "2026-01-09", tier="cloud", category="ORDER"))
         assert [r["requests"] for r in log.summary()] == [4]
+        assert [r["requests"] for r in log.hourly(by="day")] == [1, 1, 1, 1]
 
 
 def test_import_records_is_bulk_and_idempotent(tmp_path) -> None:
@@ -136,3 +137,92 @@ def test_feedback_since_and_between_serve_an_incremental_reader(tmp_path) -> Non
         assert set(log.feedback_between(0, 2)) == {"r1"} and log.feedback_between(0, 2)["r1"]["correction"] == "better"
         assert set(log.feedback_between(2, 4)) == {"r3"} and log.feedback_between(4, 9) == {}
         assert log.feedback()["r1"] == log.feedback_between(0, 1)["r1"]
+
+
+def _varied(n: int, first_day: int = 1) -> list[LogRecord]:
+    """Rows over several days, hours, tiers and categories; some cache hits, errors and missing latencies."""
+    rows = []
+    for i in range(n):
+        tier = ("local", "cloud", "cache", None)[i % 4]
+        rows.append(LogRecord(
+            id=f"v{i}", requested_model="auto", reason="x", stream=False, tier=tier, category=("ORDER", "REFUND", None)[i % 3],
+            created_at=f"2026-01-{first_day + i % 3:02d}T{(i * 7) % 24:02d}:30:00.000+00:00",
+            latency_ms=None if i % 11 == 0 else 0.5 + (i * 37) % 5000, cost_usd=0.002 if tier == "cloud" else 0.0,
+            cloud_cost_usd_estimate=0.002, cached_from="v0" if tier == "cache" else None, error_type="X" if i % 13 == 0 else None,
+        ))  # fmt: skip
+    return rows
+
+
+def _scan(path) -> tuple[dict, dict]:
+    """Hourly totals and latency buckets computed by reading every row: what the running totals must equal."""
+    from collections import Counter
+
+    from router.latency_histogram import bucket_of
+
+    totals: Counter = Counter()
+    buckets: Counter = Counter()
+    with TrafficLog(path, spool=False) as log:
+        for r in log.records():
+            key = (r.created_at[:13], r.tier)
+            totals[key + ("requests",)] += 1
+            totals[key + ("cost",)] += round((r.cost_usd or 0) * 1e6)
+            totals[key + ("estimate",)] += round((r.cloud_cost_usd_estimate or 0) * 1e6)
+            totals[key + ("cache_hits",)] += r.cached_from is not None
+            totals[key + ("errors",)] += r.error_type is not None
+            if r.latency_ms is not None:
+                buckets[(r.created_at[:13], r.tier, bucket_of(r.latency_ms))] += 1
+    return dict(totals), dict(buckets)
+
+
+def _running(log: TrafficLog) -> tuple[dict, dict]:
+    from collections import Counter
+
+    totals: Counter = Counter()
+    for r in log.hourly():
+        key = (r["period"], r["tier"])
+        totals[key + ("requests",)] += r["requests"]
+        totals[key + ("cost",)] += round(r["cost_usd"] * 1e6)
+        totals[key + ("estimate",)] += round(r["cloud_cost_usd_estimate"] * 1e6)
+        totals[key + ("cache_hits",)] += r["cache_hits"]
+        totals[key + ("errors",)] += r["errors"]
+    buckets = {(r["period"], r["tier"], r["bucket"]): r["n"] for r in log.latency_histogram()}
+    return {k: v for k, v in totals.items() if v}, buckets
+
+
+def test_hourly_totals_and_latency_histogram_equal_a_scan_and_bound_their_window(tmp_path) -> None:
+    path = tmp_path / "t.db"
+    with TrafficLog(path) as log:
+        assert log.import_records(_varied(300)) == 300
+    scanned, scanned_buckets = _scan(path)
+    with TrafficLog(path) as log:
+        running, buckets = _running(log)
+        assert running == {k: v for k, v in scanned.items() if v} and buckets == scanned_buckets
+        daily = log.hourly(by="day")
+        assert {r["period"] for r in daily} == {"2026-01-01", "2026-01-02", "2026-01-03"}
+        assert sum(r["requests"] for r in daily) == sum(r["requests"] for r in log.summary()) == 300
+        for day in ("2026-01-01", "2026-01-02", "2026-01-03"):  # per day, equal to router stats' totals
+            assert sum(r["requests"] for r in log.hourly(since=day, until=day)) == sum(r["requests"] for r in log.summary(since=day, until=day))
+            assert {r["period"][:10] for r in log.latency_histogram(since=day, until=day)} == {day}
+        assert log.hourly(since="2026-01-04") == [] and log.latency_histogram(until="2025-12-31") == []
+        assert {len(r["period"]) for r in log.latency_histogram(by="day")} == {10}
+
+
+def test_a_schema_8_log_is_migrated_and_its_hourly_totals_backfilled(tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "t.db"
+    with TrafficLog(path) as log:
+        log.import_records(_varied(120))
+    before = _scan(path)
+    with sqlite3.connect(path) as db:  # back to what release 8 wrote
+        db.executescript("DROP TRIGGER request_hourly_on_insert; DROP TRIGGER latency_hourly_on_insert; "
+                         "DROP TABLE request_hourly; DROP TABLE latency_hourly; PRAGMA user_version=8;")  # fmt: skip
+    with TrafficLog(path) as log:
+        assert log.count() == 120
+        assert _running(log) == ({k: v for k, v in before[0].items() if v}, before[1])
+        log.import_records(_varied(150)[120:])  # the trigger keeps counting after the migration
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 9
+    scanned = _scan(path)
+    with TrafficLog(path) as log:
+        assert _running(log) == ({k: v for k, v in scanned[0].items() if v}, scanned[1])

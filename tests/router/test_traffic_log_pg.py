@@ -240,3 +240,29 @@ def test_feedback_over_http_is_a_503_while_the_postgresql_log_is_down(own_pg: Cl
         eventually(lambda: http.post("/v1/feedback", json={"response_id": "r1", "score": 0.5}).status_code == 204)
     with TrafficLog(own_pg.url, spool=False) as log:
         assert log.feedback()["r1"]["score"] == 0.5
+
+
+def test_a_schema_8_postgresql_log_is_migrated_and_its_hourly_totals_backfilled(pg_url: str) -> None:
+    """Schema 9 on PostgreSQL: the migration backfills the hourly totals and latency histogram, then the trigger keeps them."""
+    import psycopg
+
+    from tests.router.test_traffic_log import _running, _scan, _varied
+
+    with TrafficLog(pg_url, spool=False) as log:
+        log.import_records(_varied(120))
+    before = _scan(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as db:  # back to what release 8 wrote
+        db.execute("DROP TRIGGER request_hourly_on_insert ON requests; DROP FUNCTION router_hourly_totals(); "
+                   "DROP TABLE request_hourly; DROP TABLE latency_hourly; UPDATE router_schema SET version = 8")  # fmt: skip
+    with TrafficLog(pg_url, spool=False) as log:
+        assert log.count() == 120
+        assert _running(log) == ({k: v for k, v in before[0].items() if v}, before[1])
+        log.import_records(_varied(150)[120:])
+        assert isinstance(log.hourly()[0]["requests"], int) and isinstance(log.latency_histogram()[0]["n"], int)
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        assert db.execute("SELECT version FROM router_schema").fetchone()[0] == 9
+    scanned = _scan(pg_url)
+    with TrafficLog(pg_url, spool=False) as log:
+        assert _running(log) == ({k: v for k, v in scanned[0].items() if v}, scanned[1])
+        assert sum(r["requests"] for r in log.hourly(since="2026-01-02", until="2026-01-02")) == sum(
+            r["requests"] for r in log.summary(since="2026-01-02", until="2026-01-02"))

@@ -45,7 +45,7 @@ quant-report: $(STAMP)
 	$(PY) -m evals.quant_report
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"

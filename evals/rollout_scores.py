@@ -22,7 +22,10 @@ from typing import Any
 from evals.demo import BITEXT, LOCAL_CATEGORIES, SHIPPED_ADAPTER, load_bitext, split
 
 REPLAY_TABLE = Path(__file__).resolve().parent / "results" / "rollout_replay.json"
-VERSIONS = ("base", "shipped")  # the untuned base model, the adapter shipped by make demo-retrain
+# The untuned base model; the adapter shipped by make demo-retrain; and that adapter at half its LoRA
+# scale (alpha / 2): a weaker version whose answers are mostly well-formed, so only audits can tell.
+VERSIONS = ("base", "shipped", "weaker")
+WEAKER_SCALE = 0.5
 
 
 def replay_queries(n: int, seed: int = 0) -> list[tuple[int, dict[str, str]]]:
@@ -35,24 +38,44 @@ def replay_queries(n: int, seed: int = 0) -> list[tuple[int, dict[str, str]]]:
     return sorted(pool[:n])
 
 
-def score_versions(n: int, *, max_tokens: int, concurrency: int) -> dict[str, Any]:
+def scaled_adapter(adapter: Path, scale: float, workdir: Path) -> Path:
+    """A copy of ``adapter`` whose LoRA update is ``scale`` times as strong (its alpha scaled)."""
+    import gguf
+
+    from finetune.export import write_lora_gguf
+
+    reader = gguf.GGUFReader(str(adapter))
+    alpha_field = reader.fields["adapter.lora.alpha"]
+    alpha = float(alpha_field.parts[alpha_field.data[0]][0])
+    tensors = {t.name: t.data.copy() for t in reader.tensors}
+    out = workdir / f"{adapter.stem}-scale{scale:g}.gguf"
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_lora_gguf(tensors, out, alpha=alpha * scale)
+    return out
+
+
+def score_versions(n: int, *, max_tokens: int, concurrency: int, workdir: Path, only: tuple[str, ...] = VERSIONS,
+                   into: dict[str, Any] | None = None) -> dict[str, Any]:
     from finetune.datasets import Example
     from finetune.evaluate import evaluate_model
     from router.config import LocalConfig
 
     manifest = json.loads((SHIPPED_ADAPTER / "manifest.json").read_text(encoding="utf-8"))
-    adapters = {"base": None, "shipped": SHIPPED_ADAPTER / manifest["adapter_file"]}
+    shipped = SHIPPED_ADAPTER / manifest["adapter_file"]
+    adapters = {"base": None, "shipped": shipped, "weaker": scaled_adapter(shipped, WEAKER_SCALE, workdir)}
     queries = replay_queries(n)
     examples = [
         Example(({"role": "user", "content": row["instruction"]},), row["response"], row["category"], source=str(i))
         for i, row in queries
     ]
     serving = LocalConfig(default_max_tokens=max_tokens)
-    table: dict[str, Any] = {
+    table: dict[str, Any] = into or {
         "source": str(BITEXT.name), "max_tokens": max_tokens, "rows": [i for i, _ in queries],
         "categories": [row["category"] for _, row in queries], "versions": {},
     }  # fmt: skip
-    for version in VERSIONS:
+    if table["rows"] != [i for i, _ in queries]:
+        raise SystemExit("the table to extend was built on other queries: regenerate it whole")
+    for version in only:
         started = time.perf_counter()
         report = evaluate_model(examples, adapter_path=adapters[version], serving=serving, concurrency=concurrency, label=version)
         table["versions"][version] = {
@@ -73,8 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--out", type=Path, default=REPLAY_TABLE)
+    parser.add_argument("--only", nargs="+", choices=VERSIONS, default=list(VERSIONS), help="score these versions only")
+    parser.add_argument("--extend", action="store_true", help="add the versions scored to the existing table")
+    parser.add_argument("--workdir", type=Path, default=Path(".rollout"), help="where the weaker adapter copy is written")
     args = parser.parse_args(argv)
-    table = score_versions(args.queries, max_tokens=args.max_tokens, concurrency=args.concurrency)
+    into = json.loads(args.out.read_text(encoding="utf-8")) if args.extend and args.out.exists() else None
+    table = score_versions(args.queries, max_tokens=args.max_tokens, concurrency=args.concurrency, workdir=args.workdir,
+                           only=tuple(args.only), into=into)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

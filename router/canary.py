@@ -52,6 +52,7 @@ __all__ = [
     "canary_spec",
     "conversation_key",
     "end_canary",
+    "live_evidence",
     "replay_canary_samples",
 ]
 
@@ -341,3 +342,15 @@ def replay_canary_samples(judge: CanaryJudge, rows: Sequence[Mapping[str, Any]])
             latency = float(detail.split("=", 1)[1]) if detail.startswith("latency_ms=") else None
             judge.observe_answer(arm, bool(row["degenerate"]), latency)
     judge.resume()
+
+
+def live_evidence(log: Any, state: Mapping[str, Any] | None, config: Any) -> dict[str, Any] | None:
+    """The running canary's evidence as a router would have it, rebuilt from the traffic log ``log``
+    (``router stats``, ``router report``); ``config`` is the router's. None without a canary."""
+    spec = canary_spec(state)
+    if spec is None:
+        return None
+    judge = CanaryJudge(spec, config.canary, max_degenerate_rate=config.quality.max_degenerate_rate)
+    keys = [f"registry:{spec.version}", f"registry:{spec.serving}"]
+    replay_canary_samples(judge, log.canary_samples(since=spec.started_at, served_keys=keys))
+    return {"version": spec.version, "serving": spec.serving, "share": spec.share, **judge.evidence()}

@@ -85,7 +85,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _print_canary(config: Any, log: Any) -> None:
     """The followed registry's canary: its state, live evidence rebuilt from the log, and decisions."""
     from hybrid_common.serving_pointer import read_history, read_serving
-    from router.canary import CanaryJudge, canary_spec, replay_canary_samples
+    from router.canary import live_evidence
 
     registry = config.local.followed_registry
     if registry is None:
@@ -94,12 +94,7 @@ def _print_canary(config: Any, log: Any) -> None:
     history = read_history(registry)
     if state is None or not any(str(e.get("action", "")).startswith("canary") for e in history):
         return
-    spec, live = canary_spec(state), None
-    if spec is not None:
-        judge = CanaryJudge(spec, config.canary, max_degenerate_rate=config.quality.max_degenerate_rate)
-        replay_canary_samples(judge, log.canary_samples(since=spec.started_at, served_keys=[f"registry:{spec.version}", f"registry:{spec.serving}"]))
-        live = judge.evidence()
-    print_canary_status(state, history, live=live)
+    print_canary_status(state, history, live=live_evidence(log, state, config))
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -517,7 +517,7 @@ class BatchScheduler:
             if generation != self._generation and native is not None:
                 native.close()  # retired while stuck: nobody else will free it
 
-    def _keeps_budgets(self, adapter: Path | None) -> bool:
+    def _keeps_budgets(self, adapter: Path | None = None) -> bool:
         """Whether one more sequence (on ``adapter``) leaves every live request that was admitted
         under a latency budget (``job.finish_by``) within it, at the step time of the larger batch.
         Admission predicted each of them at the batch size of its moment; requests that may not

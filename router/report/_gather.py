@@ -8,10 +8,11 @@ samples (a sampled few per request), versions from the registry's history file.
 
 from __future__ import annotations
 
+
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -229,6 +230,10 @@ def gather(log: Any, config: Any, *, since: str | None = None, until: str | None
         ))  # fmt: skip
     curve = cost_quality_curve({c: sum(t.values()) for c, t in by_category.items()}, quality, floor=config.quality.min_similarity)
     history = read_registry_history(config.local.registry_path, since=since, until=until)
+    if history.serving is not None and isinstance(history.serving.get("canary"), dict):
+        from router.canary import live_evidence
+
+        history = replace(history, live=live_evidence(log, history.serving, config))
     return ReportData(
         location=log.location, generated_at=datetime.now(UTC).isoformat(timespec="seconds"), since=since, until=until,
         first_day=first, last_day=last, by=by, summary=summary, totals=totals, series=series, latency=latency,

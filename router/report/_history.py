@@ -26,6 +26,8 @@ class RegistryHistory:
     serving: dict[str, Any] | None = None
     note: str = ""
     """Why the table is empty, or what serves now."""
+    live: dict[str, Any] | None = None
+    """A running canary's evidence so far, rebuilt from the log (:func:`router.canary.live_evidence`)."""
 
 
 def read_registry_history(registry: Path | None, *, since: str | None, until: str | None) -> RegistryHistory:

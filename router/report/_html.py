@@ -220,6 +220,9 @@ def _compact(value: Any, prefix: str = "") -> str:
 def _history_section(data: ReportData) -> str:
     history = data.history
     note = f'<p data-history-note="1">{escape(history.note)}</p>'
+    if history.live is not None:
+        note += (f'<p data-canary-live="1"><b>Running canary {escape(str(history.live.get("version")))}</b>, live evidence so far '
+                 f'(rebuilt from this log): {escape(_compact(history.live))}</p>')  # fmt: skip
     if not history.entries:
         return note
     rows = []

@@ -68,6 +68,7 @@ def _scheduler_with(live: list[tuple[int, float | None]], step_s: float) -> Batc
     scheduler.max_sequences = 16
     scheduler.prefill_chunk = 128
     scheduler._times = _StepTimes(16)
+    scheduler._adapter_path, scheduler.adapter_version, scheduler._canary = None, None, None  # one lane, the base model
     for size in range(1, 17):
         scheduler._times.observe(size, step_s * size)
     now = time.monotonic()

@@ -183,3 +183,36 @@ def test_promoting_another_version_retires_the_canary_in_the_history(registry: M
     assert state["version"] == "v0003" and "canary" not in state
     assert [e["action"] for e in registry.history()[-2:]] == ["canary_abort", "promote"]
     assert json.loads((registry.root / "serving.json").read_text())["previous"] == "v0001"
+
+
+def test_router_stats_shows_the_running_canary_with_its_live_evidence_from_the_log(
+    registry: ModelRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from router.traffic_log import LogRecord, TrafficLog
+
+    registry.start_canary("v0002", 0.3)
+    started = registry.serving_state()["canary"]["started_at"]
+    log_path = tmp_path / "traffic.sqlite3"
+    with TrafficLog(log_path) as log:
+        log.record(LogRecord(id="r1", requested_model="auto", reason="local_category", stream=False, tier="local", category="ORDER"))
+        for i in range(6):  # what a router logs for the canary (router._canary_serving): answers and audits per arm
+            for version, similarity in (("v0002", 0.6), ("v0001", 0.8)):
+                log.record_quality_sample(kind="canary_answer", category="ORDER", served_key=f"registry:{version}", similarity=0.0,
+                                          degenerate=False, request_id=f"a{i}{version}", detail="latency_ms=120.0")
+                log.record_quality_sample(kind="canary_audit", category="ORDER", served_key=f"registry:{version}",
+                                          similarity=similarity, degenerate=False, request_id=f"a{i}{version}")
+        assert len(log.canary_samples(since=started, served_keys=["registry:v0002", "registry:v0001"])) == 24
+        assert not [s for s in log.quality_samples(per_category=100) if s["kind"].startswith("canary")]  # not the gate's
+    config = tmp_path / "router.toml"
+    config.write_text(f'[local]\nregistry_path = "{registry.root}"\n[log]\npath = "{log_path}"\n', encoding="utf-8")
+    assert router_main(["--config", str(config), "stats"]) == 0
+    out = capsys.readouterr().out
+    assert "canary v0002: 30% of local traffic beside v0001" in out
+    assert "live: score 0.6 vs 0.8 (audits 6 / 6" in out and "latency p50 120.0 vs 120.0 ms" in out
+    # The report shows the same live evidence beside the registry's history.
+    from router.config import load_config
+    from router.report import build_report
+
+    with TrafficLog(log_path) as log:
+        page = build_report(log, load_config(str(config)))
+    assert 'data-canary-live="1"' in page and "Running canary v0002" in page and "canary.audits=6" in page

@@ -47,7 +47,7 @@ def canary_config(make_config: Callable[..., Any], registry: ModelRegistry, **ca
     )  # fmt: skip
 
 
-def ask(client: Client, messages: list[dict[str, str]], model: str = "gpt-4o", max_tokens: int = 40) -> Any:
+def ask(client: Client, messages: list[dict[str, str]], model: str = "gpt-4o", max_tokens: int = 16) -> Any:
     return client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
 
 
@@ -85,6 +85,19 @@ def test_a_canary_never_serves_a_category_below_its_floor_and_a_conversation_kee
             turn = ask(client, messages, model="local", max_tokens=8)
             assert turn.router.adapter_version == canary
         assert "canary" in registry.serving_state()  # decide = false: the evidence decides nothing
+        before = client._engine.canary.evidence()
+    # Only requests the canary could serve count, on both arms: the ORDER ones, not the PAYMENT ones.
+    assert before is not None and before["canary"]["answers"] >= 4 and before["serving"]["answers"] >= 1
+    eligible = sum(r.router.category in ("ORDER", "DELIVERY") for r in orders.values())
+    assert before["canary"]["answers"] + before["serving"]["answers"] == eligible + 3
+    # A restarted router resumes the canary's evidence from the log, arm by arm.
+    with Client(canary_config(make_config, registry, decide=False, audit_rate=0.0)) as restarted:
+        one = ask(restarted, [{"role": "user", "content": queries("ORDER", 1, skip=12)[0]}], model="local", max_tokens=4)
+        after = restarted._engine.canary.evidence()
+    assert after is not None
+    counted = one.router.category in ("ORDER", "DELIVERY")
+    assert after["canary"]["answers"] + after["serving"]["answers"] == eligible + 3 + counted
+    assert after["canary"]["answers"] >= before["canary"]["answers"] and after["serving"]["answers"] >= before["serving"]["answers"]
 
 
 def test_a_degenerate_canary_is_rolled_back_live_and_stays_retired_after_a_restart(
@@ -132,7 +145,7 @@ def test_a_better_canary_is_promoted_live_on_audits(tmp_path: Path, make_config:
     texts = queries("ORDER", 60, skip=60) + queries("DELIVERY", 60, skip=60)
     with Client(config) as client:
         for text in texts:
-            ask(client, [{"role": "user", "content": text}], max_tokens=24)
+            ask(client, [{"role": "user", "content": text}], max_tokens=12)
             assert client.wait_for_samples(120)  # audits run in the background: let each decide before the next request
             if "canary" not in (registry.serving_state() or {}):
                 break

@@ -219,7 +219,7 @@ def test_a_log_written_by_the_previous_schema_is_migrated(tmp_path: Path) -> Non
         log.record_feedback("old-1", score=None, accepted=True, correction=None)
         assert log.feedback()["old-1"]["accepted"] is True
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
     conn.close()
 
 

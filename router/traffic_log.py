@@ -120,16 +120,21 @@ def _period_width(by: str) -> int:
     return _PERIOD_WIDTH[by]
 
 
-def _hour_window(since: str | None, until: str | None) -> tuple[str, tuple[str, ...]]:
-    """The WHERE clause bounding the hourly tables to the days ``since`` .. ``until`` (inclusive)."""
+def _day_window(since: str | None, until: str | None, column: str = "created_at") -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause bounding an ISO-timestamp ``column`` to the days ``since`` .. ``until`` (inclusive)."""
     where, args = [], []
     if since is not None:
-        where.append("hour >= ?")
+        where.append(f"{column} >= ?")
         args.append(since[:10])
     if until is not None:
-        where.append("hour <= ?")
-        args.append(until[:10] + "T99")
+        where.append(f"{column} < ?")
+        args.append(until[:10] + "T99")  # the whole last day: timestamps are ISO 8601 strings
     return ("WHERE " + " AND ".join(where) if where else ""), tuple(args)
+
+
+def _hour_window(since: str | None, until: str | None) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause bounding the hourly tables to the days ``since`` .. ``until`` (inclusive)."""
+    return _day_window(since, until, "hour")
 
 
 def _latest_feedback(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -510,18 +515,8 @@ class TrafficLog:
         """Requests per routing reason (``local_busy`` spills among them). Unlike :meth:`summary`
         this reads the requests themselves (over the ``created_at`` index when bounded), so it counts
         only rows retention has kept and costs a scan of the days asked for."""
-        where, args = [], []
-        if since is not None:
-            where.append("created_at >= ?")
-            args.append(since[:10])
-        if until is not None:
-            where.append("created_at < ?")
-            args.append(until[:10] + "T99")  # the whole last day: timestamps are ISO 8601 strings
-        rows = self._read(
-            f"""SELECT reason, CAST(COUNT(*) AS BIGINT) AS n FROM requests {"WHERE " + " AND ".join(where) if where else ""}
-                GROUP BY reason ORDER BY reason""",
-            tuple(args),
-        )
+        where, args = _day_window(since, until)
+        rows = self._read(f"SELECT reason, CAST(COUNT(*) AS BIGINT) AS n FROM requests {where} GROUP BY reason ORDER BY reason", args)
         return {r["reason"]: int(r["n"]) for r in rows}
 
     def hourly(self, *, since: str | None = None, until: str | None = None, by: str = "hour") -> list[dict[str, Any]]:
@@ -557,17 +552,11 @@ class TrafficLog:
     def quality_samples_between(self, *, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
         """Every scored sample and vote recorded in the days ``since`` .. ``until`` (inclusive), oldest first,
         without the answers' text: a sampled few per request at most, so a window's worth is small."""
-        where, args = [], []
-        if since is not None:
-            where.append("created_at >= ?")
-            args.append(since[:10])
-        if until is not None:
-            where.append("created_at < ?")
-            args.append(until[:10] + "T99")  # the whole last day: timestamps are ISO 8601 strings
+        where, args = _day_window(since, until)
         rows = self._read(
             f"""SELECT id, created_at, request_id, kind, category, served_key, similarity, degenerate, cost_usd
-                FROM quality_samples {"WHERE " + " AND ".join(where) if where else ""} ORDER BY id""",
-            tuple(args),
+                FROM quality_samples {where} ORDER BY id""",
+            args,
         )
         return [dict(r) for r in rows]
 

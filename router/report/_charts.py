@@ -188,6 +188,11 @@ def _latency(data: ReportData) -> Any:
         ax.set_ylim(bottom=0)
         ax.set_ylabel("ms")
     ax.set_title(f"Latency p50 / p95 / p99 per tier, per {data.by}", loc="left")
+    periods = {p.period for points in data.latency.values() for p in points}
+    if len(periods) == 1:  # one period: frame it by its neighbours, not by matplotlib's default years
+        step = timedelta(hours=1) if data.by == "hour" else timedelta(days=1)
+        only = _when(next(iter(periods)))
+        ax.set_xlim(only - step, only + step)
     _date_axis(ax)
     _legend(ax)
     return fig

@@ -1,9 +1,11 @@
 """Category discovery, measured (``make eval-discover``): writes ``evals/results/discover.json``.
 
-1. **Banking77** (test.csv, 3,080 queries, 77 intents), labels hidden and k not given: NMI, ARI and
+1. **Intent sets**: Banking77 (test.csv, 3,080 queries, 77 intents), HWU64 (10,020 queries, 64
+   intents) and Bitext (4,514 queries, 27 intents), labels hidden and k not given: NMI, ARI and
    ACC (Hungarian matching; noise points scored as assigned to their nearest cluster, the noise
    share reported) of :func:`classifiers.discovery.cluster_embeddings`, beside k-means told the
-   true k on the same embeddings (three seeds), the floor to beat.
+   true k on the same embeddings (three seeds), the floor to beat; on Banking77 and HWU64 also
+   what ``granularity`` 0.5 / 1 / 2 does to the number of categories, their share and purity.
 2. **Bitext proposals**: Bitext queries replayed all-cloud through ``router.Client`` (the stand-in
    cloud answers with the reference answers) and logged; ``discover`` with ``target_share`` 0.9 and
    ``--auto``; coverage of the accepted categories, their purity against Bitext's 11 categories
@@ -69,43 +71,97 @@ def clustering_scores(truth: np.ndarray, predicted: np.ndarray) -> dict[str, flo
     }
 
 
-def banking77(encoder: Any) -> dict[str, Any]:
+INTENT_SETS = {  # name: (file, text column, label column); the sets each setting was chosen on are in evals/README.md
+    "banking77": (BANKING77 / "test.csv", "text", "category"),
+    "hwu64": (SHARED / "hwu64" / "hwu64.csv", "text", "intent"),
+    "bitext": (BITEXT, "instruction", "intent"),
+}
+GRANULARITIES = (0.5, 1.0, 2.0)
+
+
+def _knob_figures(truth: np.ndarray, result: Any) -> dict[str, float]:
+    """What a granularity does to the categories: how many, their mean share, and their purity."""
+    assigned = result.labels >= 0
+    hits = sum(Counter(truth[assigned & (result.labels == c)]).most_common(1)[0][1] for c in np.unique(result.labels[assigned]))
+    return {"k": result.k, "mean_share": float(assigned.mean() / max(result.k, 1)), "purity": float(hits / max(assigned.sum(), 1)),
+            "unassigned_share": float(1 - assigned.mean())}  # fmt: skip
+
+
+def intent_set(name: str, encoder: Any, *, knob: bool) -> dict[str, Any]:
+    """Clustering of one labelled intent set, labels hidden and k not given, beside k-means at the true k."""
     from sklearn.cluster import KMeans
 
     from classifiers.discovery import cluster_embeddings
 
-    rows = _csv(BANKING77 / "test.csv")
-    truth = np.array([r["category"] for r in rows])
+    path, text_column, label_column = INTENT_SETS[name]
+    rows = _csv(path)
+    texts = [r[text_column] for r in rows]
+    truth = np.array([r[label_column] for r in rows])
+    true_k = len(set(truth))
     started = time.perf_counter()
-    embeddings = encoder.encode([r["text"] for r in rows], n_jobs=2, progress=True)
+    embeddings = encoder.encode(texts, n_jobs=2, progress=True)
     embed_s = time.perf_counter() - started
     started = time.perf_counter()
-    result = cluster_embeddings(embeddings)
+    result = cluster_embeddings(embeddings, texts=texts)
     cluster_s = time.perf_counter() - started
+    again = cluster_embeddings(embeddings, texts=texts)
     ours = clustering_scores(truth, result.nearest)
-    floors = [clustering_scores(truth, KMeans(77, random_state=seed).fit_predict(embeddings)) for seed in range(3)]
+    floors = [clustering_scores(truth, KMeans(true_k, random_state=seed).fit_predict(embeddings)) for seed in range(3)]
     floor = {key: float(np.mean([f[key] for f in floors])) for key in ("nmi", "ari", "acc")}
     print(
-        f"banking77: k found {result.k}, noise {result.noise_share:.1%}: NMI {ours['nmi']:.1f} ARI {ours['ari']:.1f} "
-        f"ACC {ours['acc']:.1f}; k-means at the true k (3 seeds): NMI {floor['nmi']:.1f} ARI {floor['ari']:.1f} ACC {floor['acc']:.1f}"
+        f"{name}: {len(rows)} queries, {true_k} intents; k found {result.k} (estimate {result.estimate}), noise "
+        f"{result.noise_share:.1%}: NMI {ours['nmi']:.1f} ARI {ours['ari']:.1f} ACC {ours['acc']:.1f} in {cluster_s:.0f} s; "
+        f"k-means at the true k (3 seeds): NMI {floor['nmi']:.1f} ARI {floor['ari']:.1f} ACC {floor['acc']:.1f}"
     )
-    return {
-        "banking77_nmi": ours["nmi"], "banking77_ari": ours["ari"], "banking77_acc": ours["acc"],
-        "banking77_k_found": result.k, "banking77_noise_share": result.noise_share,
-        "banking77_unassigned_share": float((result.labels < 0).mean()),
-        "banking77_kmeans_true_k_nmi": floor["nmi"], "banking77_kmeans_true_k_ari": floor["ari"],
-        "banking77_kmeans_true_k_acc": floor["acc"], "banking77_kmeans_true_k_seeds": floors,
-        "banking77_embed_seconds": embed_s, "banking77_cluster_seconds": cluster_s,
+    figures: dict[str, Any] = {
+        f"{name}_queries": len(rows), f"{name}_true_k": true_k,
+        f"{name}_nmi": ours["nmi"], f"{name}_ari": ours["ari"], f"{name}_acc": ours["acc"],
+        f"{name}_k_found": result.k, f"{name}_k_estimate_votes": list(result.estimate.votes) if result.estimate else None,
+        f"{name}_noise_share": result.noise_share, f"{name}_unassigned_share": float((result.labels < 0).mean()),
+        f"{name}_same_result_twice": bool(np.array_equal(result.labels, again.labels)),
+        f"{name}_kmeans_true_k_nmi": floor["nmi"], f"{name}_kmeans_true_k_ari": floor["ari"],
+        f"{name}_kmeans_true_k_acc": floor["acc"], f"{name}_kmeans_true_k_seeds": floors,
+        f"{name}_embed_seconds": embed_s, f"{name}_cluster_seconds": cluster_s,
     }  # fmt: skip
+    if knob:
+        sweep = {}
+        for granularity in GRANULARITIES:
+            run = result if granularity == 1.0 else cluster_embeddings(embeddings, texts=texts, granularity=granularity)
+            sweep[str(granularity)] = {**_knob_figures(truth, run), **clustering_scores(truth, run.nearest)}
+            print(f"  granularity {granularity}: {sweep[str(granularity)]}")
+        figures[f"{name}_granularity"] = sweep
+    return figures
 
 
 def _bucket(text: str) -> int:
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) % 100
 
 
+def _scored_proposal(store_dir: Path, proposal: Any, truth: dict[str, dict[str, str]]) -> tuple[Any, ...]:
+    """Accepted categories of a proposal scored against Bitext's labels (read only here)."""
+    from classifiers.discovery import ProposalStore
+
+    vectors = ProposalStore(store_dir).load_vectors()
+    accepted = {vectors["ids"].index(c.id): c for c in proposal.accepted}
+    members = vectors["members"]
+    request_ids = vectors["request_ids"]
+    covered = sum(1 for m in members if int(m) in accepted)
+    purity, intent_hits, intent_pure90, category_majority = {}, 0, 0, {}
+    for index, category in accepted.items():
+        ids = [request_ids[i] for i in np.flatnonzero(members == index)]
+        cats = Counter(truth[i]["category"] for i in ids)
+        intents = Counter(truth[i]["intent"] for i in ids)
+        purity[category.name] = cats.most_common(1)[0][1] / len(ids)
+        category_majority[category.name] = cats.most_common(1)[0][0]
+        intent_hits += intents.most_common(1)[0][1]
+        if intents.most_common(1)[0][1] / len(ids) >= 0.9:  # the issue's measure: queries in clusters >= 90 % pure by intent
+            intent_pure90 += len(ids)
+    return accepted, covered, purity, intent_hits, intent_pure90, category_majority, members
+
+
 def bitext_proposals(workdir: Path, encoder: Any) -> dict[str, Any]:
     from classifiers import EmbeddingClassifier
-    from classifiers.discovery import DiscoveryConfig, ProposalStore
+    from classifiers.discovery import DiscoveryConfig
     from evals.standin_cloud import LatencyModel, StandinCloud
     from finetune.categories import apply_categories
     from finetune.classifier_registry import ClassifierRegistry
@@ -149,22 +205,21 @@ def bitext_proposals(workdir: Path, encoder: Any) -> dict[str, Any]:
     run = discover(log_path, workdir / "categories", config=DiscoveryConfig(target_share=0.9), auto=True,
                    encoder_cache=workdir / "cache", progress=True)  # fmt: skip
     proposal = run.proposal
-    store = ProposalStore(workdir / "categories")
-    vectors = store.load_vectors()
-    accepted = {vectors["ids"].index(c.id): c for c in proposal.accepted}
-    members = vectors["members"]
-    request_ids = vectors["request_ids"]
-    covered = sum(1 for m in members if int(m) in accepted)
-    purity, intent_hits, intent_pure90, category_majority = {}, 0, 0, {}
-    for index, category in accepted.items():
-        ids = [request_ids[i] for i in np.flatnonzero(members == index)]
-        cats = Counter(truth[i]["category"] for i in ids)
-        intents = Counter(truth[i]["intent"] for i in ids)
-        purity[category.name] = cats.most_common(1)[0][1] / len(ids)
-        category_majority[category.name] = cats.most_common(1)[0][0]
-        intent_hits += intents.most_common(1)[0][1]
-        if intents.most_common(1)[0][1] / len(ids) >= 0.9:  # the issue's measure: queries in clusters >= 90 % pure by intent
-            intent_pure90 += len(ids)
+    accepted, covered, purity, intent_hits, intent_pure90, category_majority, members = _scored_proposal(
+        workdir / "categories", proposal, truth
+    )
+    # What the cloud's answers add: the same run with answers ignored (no split by answers, no answer check).
+    plain = discover(log_path, workdir / "categories-no-answers", config=DiscoveryConfig(target_share=0.9, min_answer_similarity=0.0),
+                     auto=True, encoder_cache=workdir / "cache", progress=True)  # fmt: skip
+    p_accepted, p_covered, p_purity, p_intent_hits, _, _, p_members = _scored_proposal(
+        workdir / "categories-no-answers", plain.proposal, truth
+    )
+    without_answers = {
+        "clusters_found": plain.clusters_found, "categories_accepted": len(p_accepted),
+        "coverage": p_covered / len(p_members), "min_purity": min(p_purity.values()),
+        "intent_purity": p_intent_hits / max(p_covered, 1),
+    }  # fmt: skip
+    print(f"bitext without answers: {without_answers}")
     proposed_bitext = set(category_majority.values())
     unproposed = sorted({r["category"] for r in rows} - proposed_bitext)
     applied = apply_categories(workdir / "categories", log_path, workdir / "classifiers")
@@ -190,6 +245,7 @@ def bitext_proposals(workdir: Path, encoder: Any) -> dict[str, Any]:
         "bitext_unproposed_edge_recall": recall, "bitext_unproposed_held_out": len(edge),
         "bitext_proposed_held_out_local_share": in_scope_local, "bitext_discover_seconds": run.seconds,
         "bitext_purity_by_category": purity, "bitext_majority_category": category_majority,
+        "bitext_without_answers": without_answers,
     }  # fmt: skip
 
 
@@ -257,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Any] = json.loads(args.results.read_text()) if args.results.is_file() else {}
     encoder = discovery_encoder(None, args.workdir / "cache")
-    figures.update(banking77(encoder))
+    for name in INTENT_SETS:
+        figures.update(intent_set(name, encoder, knob=name != "bitext"))
     if not args.skip_bitext:
         bitext_dir = args.workdir / "bitext"
         shutil.rmtree(bitext_dir, ignore_errors=True)

@@ -33,7 +33,7 @@ def _discover_config(config: Any, args: argparse.Namespace | None = None) -> Any
     from hybrid_common.errors import ConfigError
 
     values = dict(config.discover)
-    for flag in ("target_share", "min_cluster_share", "max_queries"):
+    for flag in ("target_share", "min_cluster_share", "max_queries", "categories", "granularity"):
         if args is not None and getattr(args, flag, None) is not None:
             values[flag] = getattr(args, flag)
     try:
@@ -65,7 +65,7 @@ def _discover(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(
         f"read {run.queries} logged queries ({run.skipped} skipped: errors, tools or images), found {run.clusters_found} "
-        f"new clusters in {run.seconds:.0f} s"
+        f"new clusters in {run.seconds:.0f} s" + (f"; number of clusters {run.granularity}" if run.granularity else "")
     )
     print_table(run.proposal, sys.stdout, limit=args.limit)
     print(f"\nproposal: {run.store.yaml_path}\nreport:   {run.store.html_path}")
@@ -163,6 +163,10 @@ def add_discover_command(commands: Any) -> None:
     parser.add_argument("--target-share", type=float, help="share of traffic the proposal should cover (default 0.8)")
     parser.add_argument("--min-cluster-share", type=float, help="smallest cluster worth a category (default 0.005)")
     parser.add_argument("--max-queries", type=int, help="read at most this many logged queries")
+    parser.add_argument("--categories", type=int, help="look for exactly this many clusters (default: estimated from the data)")
+    parser.add_argument(
+        "--granularity", type=float, help="scale the estimated number of clusters: 2 finer, 0.5 coarser (default 1)"
+    )
     parser.add_argument(
         "--name-with-cloud", nargs="?", const="", metavar="MODEL",
         help="name new clusters with the cloud model (default model unless given); never sends private or PII queries",

@@ -35,6 +35,8 @@ class DiscoveryRun:
     noise_share: float
     clusters_found: int
     seconds: float
+    granularity: str = ""
+    """How the number of clusters was decided (see ``classifiers.discovery.DiscoveryResult``)."""
 
 
 def accept_by_thresholds(proposal: Proposal, config: DiscoveryConfig) -> list[str]:
@@ -110,6 +112,7 @@ def discover(
     return DiscoveryRun(
         proposal=result.proposal, store=store, queries=len(queries.texts), skipped=queries.skipped,
         noise_share=result.noise_share, clusters_found=result.clusters_found, seconds=time.perf_counter() - started,
+        granularity=result.granularity,
     )  # fmt: skip
 
 

@@ -38,6 +38,16 @@ class DiscoveryConfig(BaseModel):
     min_cluster_share: float = Field(
         0.005, gt=0, lt=1, description="Smallest cluster worth a category, as a share of the queries read."
     )
+    categories: int | None = Field(
+        None, ge=2, le=1000, description="Look for exactly this many clusters (default: estimated from the data, then scaled by granularity)."
+    )
+    granularity: float = Field(
+        1.0, gt=0, le=10,
+        description="Multiplies the estimated number of clusters: above 1 finer categories (each purer, a smaller share), below 1 coarser.",
+    )  # fmt: skip
+    lexical_weight: float = Field(
+        0.3, ge=0, le=2, description="Weight of the queries' word TF-IDF (LSA) joined to their embeddings for clustering (0: embeddings only)."
+    )
     min_cohesion: float = Field(0.55, ge=0, le=1, description="A clean cluster's queries are at least this close to their centroid.")
     min_answer_similarity: float = Field(
         0.55, ge=0, le=1, description="A clean cluster's cloud answers are at least this alike (when answers were logged)."
@@ -64,6 +74,8 @@ class DiscoveryResult:
     vectors: dict[str, Any]
     noise_share: float
     clusters_found: int
+    granularity: str = ""
+    """How the number of clusters was decided, for people (e.g. "estimated 58 (votes 76, 50, 62, 53)")."""
 
 
 def _cluster_id(request_ids: Sequence[str]) -> str:
@@ -123,13 +135,20 @@ def propose(
 
     # 2. Cluster what is left.
     rest = np.flatnonzero(members < 0)
-    noise_share, found = 0.0, 0
+    noise_share, found, granularity = 0.0, 0, ""
     if len(rest) >= 16:
         result = cluster_embeddings(
-            points[rest], min_cluster_share=config.min_cluster_share * n / len(rest), max_points=config.max_points,
+            points[rest], texts=[queries.texts[i] for i in rest], categories=config.categories,
+            granularity=config.granularity, lexical_weight=config.lexical_weight,
+            min_cluster_share=config.min_cluster_share * n / len(rest), max_points=config.max_points,
             assign_quantile=config.assign_quantile, seed=config.seed,
         )  # fmt: skip
         noise_share, found = result.noise_share, result.k
+        if result.estimate is None:
+            granularity = f"{config.categories} asked for"
+        else:
+            votes = ", ".join(map(str, result.estimate.votes))
+            granularity = f"estimated {result.estimate.categories} (votes {votes}) x granularity {config.granularity:g}"
         earlier = [c for c in (previous.categories if previous else []) if c.id not in kept_previous]
         earlier_cents = (
             np.stack([previous_vectors["centroids"][previous_vectors["ids"].index(c.id)] for c in earlier])
@@ -216,7 +235,9 @@ def propose(
         "request_ids": list(queries.request_ids),
         "members": np.where(members >= 0, remap[members], -1),
     }
-    return DiscoveryResult(proposal=proposal, vectors=vectors, noise_share=noise_share, clusters_found=found)
+    return DiscoveryResult(
+        proposal=proposal, vectors=vectors, noise_share=noise_share, clusters_found=found, granularity=granularity
+    )
 
 
 def _named(

@@ -53,6 +53,40 @@ def test_clusters_below_the_minimum_share_are_not_categories() -> None:
     assert result.k == 3
 
 
+def test_the_same_data_and_seed_give_the_same_granularity_and_clusters() -> None:
+    points, _ = _blobs(10, 50, spread=0.45, seed=3)
+    texts = [f"query {i % 7} about topic {i // 50}" for i in range(len(points))]
+    first = cluster_embeddings(points, texts=texts, seed=4)
+    second = cluster_embeddings(points.copy(), texts=list(texts), seed=4)
+    assert first.estimate is not None and first.estimate == second.estimate
+    assert np.array_equal(first.labels, second.labels) and np.array_equal(first.nearest, second.nearest)
+
+
+def test_granularity_scales_the_number_of_categories_as_documented() -> None:
+    points, truth = _blobs(12, 60)
+    default = cluster_embeddings(points)
+    coarse = cluster_embeddings(points, granularity=0.5)
+    fine = cluster_embeddings(points, granularity=2.0)
+    assert default.estimate is not None and default.estimate.categories == 12
+    assert coarse.k == 6 and fine.k == 24  # 0.5 and 2 times the estimate
+    # coarser categories are larger and less pure; finer ones stay pure (each a part of one blob)
+    assert _purity(coarse.nearest, truth) < 0.6 and _purity(fine.nearest, truth) > 0.98
+    exact = cluster_embeddings(points, categories=5)
+    assert exact.k == 5 and exact.estimate is None
+
+
+def test_word_features_join_the_embeddings_when_texts_are_given() -> None:
+    points, truth = _blobs(4, 40, spread=2.0, seed=5)  # embeddings alone barely separate the groups
+    words = ["alarm", "weather", "music", "refund"]
+    texts = [f"please {words[t]} now" if i % 2 else f"{words[t]} question" for i, t in enumerate(truth)]
+    without = cluster_embeddings(points, categories=4, lexical_weight=0.0)
+    with_words = cluster_embeddings(points, texts=texts, categories=4, lexical_weight=1.0)
+    assert _purity(with_words.nearest, truth) > _purity(without.nearest, truth)
+    assert _purity(with_words.nearest, truth) > 0.95
+    with pytest.raises(ValueError, match="texts for"):
+        cluster_embeddings(points, texts=texts[:-1])
+
+
 def test_too_few_queries_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="at least 16 queries"):
         cluster_embeddings(np.eye(10, dtype=np.float32))

@@ -147,3 +147,19 @@ def test_naming_never_sees_private_or_pii_queries(rows, classifier_path: Path, t
     assert len(set(names)) == len(names)
     newsletter = [c for c in run.proposal.categories if c.pii_share == 1.0]
     assert newsletter and all(not c.name.startswith("NAMED_BY") for c in newsletter)  # keyword names
+
+
+def test_the_granularity_flags_reach_the_discovery_settings_and_bad_ones_are_refused() -> None:
+    import argparse
+
+    from finetune.categories_cli import _discover_config
+    from hybrid_common.errors import ConfigError
+    from router import RouterConfig
+
+    config = RouterConfig(discover={"granularity": 0.5})
+    assert _discover_config(config).granularity == 0.5
+    flags = argparse.Namespace(granularity=2.0, categories=40, target_share=None, min_cluster_share=None, max_queries=None)
+    settings = _discover_config(config, flags)
+    assert (settings.granularity, settings.categories) == (2.0, 40)
+    with pytest.raises(ConfigError, match="discover.granularity"):
+        _discover_config(RouterConfig(discover={"granularity": 0}))

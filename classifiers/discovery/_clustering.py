@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._granularity import GranularityEstimate, estimate_categories
+from ._granularity import GranularityEstimate, estimate_categories, nearest_neighbours
 
 __all__ = ["ClusterResult", "cluster_embeddings", "normalise"]
 
@@ -65,16 +65,12 @@ def normalise(matrix: np.ndarray) -> np.ndarray:
     return (matrix / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
-def _smoothed(points: np.ndarray, neighbours: int, block: int = 2048) -> np.ndarray:
-    """Each row replaced by the normalised mean of itself and its nearest neighbours (blockwise)."""
+def _smoothed(points: np.ndarray, neighbours: int) -> np.ndarray:
+    """Each row replaced by the normalised mean of itself and its nearest neighbours."""
     if neighbours <= 0 or len(points) <= neighbours + 1:
         return points
-    out = np.empty_like(points)
-    for start in range(0, len(points), block):
-        sims = points[start : start + block] @ points.T
-        idx = np.argpartition(-sims, neighbours, axis=1)[:, : neighbours + 1]  # includes the row itself
-        out[start : start + block] = points[idx].mean(axis=1)
-    return normalise(out)
+    ranked = nearest_neighbours(points, neighbours)
+    return normalise((points + points[ranked].sum(axis=1)) / (neighbours + 1))
 
 
 def _reduce(points: np.ndarray, max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GranularityEstimate", "estimate_categories"]
+__all__ = ["GranularityEstimate", "estimate_categories", "nearest_neighbours"]
 
 NEIGHBOUR_COUNTS = (8, 10, 12, 15)
 DENSE_BELOW = 600  # nodes: a dense eigen-solve is quicker and exact below this
@@ -35,31 +35,40 @@ class GranularityEstimate:
     """The largest eigengap's position for each neighbour count."""
 
 
-def knn_graph(points: np.ndarray, neighbours: int, block: int = 2048):  # -> scipy.sparse.csr_matrix
-    """Symmetric 0/1 adjacency: an edge where either point is among the other's nearest neighbours."""
-    import scipy.sparse as sp
-
+def nearest_neighbours(points: np.ndarray, count: int, block: int = 2048) -> np.ndarray:
+    """Indices of each row's ``count`` most similar other rows, most similar first (blockwise)."""
     n = len(points)
-    neighbours = min(neighbours, n - 1)
-    cols = np.empty((n, neighbours), dtype=np.int64)
+    count = min(count, n - 1)
+    out = np.empty((n, count), dtype=np.int64)
     for start in range(0, n, block):
         sims = points[start : start + block] @ points.T
         rows = np.arange(len(sims))
         sims[rows, start + rows] = -np.inf  # not its own neighbour
-        cols[start : start + block] = np.argpartition(-sims, neighbours - 1, axis=1)[:, :neighbours]
-    adjacency = sp.csr_matrix((np.ones(cols.size), (np.repeat(np.arange(n), neighbours), cols.ravel())), shape=(n, n))
+        top = np.argpartition(-sims, count - 1, axis=1)[:, :count]
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+        out[start : start + block] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+def knn_graph(neighbours: np.ndarray):  # -> scipy.sparse.csr_matrix
+    """Symmetric 0/1 adjacency from :func:`nearest_neighbours`: an edge where either row lists the other."""
+    import scipy.sparse as sp
+
+    n, count = neighbours.shape
+    adjacency = sp.csr_matrix((np.ones(neighbours.size), (np.repeat(np.arange(n), count), neighbours.ravel())), shape=(n, n))
     return ((adjacency + adjacency.T) > 0).astype(np.float64)
 
 
-def _smallest_eigenvalues(points: np.ndarray, neighbours: int, count: int, seed: int) -> np.ndarray:
+def _smallest_eigenvalues(neighbours: np.ndarray, count: int, seed: int) -> np.ndarray:
     from scipy.sparse.csgraph import laplacian
 
-    lap = laplacian(knn_graph(points, neighbours), normed=True)
-    if len(points) <= DENSE_BELOW:
+    lap = laplacian(knn_graph(neighbours), normed=True)
+    n = len(neighbours)
+    if n <= DENSE_BELOW:
         return np.linalg.eigvalsh(lap.toarray())[:count]
     from scipy.sparse.linalg import eigsh
 
-    start = np.random.default_rng(seed).uniform(size=len(points))  # ARPACK's start vector, fixed for repeatability
+    start = np.random.default_rng(seed).uniform(size=n)  # ARPACK's start vector, fixed for repeatability
     values = eigsh(lap, k=count, sigma=-0.01, which="LM", return_eigenvectors=False, v0=start)
     return np.sort(values)
 
@@ -69,8 +78,9 @@ def estimate_categories(points: np.ndarray, *, low: int = 2, high: int = 200, se
     n = len(points)
     high = max(low, min(high, n - 3))
     votes = []
+    ranked = nearest_neighbours(points, max(NEIGHBOUR_COUNTS))  # one similarity pass serves every graph
     for neighbours in NEIGHBOUR_COUNTS:
-        values = _smallest_eigenvalues(points, neighbours, min(high + 2, n - 2), seed)
+        values = _smallest_eigenvalues(ranked[:, :neighbours], min(high + 2, n - 2), seed)
         gaps = np.diff(values)[low - 1 : high]  # gaps[i]: eigenvalue (low + i + 1) minus (low + i), 1-based
         votes.append(int(np.argmax(gaps)) + low if len(gaps) else low)
     return GranularityEstimate(categories=int(round(float(np.median(votes)))), votes=tuple(votes))

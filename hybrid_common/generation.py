@@ -14,22 +14,31 @@ from hybrid_common.guard import DegenerationGuard
 __all__ = ["guarded_pieces"]
 
 
-def guarded_pieces(pieces: Iterable[str], guard: DegenerationGuard, *, hold_back: int = 0) -> Iterator[str]:
+def guarded_pieces(
+    pieces: Iterable[str], guard: DegenerationGuard, *, hold_back: int = 0, release_when_settled: bool = False
+) -> Iterator[str]:
     """Yield ``pieces`` while the answer stays sound; afterwards ``guard.problem`` says why it stopped, if it did.
 
     Stops (without consuming further) before the first piece that makes the answer degenerate.
     With ``hold_back`` nothing is released until the answer is that many characters long (or
     complete), so a stream whose start degenerates (an echoed question) has sent nothing and can
-    still be answered by another tier; the held text is then released as one piece.
+    still be answered by another tier; the held text is then released as one piece. With
+    ``release_when_settled`` the hold ends as soon as the guard rules an echo out
+    (:meth:`DegenerationGuard.opening_settled`), usually a few words in: the echo verdict is the
+    same, the caller's first token comes sooner, and a loop that starts after that point cuts the
+    stream instead of falling back (as one after ``hold_back`` always did).
     """
     text = ""
     held = 0  # characters of ``text`` not yet released
+    released = hold_back <= 0
     for piece in pieces:
         if guard.check_partial(text + piece):
             return
         text += piece
         held += len(piece)
-        if len(text) >= hold_back:
+        if not released:
+            released = len(text) >= hold_back or (release_when_settled and guard.opening_settled(text))
+        if released:
             yield text[len(text) - held :]
             held = 0
     if guard.check_final(text) is None and held:

@@ -59,6 +59,49 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
+def _complete_words(text: str) -> list[str]:
+    """The words of ``text`` that cannot grow any more (the last one may be cut mid-word by a piece boundary)."""
+    matches = list(_WORD.finditer(text))
+    if matches and matches[-1].end() == len(text):
+        matches.pop()
+    return [m.group().lower() for m in matches]
+
+
+def _common_in_order(a: Sequence[str], b: Sequence[str]) -> int:
+    """Longest common subsequence of two word lists: no alignment of them matches more words."""
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def _echo_still_possible(words: list[str], source: list[str]) -> bool:
+    """Whether an answer opening with ``words`` could, whatever follows, still be judged an echo of ``source``.
+
+    Mirrors :meth:`DegenerationGuard._echo` with the unknown rest at its most echo-like: a
+    similarity ratio is ``2 * matches / (len(a) + len(b))``, and the words still to come can add at
+    most one match each to the matches the opening already allows (its longest common subsequence
+    with the source).
+    """
+    size, known = len(source), len(words)
+    common = _common_in_order(words, source)
+    for n in range(max(1, size - _ECHO_SLACK), size + _ECHO_SLACK + 1):
+        if n <= known:
+            ratio = SequenceMatcher(a=words[:n], b=source, autojunk=False).ratio()
+        else:
+            ratio = 2 * (common + n - known) / (n + size)
+        if ratio >= _ECHO_SIMILARITY:
+            return True
+    # The final check's short case: the whole answer is the start of the source, cut by the token limit.
+    for length in range(max(known, _MIN_ECHO_WORDS, (size + 1) // 2), size - _ECHO_SLACK):
+        if (_common_in_order(words, source[:length]) + length - known) / length >= _ECHO_SIMILARITY:
+            return True
+    return False
+
+
 def _opening(text: str, words: int) -> str:
     """The raw text up to the end of its first ``words`` words."""
     end = 0
@@ -133,6 +176,21 @@ class DegenerationGuard:
             if self.check_partial(text[: match.end()]):
                 return self.problem
         return self.check_final(text)
+
+    def opening_settled(self, text: str) -> bool:
+        """Whether the answer so far can no longer turn out to be an echo, whatever is generated next.
+
+        A stream held back for the echo check (so an echo can still fall back to the cloud) may be
+        released from here on: the echo verdict is the same as waiting for the whole opening, only
+        earlier. An answer that starts "I'm sorry to hear that" settles within a few words, one that
+        starts with the question's own words stays held until the check has judged it.
+        """
+        if not self._echo_pending:
+            return True
+        words = _complete_words(text)
+        if not words:
+            return False
+        return not any(_echo_still_possible(words, self._echo_sources[i][0]) for i in self._echo_pending)
 
     # -- the individual checks --------------------------------------------------------------------
 

@@ -251,6 +251,13 @@ class LocalConfig(_Section):
         description="A local stream that may still fall back sends nothing until its answer is this many characters "
         "longer than the question, so a degenerate start (an echo) is answered by the cloud instead.",
     )
+    stream_release_when_settled: bool = Field(
+        True,
+        description="End that hold as soon as the guard has ruled out an echo of the question or an earlier turn "
+        "(the opening so far cannot become one, usually a few words in) instead of at stream_hold_back_chars: the "
+        "echo is caught all the same and the first token comes sooner; a loop that starts later cuts the stream "
+        "rather than falling back to the cloud. False: always hold stream_hold_back_chars.",
+    )  # fmt: skip
     base_url: str | None = Field(None, description="openai_compatible backend: the endpoint, e.g. http://host:8000/v1.")
     api_key: SecretStr | None = Field(None, description="openai_compatible backend: its API key, if it wants one.")
     remote_model: str | None = Field(None, description="openai_compatible backend: the model name to request.")

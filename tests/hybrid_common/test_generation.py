@@ -63,3 +63,24 @@ def test_hold_back_then_streams_piece_by_piece_and_flushes_a_short_answer() -> N
     assert out[0] == "Your order left " and out[1:] == ["today. ", "Track ", "it ", "online."]
     short = list(guarded_pieces(["Shipped."], DegenerationGuard(question="status?"), hold_back=100))
     assert short == ["Shipped."]
+
+
+def test_a_settled_opening_is_released_before_the_hold_back() -> None:
+    question = "how do I change the shipping address of my order?"
+    pieces = ["I'm ", "sorry ", "to ", "hear ", "that. ", "Go ", "to ", "Orders ", "and ", "choose ", "Edit."]
+    guard = DegenerationGuard(question=question)
+    out = list(guarded_pieces(pieces, guard, hold_back=len(question) + 48, release_when_settled=True))
+    assert "".join(out) == "".join(pieces) and guard.problem is None
+    # The first chunk is the opening up to where an echo became impossible, then piece by piece.
+    assert out[0] == "I'm sorry to hear " and out[1:] == pieces[4:]
+    # Without it, this answer (shorter than the hold-back) arrives whole at the end.
+    held = list(guarded_pieces(pieces, DegenerationGuard(question=question), hold_back=len(question) + 48))
+    assert held == ["".join(pieces)]
+
+
+def test_an_echo_is_still_held_whole_with_early_release() -> None:
+    question = "where is my order"
+    echo = ["where ", "is ", "my ", "order ", "mendatanguser ", "where ", "is"]
+    guard = DegenerationGuard(question=question)
+    assert list(guarded_pieces(echo, guard, hold_back=len(question) + 48, release_when_settled=True)) == []
+    assert guard.problem == "echoed the question"

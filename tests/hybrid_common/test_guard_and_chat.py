@@ -142,3 +142,63 @@ def test_earlier_turns_are_the_messages_before_the_last_user_message() -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
                 {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "where is my order?"}]  # fmt: skip
     assert earlier_turns(messages) == ["Be brief.", "hi", "Hello!"] and earlier_turns(messages[:2]) == ["Be brief."]
+
+
+def _settles_at(guard: DegenerationGuard, answer: str) -> int | None:
+    """Words of ``answer`` after which the guard has ruled an echo out (None: never before the end)."""
+    import re
+
+    for count, match in enumerate(re.finditer(r"\S+\s+", answer), start=1):
+        if guard.opening_settled(answer[: match.end()]):
+            return count
+    return None
+
+
+def test_opening_settles_within_a_few_words_of_an_answer_that_is_not_an_echo() -> None:
+    question = "how do I change the shipping address of my order?"
+    answer = "I'm sorry to hear about the mix-up. To update the address, go to Orders and choose Edit."
+    assert _settles_at(DegenerationGuard(question=question), answer) == 4  # "I'm sorry to hear"
+    # A guard without echo sources has nothing to wait for.
+    assert DegenerationGuard(question="").opening_settled("")
+    assert DegenerationGuard(question=question, reject_echo=False).opening_settled("")
+
+
+def test_an_opening_with_the_questions_words_is_not_settled_until_judged() -> None:
+    question = "how do I change the shipping address of my order?"
+    guard = DegenerationGuard(question=question)
+    echo = "how do I change the shipping address of my order mendatanguser how do I change"
+    assert _settles_at(guard, echo) is None
+    assert guard.check_text(echo) == "echoed the question"
+    # A word cut by a piece boundary is not judged: "sh" may still become "shipping".
+    assert not DegenerationGuard(question="shipping address").opening_settled("sh")
+
+
+def test_a_settled_opening_never_becomes_an_echo_whatever_follows() -> None:
+    """The early verdict must agree with the full one: after the point where the guard says settled, the
+    most echo-like continuations (the source's words, from every offset, cut at every length) never make
+    the check find an echo."""
+    questions = [
+        "where is my order",
+        "how do I change the shipping address of my order?",
+        "I want to cancel my order",
+        "can you help me download the invoice from last month please",
+        "refund",
+        "what are the fees for an early termination of the contract, and how do I pay them?",
+    ]
+    openings = ["Sure, ", "I want to ", "I ", "To cancel my order ", "where ", "my order ", "Thanks for asking, the ",
+                "how do I change the ", "where is it ", "Hello there friend ", "download the invoice "]  # fmt: skip
+    checked = 0
+    for question in questions:
+        source = question.rstrip("?").split()
+        for opening in openings:
+            for extra in range(len(source) + 1):
+                prefix = opening + " ".join(source[:extra]) + (" " if extra else "")
+                if not DegenerationGuard(question=question).opening_settled(prefix):
+                    continue
+                for start in range(len(source)):
+                    for stop in range(start + 1, len(source) + 3):
+                        answer = prefix + " ".join((source + ["again", "now"])[start:stop])
+                        verdict = DegenerationGuard(question=question).check_text(answer)
+                        assert verdict != "echoed the question", (question, prefix, answer)
+                        checked += 1
+    assert checked > 1000

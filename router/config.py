@@ -374,6 +374,14 @@ class CloudConfig(_Section):
     )  # fmt: skip
     fallback_to_local: bool = Field(True, description="Serve locally when the cloud fails and the local tier can.")
     preimport: bool = Field(True, description="Import litellm in the background at client start (it takes seconds).")
+    litellm_chunk_logging: bool = Field(
+        False,
+        description="Let litellm run its logging for every streamed chunk (a worker-thread task with a new event loop "
+        "per chunk: most of the CPU a streamed cloud answer costs the router's process). Off by default, because the "
+        "router writes its own log of each request; off sets litellm.disable_streaming_logging, which is process-wide. "
+        "litellm's sync success callbacks still see each finished stream; turn this on for async litellm callbacks of "
+        "your own that must see streamed calls.",
+    )  # fmt: skip
 
 
 class ClassifierConfig(_Section):

@@ -74,6 +74,12 @@ class CloudBackend:
     def litellm(self) -> Any:
         return _import_litellm()
 
+    def _streaming_litellm(self) -> Any:
+        """litellm, with its per-chunk logging as configured (``litellm_chunk_logging``; a process-wide switch)."""
+        litellm = _import_litellm()
+        litellm.disable_streaming_logging = not self._config.litellm_chunk_logging
+        return litellm
+
     def _kwargs(self, request: ChatRequest, route: ModelRoute, stream: bool, timeout_s: float | None) -> dict[str, Any]:
         p = request.params
         stray = set(request.cloud_extra) - OPENAI_CHAT_PARAMETERS
@@ -250,7 +256,7 @@ class CloudBackend:
         """``ChatCompletionChunk`` objects; retries only happen before the first chunk."""
         from openai.types.chat import ChatCompletionChunk
 
-        litellm = self.litellm
+        litellm = self._streaming_litellm()
         kwargs = self._kwargs(request, route, True, timeout_s)
         self._check_credentials(route, kwargs)
         chunks = self._with_retries(lambda: litellm.completion(**kwargs), request, route, timeout_s)
@@ -269,7 +275,7 @@ class CloudBackend:
     async def astream(self, request: ChatRequest, route: ModelRoute, timeout_s: float | None) -> AsyncIterator[Any]:
         from openai.types.chat import ChatCompletionChunk
 
-        litellm = await asyncio.to_thread(_import_litellm)
+        litellm = await asyncio.to_thread(self._streaming_litellm)
         kwargs = self._kwargs(request, route, True, timeout_s)
         self._check_credentials(route, kwargs)
         chunks = await self._with_retries_async(lambda: litellm.acompletion(**kwargs), request, route, timeout_s)

@@ -112,3 +112,43 @@ def test_openai_message_objects_in_history(client: Client) -> None:
         model="local", messages=[*user("hi"), first.choices[0].message, *user("and then?")], max_tokens=3
     )
     assert follow.router.tier == "local"
+
+
+def test_litellm_chunk_logging_is_off_and_a_callers_litellm_callback_still_sees_the_finished_stream(client: Client) -> None:
+    """litellm's per-chunk logging (a thread task and event loop per chunk) is switched off; a sync success
+    callback the application registered with litellm still gets each finished stream, once."""
+    import threading
+
+    import litellm
+
+    seen: list[str] = []
+    done = threading.Event()
+
+    def callback(kwargs, response, start, end) -> None:  # litellm's custom-callback signature
+        seen.append(response.choices[0].message.content or "")
+        done.set()
+
+    litellm.success_callback.append(callback)
+    try:
+        chunks = list(client.chat.completions.create(model="gpt-4o", messages=user("feedback: the app is slow"), max_tokens=8, stream=True))
+        assert litellm.disable_streaming_logging is True
+        assert done.wait(10), "the finished stream never reached the callback"
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert seen == [text]
+    finally:
+        litellm.success_callback.remove(callback)
+
+
+def test_litellm_chunk_logging_can_be_left_on() -> None:
+    import litellm
+
+    from router.backends import CloudBackend
+    from router.config import CloudConfig
+
+    try:
+        CloudBackend(CloudConfig(litellm_chunk_logging=True))._streaming_litellm()
+        assert litellm.disable_streaming_logging is False
+        CloudBackend(CloudConfig())._streaming_litellm()
+        assert litellm.disable_streaming_logging is True
+    finally:
+        litellm.disable_streaming_logging = True

@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover eval-cache eval-security eval-conversations bench-load bench-capacity bench-fuzz bench-log bench-report bench-rollout rollout-scores clean
+.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover eval-cache eval-security eval-conversations bench-load bench-capacity bench-fuzz bench-log bench-report bench-rollout bench-stream bench-release rollout-scores clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,14 @@ bench-capacity: $(STAMP)
 
 bench-load: $(STAMP)
 	$(PY) -m evals.load_bench
+
+# What a streamed cloud answer costs the router's process beside an unstreamed one, litellm's per-chunk logging off and on (about 2 minutes).
+bench-stream: $(STAMP)
+	$(PY) -m evals.stream_overhead
+
+# A routed local stream's first token with the guard's hold ended early vs held in full, side by side on make demo's phase-2 router (about 5 minutes; run make demo first).
+bench-release: $(STAMP)
+	$(PY) -m evals.stream_release
 
 # The traffic log at 100,000 and 1,000,000 synthetic rows (SQLite, PostgreSQL): router stats, retrain dataset
 # build, whole and incremental; then 1,000,000 distinct prompts, where the pool cap bounds memory (about an hour).

@@ -1,0 +1,92 @@
+"""A routed local stream's first token with the guard's hold ended early vs held to its full length (``make bench-release``).
+
+Side by side in one process: ``make demo``'s phase-2 router (its classifier, the shipped adapter and
+its evidence, in ``.demo``; run ``make demo`` first) twice, ``local.stream_release_when_settled`` on
+and off, the same held-out Bitext questions of the local categories sent to both in alternating
+order. Reports time to first token and total time (client-side, p50) and whether the answers are
+identical (they must be: only the moment text is released changes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from evals.demo import LOCAL_CATEGORIES, PRIVATE_CATEGORIES, load_bitext, split
+from evals.figures import merge_figures
+from evals.stream_overhead import RESULTS
+
+
+def _timed_stream(client: Any, question: str, max_tokens: int) -> tuple[str, float | None, float, str]:
+    sent, ttft, pieces, tier = time.perf_counter(), None, [], ""
+    with client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": question}], max_tokens=max_tokens, stream=True) as stream:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                ttft = ttft if ttft is not None else (time.perf_counter() - sent) * 1000
+                pieces.append(chunk.choices[0].delta.content)
+            tier = chunk.router.tier
+    return tier, ttft, (time.perf_counter() - sent) * 1000, "".join(pieces)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=36)
+    parser.add_argument("--answer-tokens", type=int, default=160)
+    parser.add_argument("--demo", type=Path, default=Path(".demo"))
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    from evals.standin_cloud import StandinCloud
+    from router import Client, RouterConfig
+
+    demo = args.demo.resolve()
+    if not (demo / "registry").is_dir():
+        raise SystemExit(f"{demo}/registry missing: run `make demo` first")
+    _, _, replay = split(load_bitext())
+    local = [r for r in replay if r["category"] in LOCAL_CATEGORIES]
+    questions = sorted(local, key=lambda r: hashlib.sha256(r["instruction"].encode()).hexdigest())[: args.queries]
+    measured: dict[str, list[tuple[str, float | None, float, str]]] = {"early": [], "held": []}
+    workdir = demo / "stream-release"
+    workdir.mkdir(exist_ok=True)
+    with StandinCloud(answers=demo / "recorded-answers.jsonl", record=workdir / "standin-requests.jsonl") as cloud:
+        base = {
+            "models": {"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
+            "cloud": {"default_model": "gpt-4o"}, "classifier": {"path": demo / "classifier"},
+            "routing": {"local_categories": LOCAL_CATEGORIES, "private_categories": PRIVATE_CATEGORIES},
+            "quality": {"evidence_dir": demo / "evidence"}, "warmup": "eager",
+        }  # fmt: skip
+        clients = {
+            name: Client(RouterConfig(
+                **base, log={"path": workdir / f"traffic-{name}.sqlite3"},
+                local={"registry_path": demo / "registry", "default_max_tokens": args.answer_tokens, "stream_release_when_settled": name == "early"},
+            ))  # fmt: skip
+            for name in measured
+        }
+        try:
+            for i, row in enumerate(questions):
+                for name in ("early", "held") if i % 2 == 0 else ("held", "early"):
+                    measured[name].append(_timed_stream(clients[name], row["instruction"], args.answer_tokens))
+        finally:
+            for client in clients.values():
+                client.close()
+    figures: dict[str, Any] = {"release_queries": len(questions)}
+    for name, runs in measured.items():
+        local_runs = [r for r in runs if r[0] == "local" and r[1] is not None]
+        figures[f"release_{name}_local"] = len(local_runs)
+        figures[f"release_{name}_ttft_p50_ms"] = statistics.median(r[1] for r in local_runs)  # type: ignore[misc]
+        figures[f"release_{name}_total_p50_ms"] = statistics.median(r[2] for r in local_runs)
+    figures["release_identical_answers"] = sum(a[3] == b[3] for a, b in zip(measured["early"], measured["held"], strict=True))
+    figures["release_ttft_ratio"] = figures["release_early_ttft_p50_ms"] / figures["release_held_ttft_p50_ms"]
+    merge_figures(args.results, figures)
+    for name in measured:
+        print(f"{name:6s} local {figures[f'release_{name}_local']:3d}   TTFT p50 {figures[f'release_{name}_ttft_p50_ms']:6.0f} ms"
+              f"   total p50 {figures[f'release_{name}_total_p50_ms']:6.0f} ms")  # fmt: skip
+    print(f"identical answers: {figures['release_identical_answers']} of {len(questions)}; written to {args.results}")
+
+
+if __name__ == "__main__":
+    main()

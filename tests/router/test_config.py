@@ -70,3 +70,13 @@ def test_answer_tokens_and_guard_are_one_rule_for_serving_and_evaluation() -> No
     assert guard.check_final("where is my order") is None  # reject_echo off
     assert guard.check_partial("ab" * 6) == "repetition loop"  # 12 characters of one unit
 
+
+
+def test_stream_hold_is_the_question_plus_the_margin_unless_turned_off() -> None:
+    question = "where is my order?"
+    held = RouterConfig(local={"stream_hold_back_chars": 48}).local
+    assert held.hold_back_for(question) == 48 + len(question)
+    assert held.hold_back_for("x" * 10_000) == 2000  # capped for huge prompts
+    # stream_hold_back_chars = 0 still holds the question's length: only stream_hold = false sends at once.
+    assert RouterConfig(local={"stream_hold_back_chars": 0}).local.hold_back_for(question) == len(question)
+    assert RouterConfig(local={"stream_hold": False}).local.hold_back_for(question) == 0

@@ -135,3 +135,17 @@ def test_a_stream_whose_opening_degenerates_is_answered_by_the_cloud(make_config
         assert chunks[0].router.tier == "cloud" and chunks[0].router.fallback_from == "local"
         assert chunks[0].router.fallback_reason == "degenerate: echoed the question"
         assert {c.router.tier for c in chunks} == {"cloud"}  # nothing of the local echo was sent
+
+
+def test_an_unheld_stream_sends_its_opening_at_once_and_a_later_echo_cuts_it(make_config) -> None:
+    """local.stream_hold = false: the first token is not held for the echo check, so the echo the guard
+    finds later can no longer go to the cloud unseen: the stream is cut and the log says why."""
+    with Client(make_config(local={"reject_echo": True, "degenerate_min_span": 48, "stream_hold": False})) as client:
+        chunks = list(client.chat.completions.create(model="auto", messages=user("Where is my order?"), max_tokens=60, stream=True))
+        assert {c.router.tier for c in chunks} == {"local"}
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text.strip(), "the opening went out before the guard judged it"
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        row = list(client.traffic_log.records())[-1]
+        assert row.tier == "local" and row.fallback_from is None
+        assert row.error_type == "InternalServerError" and "cut short (degenerate" in row.error_message

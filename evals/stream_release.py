@@ -1,9 +1,16 @@
 """A routed local stream's first token with the guard's hold ended early vs held to its full length (``make bench-release``).
 
 Side by side in one process: ``make demo``'s phase-2 router (its classifier, the shipped adapter and
-its evidence, in ``.demo``; run ``make demo`` first) twice, ``local.stream_release_when_settled`` on
-and off, the same held-out Bitext questions of the local categories sent to both in alternating
-order. Reports time to first token and total time (client-side, p50) and whether the answers are
+its evidence, in ``.demo``; run ``make demo`` first) four times, the same held-out Bitext questions
+of the local categories sent to each in rotating order:
+
+* ``early``: ``local.stream_release_when_settled`` on (the default), ``held``: off;
+* ``unheld``: ``local.stream_hold = false``, no hold at all: the floor a held stream cannot beat,
+  and what the operator trades the echo check's fallback for;
+* ``cloud``: no local category, every question answered by the stand-in cloud with its latency
+  model: the time to first token the local ones are compared with (``release_*_cloud_ratio``).
+
+Reports time to first token and total time (client-side, p50) and whether the local answers are
 identical (they must be: only the moment text is released changes).
 """
 
@@ -49,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     _, _, replay = split(load_bitext())
     local = [r for r in replay if r["category"] in LOCAL_CATEGORIES]
     questions = sorted(local, key=lambda r: hashlib.sha256(r["instruction"].encode()).hexdigest())[: args.queries]
-    measured: dict[str, list[tuple[str, float | None, float, str]]] = {"early": [], "held": []}
+    measured: dict[str, list[tuple[str, float | None, float, str]]] = {"early": [], "held": [], "unheld": [], "cloud": []}
+    arms = list(measured)
     workdir = demo / "stream-release"
     workdir.mkdir(exist_ok=True)
     with StandinCloud(answers=demo / "recorded-answers.jsonl", record=workdir / "standin-requests.jsonl") as cloud:
@@ -59,33 +67,41 @@ def main(argv: list[str] | None = None) -> None:
             "routing": {"local_categories": LOCAL_CATEGORIES, "private_categories": PRIVATE_CATEGORIES},
             "quality": {"evidence_dir": demo / "evidence"}, "warmup": "eager",
         }  # fmt: skip
-        clients = {
-            name: Client(RouterConfig(
-                **base, log={"path": workdir / f"traffic-{name}.sqlite3"},
-                local={"registry_path": demo / "registry", "default_max_tokens": args.answer_tokens, "stream_release_when_settled": name == "early"},
-            ))  # fmt: skip
-            for name in measured
-        }
+        def client_for(name: str) -> Any:
+            local = {"registry_path": demo / "registry", "default_max_tokens": args.answer_tokens, "stream_release_when_settled": name == "early"}
+            if name == "unheld":
+                local["stream_hold"] = False
+            routing = base["routing"] | ({"local_categories": []} if name == "cloud" else {})
+            return Client(RouterConfig(**(base | {"routing": routing}), log={"path": workdir / f"traffic-{name}.sqlite3"}, local=local))
+
+        clients = {name: client_for(name) for name in arms}
         try:
             for i, row in enumerate(questions):
-                for name in ("early", "held") if i % 2 == 0 else ("held", "early"):
+                for name in arms[i % len(arms):] + arms[: i % len(arms)]:  # each arm first equally often
                     measured[name].append(_timed_stream(clients[name], row["instruction"], args.answer_tokens))
         finally:
             for client in clients.values():
                 client.close()
     figures: dict[str, Any] = {"release_queries": len(questions)}
     for name, runs in measured.items():
-        local_runs = [r for r in runs if r[0] == "local" and r[1] is not None]
-        figures[f"release_{name}_local"] = len(local_runs)
-        figures[f"release_{name}_ttft_p50_ms"] = statistics.median(r[1] for r in local_runs)  # type: ignore[misc]
-        figures[f"release_{name}_total_p50_ms"] = statistics.median(r[2] for r in local_runs)
+        tier = "cloud" if name == "cloud" else "local"
+        served = [r for r in runs if r[0] == tier and r[1] is not None]
+        figures[f"release_{name}_{tier}"] = len(served)
+        figures[f"release_{name}_ttft_p50_ms"] = statistics.median(r[1] for r in served)  # type: ignore[misc]
+        figures[f"release_{name}_total_p50_ms"] = statistics.median(r[2] for r in served)
+    for name in ("early", "held", "unheld"):
+        figures[f"release_{name}_cloud_ratio"] = figures[f"release_{name}_ttft_p50_ms"] / figures["release_cloud_ttft_p50_ms"]
     figures["release_identical_answers"] = sum(a[3] == b[3] for a, b in zip(measured["early"], measured["held"], strict=True))
+    figures["release_unheld_identical_answers"] = sum(a[3] == b[3] for a, b in zip(measured["early"], measured["unheld"], strict=True))
     figures["release_ttft_ratio"] = figures["release_early_ttft_p50_ms"] / figures["release_held_ttft_p50_ms"]
     merge_figures(args.results, figures)
     for name in measured:
-        print(f"{name:6s} local {figures[f'release_{name}_local']:3d}   TTFT p50 {figures[f'release_{name}_ttft_p50_ms']:6.0f} ms"
-              f"   total p50 {figures[f'release_{name}_total_p50_ms']:6.0f} ms")  # fmt: skip
-    print(f"identical answers: {figures['release_identical_answers']} of {len(questions)}; written to {args.results}")
+        tier = "cloud" if name == "cloud" else "local"
+        ratio = f"   TTFT / cloud's {figures[f'release_{name}_cloud_ratio']:.2f}" if name != "cloud" else ""
+        print(f"{name:6s} {tier} {figures[f'release_{name}_{tier}']:3d}   TTFT p50 {figures[f'release_{name}_ttft_p50_ms']:6.0f} ms"
+              f"   total p50 {figures[f'release_{name}_total_p50_ms']:6.0f} ms{ratio}")  # fmt: skip
+    print(f"identical answers early/held: {figures['release_identical_answers']}, early/unheld: "
+          f"{figures['release_unheld_identical_answers']} of {len(questions)}; written to {args.results}")
 
 
 if __name__ == "__main__":

@@ -97,6 +97,26 @@ def _turn_latencies(engine: Any, classifier: Any, queries: list[str], earlier: l
     return out
 
 
+def _serving_rss(classifier_path: Path) -> dict[str, float]:
+    """The serving process alone (``evals/serving_rss.py``), 16 sequences (the default) and 1, one fresh process each."""
+    print("serving process memory (fresh process: router + classifier + local model, after 16 answers)")
+    figures = {}
+    for sequences in (16, 1):
+        cmd = [sys.executable, "-m", "evals.serving_rss", "--classifier", str(classifier_path), "--adapter", str(ADAPTER),
+               "--max-sequences", str(sequences)]  # fmt: skip
+        child = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+        if child.returncode != 0:
+            sys.stderr.write(child.stderr)
+            raise SystemExit(child.returncode)
+        measured = json.loads(child.stdout.strip().splitlines()[-1])
+        suffix = "" if sequences == 16 else "_one_sequence"
+        figures[f"serving_rss_mb{suffix}"] = measured["rss_mb"]
+        figures[f"serving_peak_rss_mb{suffix}"] = measured["peak_rss_mb"]
+        print(f"  max_sequences {sequences:2d}: RSS {measured['rss_mb']:.0f} MB, peak {measured['peak_rss_mb']:.0f} MB")
+    figures["serving_kv_budget_cost_mb"] = round(figures["serving_peak_rss_mb"] - figures["serving_peak_rss_mb_one_sequence"], 1)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=400)
@@ -135,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(child.returncode)
         results = json.loads((RESULTS / "bench.json").read_text())
         results.update({"import_router_s": round(import_router_s, 4), "import_client_s": round(import_client_s, 3)})
+        results.update(_serving_rss(classifier_path))
         (RESULTS / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
         return results
 

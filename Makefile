@@ -9,7 +9,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # llama-cpp-python compiles from source (~7 min on 2 cores); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 
-.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover eval-cache eval-security eval-conversations bench-load bench-capacity bench-fuzz bench-log bench-report bench-rollout bench-stream bench-release rollout-scores clean
+.PHONY: install demo demo-retrain demo-discover ship-adapter adapter-check quant-report test test-fast bench eval-classifier eval-guard eval-discover eval-cache eval-security eval-conversations eval-learned-followups bench-load bench-capacity bench-fuzz bench-log bench-report bench-rollout bench-stream bench-release rollout-scores clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,6 +80,10 @@ eval-security: $(STAMP)
 eval-conversations: $(STAMP)
 	$(PY) -m evals.conversation_eval
 	$(PY) -m evals.banking_conversations
+
+# A learned follow-up detector against the word rule, on the dev conversations only (held-out wording); about 2 minutes.
+eval-learned-followups: $(STAMP)
+	$(PY) -m evals.learned_followups
 
 # Many callers at once: continuous batching at 1, 4, 8 and 16 concurrent model="local" callers beside raw
 # llama.cpp multi-sequence decode, answers alone vs batched, prefix reuse (about 10 minutes):

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
 
 
 def _status_mb(field: str) -> float:
@@ -40,22 +40,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from evals.demo import load_bitext, split
     from router import Client, RouterConfig
 
-    local = {"max_sequences": args.max_sequences} | ({"adapter_path": args.adapter} if args.adapter else {})
-    client = Client(RouterConfig(
-        classifier={"path": args.classifier}, routing={"local_categories": "*"}, local=local,
-        log={"path": Path(os.environ.get("TMPDIR", "/tmp")) / f"serving-rss-{os.getpid()}.sqlite3"}, warmup="eager",
-    ))  # fmt: skip
     _, _, replay = split(load_bitext())
     questions = [r["instruction"] for r in replay][: args.answers]
+    local = {"max_sequences": args.max_sequences} | ({"adapter_path": args.adapter} if args.adapter else {})
+    with tempfile.TemporaryDirectory(prefix="serving-rss-") as work:
+        client = Client(RouterConfig(
+            classifier={"path": args.classifier}, routing={"local_categories": "*"}, local=local,
+            log={"path": Path(work) / "traffic.sqlite3"}, warmup="eager",
+        ))  # fmt: skip
 
-    def ask(question: str) -> int:
-        reply = client.chat.completions.create(model="local", messages=[{"role": "user", "content": question}], max_tokens=64)
-        return reply.usage.completion_tokens
+        def ask(question: str) -> int:
+            reply = client.chat.completions.create(model="local", messages=[{"role": "user", "content": question}], max_tokens=64)
+            return reply.usage.completion_tokens
 
-    with ThreadPoolExecutor(args.max_sequences) as pool:  # more callers than sequences would only queue
-        tokens = sum(pool.map(ask, questions))
-    figures = {"rss_mb": round(_status_mb("VmRSS"), 1), "peak_rss_mb": round(_status_mb("VmHWM"), 1), "tokens": tokens}
-    client.close()
+        with ThreadPoolExecutor(args.max_sequences) as pool:  # more callers than sequences would only queue
+            tokens = sum(pool.map(ask, questions))
+        figures = {"rss_mb": round(_status_mb("VmRSS"), 1), "peak_rss_mb": round(_status_mb("VmHWM"), 1), "tokens": tokens}
+        client.close()
     print(json.dumps(figures))
     return figures
 

@@ -249,12 +249,13 @@ class LocalConfig(_Section):
         48,
         ge=0,
         description="A local stream that may still fall back sends nothing until its answer is this many characters "
-        "longer than the question, so a degenerate start (an echo) is answered by the cloud instead.",
+        "longer than the question, so a degenerate start (an echo) is answered by the cloud instead. 0 still holds "
+        "the question's length; stream_hold = false holds nothing.",
     )
     stream_hold: bool = Field(
         True,
         description="False: a routed local stream is not held at all; its first token goes out as soon as it is "
-        "generated (about 0.2x the first token of a cloud model on a small box, against about 0.4-0.6x held). An echo "
+        "generated (measured on 2 cores: 0.2x a small cloud model's first token, against 0.4-0.6x held). An echo "
         "or a loop the guard finds later then cuts the stream (the caller keeps the text before it; the log says "
         "why) instead of being answered by the cloud unseen: the trade between first-token latency and the fallback.",
     )  # fmt: skip

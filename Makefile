@@ -98,7 +98,7 @@ bench-load: $(STAMP)
 bench-stream: $(STAMP)
 	$(PY) -m evals.stream_overhead
 
-# A routed local stream's first token with the guard's hold ended early vs held in full, side by side on make demo's phase-2 router (about 5 minutes; run make demo first).
+# A routed local stream's first token held in full, released once no echo is possible, and not held, beside the stand-in cloud's, side by side on make demo's phase-2 router (about 9 minutes; run make demo first).
 bench-release: $(STAMP)
 	$(PY) -m evals.stream_release
 

@@ -316,7 +316,7 @@ def _shadow_overhead(classifier_path: Path, work: Path, *, pairs: int, max_token
 
         def router(rate: float, name: str) -> Any:
             return Client(RouterConfig(
-                models={"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
+                models=cloud.models,
                 cloud={"default_model": "gpt-4o"},
                 classifier={"path": classifier_path},
                 routing={"local_categories": "*"},

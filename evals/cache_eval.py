@@ -66,7 +66,7 @@ def replay(rows: list[dict[str, str]], cloud: Any, classifier_path: Path, thresh
         stale.unlink()
     sent_before = _cloud_requests(cloud)
     config = RouterConfig(
-        models={"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
+        models=cloud.models,
         cloud={"default_model": "gpt-4o"},
         classifier={"path": classifier_path},
         routing={"local_categories": []},

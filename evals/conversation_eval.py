@@ -268,7 +268,7 @@ def serve_step(
                 stale.unlink()
             local = {"registry_path": registry, "default_max_tokens": answer_tokens, **overrides.get("local", {})}
             config = RouterConfig(
-                models={"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
+                models=cloud.models,
                 cloud={"default_model": "gpt-4o"}, classifier={"path": classifier_path},
                 routing={"local_categories": LOCAL_CATEGORIES, "private_categories": PRIVATE_CATEGORIES},
                 quality={"evidence_dir": workdir / "evidence"}, warmup="eager", local=local, log={"path": log_path},

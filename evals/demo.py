@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[2/7] training the classifier on {len(train)} Bitext queries, calibrating on {len(calibration)}")
         train_classifier(train, calibration, args.workdir / "classifier")
         base = {
-            "models": {"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
+            "models": cloud.models,
             "cloud": {"default_model": "gpt-4o"},
             "classifier": {"path": args.workdir / "classifier"},
             "routing": {"local_categories": LOCAL_CATEGORIES, "private_categories": PRIVATE_CATEGORIES},

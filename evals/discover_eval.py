@@ -190,7 +190,7 @@ def bitext_proposals(workdir: Path, encoder: Any) -> dict[str, Any]:
     # data collection needs only the answers' content, not a provider's pacing
     with StandinCloud(answers=answers, latency=LatencyModel.none()) as cloud:
         config = RouterConfig(
-            models={"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
+            models=cloud.models,
             cloud={"default_model": "gpt-4o"}, log={"path": log_path}, local={"registry_path": None}, warmup="lazy",
         )  # fmt: skip
         with Client(config) as client:

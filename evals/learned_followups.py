@@ -9,9 +9,8 @@ new wording better. This measures that on dev alone (the test conversations stay
   positives; as negatives 2,749 Bitext instructions the demo's classifier never trains on
   (``bucket < 60``) and the dev half of the out-of-scope requests;
 * a logistic regression (balanced classes) over the turn's sentence embedding (the one the
-  request's classification already computed, so no extra encoder run), over the rule's word
-  features (the rule's verdict, word count, subject words, an anaphor, the turn's own
-  confidence), or both;
+  request's classification already computed, so no extra encoder run), over word features (the
+  rule's verdict, the turn's length, the classifier's confidence in the turn alone), or both;
 * cross-validated with the *wording* held out: texts are hashed into five folds, so every dev turn
   is judged by a model that never saw its text (folding by conversation would leak, since dev
   conversations reuse the same hand-written turns). The rule cannot be cross-validated this way

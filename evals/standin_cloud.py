@@ -233,6 +233,11 @@ class StandinCloud:
     def litellm_model(self) -> str:
         return f"openai/{RECORDED_MODEL if self.answers else STANDIN_MODEL}"
 
+    @property
+    def models(self) -> dict[str, dict[str, str]]:
+        """``RouterConfig.models`` naming this server "gpt-4o" (priced as gpt-4o), the way the evals route to it."""
+        return {"gpt-4o": {"litellm_model": self.litellm_model, "api_base": self.api_base, "api_key": "none", "pricing_model": "gpt-4o"}}
+
     def start(self, timeout_s: float = 120.0) -> StandinCloud:
         self.record.parent.mkdir(parents=True, exist_ok=True)
         self.record.touch()

@@ -31,7 +31,7 @@ def _config(cloud: Any, workdir: Path, name: str, chunk_logging: bool) -> Any:
 
     return RouterConfig.model_validate({
         "cloud": {"default_model": "gpt-4o", "litellm_chunk_logging": chunk_logging},
-        "models": {"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
+        "models": cloud.models,
         "routing": {"local_categories": []},
         "log": {"path": str(workdir / f"traffic-{name}.sqlite3")},
         "quality": {"evidence_dir": str(workdir / f"evidence-{name}")},

@@ -1,4 +1,4 @@
-"""A routed local stream's first token with the guard's hold ended early vs held to its full length (``make bench-release``).
+"""A routed local stream's first token held in full, released once no echo is possible, and not held, beside the cloud's (``make bench-release``).
 
 Side by side in one process: ``make demo``'s phase-2 router (its classifier, the shipped adapter and
 its evidence, in ``.demo``; run ``make demo`` first) four times, the same held-out Bitext questions
@@ -54,19 +54,20 @@ def main(argv: list[str] | None = None) -> None:
     if not (demo / "registry").is_dir():
         raise SystemExit(f"{demo}/registry missing: run `make demo` first")
     _, _, replay = split(load_bitext())
-    local = [r for r in replay if r["category"] in LOCAL_CATEGORIES]
-    questions = sorted(local, key=lambda r: hashlib.sha256(r["instruction"].encode()).hexdigest())[: args.queries]
+    answerable = [r for r in replay if r["category"] in LOCAL_CATEGORIES]
+    questions = sorted(answerable, key=lambda r: hashlib.sha256(r["instruction"].encode()).hexdigest())[: args.queries]
     measured: dict[str, list[tuple[str, float | None, float, str]]] = {"early": [], "held": [], "unheld": [], "cloud": []}
     arms = list(measured)
     workdir = demo / "stream-release"
     workdir.mkdir(exist_ok=True)
     with StandinCloud(answers=demo / "recorded-answers.jsonl", record=workdir / "standin-requests.jsonl") as cloud:
         base = {
-            "models": {"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
+            "models": cloud.models,
             "cloud": {"default_model": "gpt-4o"}, "classifier": {"path": demo / "classifier"},
             "routing": {"local_categories": LOCAL_CATEGORIES, "private_categories": PRIVATE_CATEGORIES},
             "quality": {"evidence_dir": demo / "evidence"}, "warmup": "eager",
         }  # fmt: skip
+
         def client_for(name: str) -> Any:
             local = {"registry_path": demo / "registry", "default_max_tokens": args.answer_tokens, "stream_release_when_settled": name == "early"}
             if name == "unheld":
@@ -82,9 +83,10 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             for client in clients.values():
                 client.close()
+    tiers = {name: "cloud" if name == "cloud" else "local" for name in arms}
     figures: dict[str, Any] = {"release_queries": len(questions)}
     for name, runs in measured.items():
-        tier = "cloud" if name == "cloud" else "local"
+        tier = tiers[name]
         served = [r for r in runs if r[0] == tier and r[1] is not None]
         figures[f"release_{name}_{tier}"] = len(served)
         figures[f"release_{name}_ttft_p50_ms"] = statistics.median(r[1] for r in served)  # type: ignore[misc]
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     figures["release_ttft_ratio"] = figures["release_early_ttft_p50_ms"] / figures["release_held_ttft_p50_ms"]
     merge_figures(args.results, figures)
     for name in measured:
-        tier = "cloud" if name == "cloud" else "local"
+        tier = tiers[name]
         ratio = f"   TTFT / cloud's {figures[f'release_{name}_cloud_ratio']:.2f}" if name != "cloud" else ""
         print(f"{name:6s} {tier} {figures[f'release_{name}_{tier}']:3d}   TTFT p50 {figures[f'release_{name}_ttft_p50_ms']:6.0f} ms"
               f"   total p50 {figures[f'release_{name}_total_p50_ms']:6.0f} ms{ratio}")  # fmt: skip

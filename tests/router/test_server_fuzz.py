@@ -79,7 +79,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory, classifier_path: Path)
     answers.write_text(json.dumps({"query": "Where is my order?", "answer": "It ships tomorrow."}) + "\n", encoding="utf-8")
     with StandinCloud(answers=answers, record=work / "cloud.jsonl", latency=LatencyModel.none()) as cloud:
         config = RouterConfig(
-            models={"gpt-4o": {"litellm_model": cloud.litellm_model, "api_base": cloud.api_base, "api_key": "none", "pricing_model": "gpt-4o"}},
+            models=cloud.models,
             cloud={"default_model": "gpt-4o", "max_retries": 0},
             classifier={"path": classifier_path},
             routing={"local_categories": ["ORDER", "SHIPPING", "DELIVERY"], "private_categories": ["PAYMENT"]},

@@ -95,7 +95,15 @@ FUNCTION_WORDS = frozenset(
     wait hold hmm hm huh eh uh oh ah wow ugh oops lol k kk ty thx cheers np ya yea aye
     lost confused confusing sense follow idea clue sorry apologies
     option options alternative alternatives process procedure method possible
-    own myself yourself someone somebody anyone anybody everyone nothing everything
+    own myself yourself someone somebody anyone anybody everyone nothing everything come comes came
+    """.split()
+    # When and how many: "i sent it back ten days ago", "the order from last Tuesday" date what the
+    # conversation is about without naming it (hours are left out: "what are your hours" is a question).
+    + """
+    ago since until day days week weeks month months year years weekend weekends morning afternoon evening
+    night tonight monday tuesday wednesday thursday friday saturday sunday january february march april
+    june july august september october november december two three four five six seven eight nine ten
+    eleven twelve fifteen twenty thirty few couple
     """.split()
 )
 CONTINUATION_OPENERS = (
@@ -104,6 +112,18 @@ CONTINUATION_OPENERS = (
 )  # fmt: skip
 """Openings that continue the turn before: with a few words of its own the turn still leans on it."""
 _OPENER_OWN_WORDS = 3
+
+RELATIVE_ENDINGS = frozenset("first instead too afterwards anymore either after before".split())
+"""Last words that presuppose an earlier event ("do I have to sign in first?", "can I email them instead?"):
+the turn points back as an anaphor does."""
+FRAGMENT_OPENERS = frozenset("the my our a an for from on in with about just only".split())
+_VERB_OR_QUESTION = frozenset(
+    "is am are was were be been do does did can could will would should shall may might must have has had need want"
+    " what how why where when who which".split()
+)
+_MAX_FRAGMENT_WORDS = 6
+"""A verbless phrase ("the order from last Tuesday", "for my work account") no longer than this
+answers something the assistant asked: it leans on the conversation as an anaphor does."""
 
 _MAX_WORDS = 12
 """An anaphoric turn longer than this is read as a question of its own."""
@@ -115,12 +135,22 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.casefold().replace("’", "'"))
 
 
+def _ends_relative(words: list[str]) -> bool:
+    return len(words) > 1 and (words[-1] in RELATIVE_ENDINGS or words[-2:] == ["as", "well"])
+
+
+def _fragment(words: list[str]) -> bool:
+    return words[0] in FRAGMENT_OPENERS and len(words) <= _MAX_FRAGMENT_WORDS and not any(w in _VERB_OR_QUESTION for w in words)
+
+
 def context_dependent(text: str) -> bool:
     """Whether ``text`` leans on the conversation for its subject ("ok do it", "what if it already shipped?").
 
-    True for a turn with no subject word of its own, or a short one pointing back (an anaphor)
-    with at most a few subject words, or one that opens as a continuation ("what if I'm not
-    home?", "and for the yearly plan?") with a few words of its own. A turn opening with a switch
+    True for a turn with no subject word of its own, or a short one pointing back (an anaphor, a
+    last word such as "first" or "instead" that presupposes an earlier event, or a verbless
+    phrase such as "the order from last Tuesday") with at most a few subject words, or one that
+    opens as a continuation ("what if I'm not home?", "and for the yearly plan?") with a few words
+    of its own. A turn opening with a switch
     marker ("also, ...", "unrelated, but ...") is read on its own unless nothing follows the
     marker. A short turn with a subject word and nothing pointing back ("tell me a joke", "any
     fees?") is read on its own: when in doubt a turn is classified alone, and an unsure turn goes
@@ -138,7 +168,7 @@ def context_dependent(text: str) -> bool:
         return True
     if len(words) > _MAX_WORDS:
         return False
-    if any(w in ANAPHORS for w in words):
+    if any(w in ANAPHORS for w in words) or _ends_relative(words) or _fragment(words):
         return len(own) <= _MAX_OWN_WORDS
     return len(own) <= _OPENER_OWN_WORDS and any(lowered == m or lowered.startswith(m + " ") for m in CONTINUATION_OPENERS)
 

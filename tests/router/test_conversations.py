@@ -43,7 +43,9 @@ def conversation(*turns: str, answers: tuple[str, ...] = ()) -> list[dict[str, s
 @pytest.mark.parametrize(
     "text",
     ["ok do it", "the one from last month", "what if it already shipped?", "yes please, go ahead", "huh?",
-     "can I do that from my phone?", "and what happens after that?", "what if I'm not home?", "OK thanks!"],
+     "can I do that from my phone?", "and what happens after that?", "what if I'm not home?", "OK thanks!",
+     "do I have to sign in first?", "can I just email them instead?", "the order from last Tuesday",
+     "for my work account", "i sent it back ten days ago", "come again?"],
 )  # fmt: skip
 def test_context_dependent_turns(text: str) -> None:
     assert context_dependent(text)
@@ -53,7 +55,8 @@ def test_context_dependent_turns(text: str) -> None:
     "text",
     ["tell me a joke", "also, can you write me a poem about it?", "I want a refund", "what's the weather tomorrow?",
      ORDER_QUERY, "Oh, also: would it be possible to leave feedback about a service?", "", "   ",
-     "and " + "word " * 20],
+     "and " + "word " * 20, "what are your opening hours on sunday?", "the app crashes when I pay",
+     "I placed an order two weeks ago and it never arrived"],
 )  # fmt: skip
 def test_self_contained_turns(text: str) -> None:
     assert not context_dependent(text)

@@ -12,16 +12,17 @@ in-context routing with ``evals.conversation_eval``'s own functions:
 * follow-ups, with ``make_conversations.KIND_WEIGHTS`` / ``CONTEXT_WEIGHTS`` and its structural
   rules (no context-dependent turn right after an out-of-scope one, no confirm after a confirm nor
   clarify after a clarify, ``continues`` = the topic's last self-contained turn):
-  ``confirm`` / ``clarify`` / ``anaphoric`` turns from the *test* halves of the generic lists
+  ``confirm`` / ``clarify`` / ``anaphoric`` turns from the *holdout* halves of the generic lists
   (``CONFIRM``, ``CLARIFY``, ``GENERIC_ANAPHORIC``) labelled with the topic's intent — never the
   Bitext category-specific anaphoric templates, which are about orders and deliveries; Banking77
   has no action / information split, so a confirmation may follow any intent (some read oddly
   after a pure question, but they are still turns that only make sense in context);
   ``same_category`` another ``test.csv`` query of the topic's intent; ``switch`` one of another
-  intent, sometimes after a test-half ``SWITCH_PREFIXES`` opener; ``out_of_scope`` a test-half
+  intent, sometimes after a holdout ``SWITCH_PREFIXES`` opener; ``out_of_scope`` a holdout
   ``OUT_OF_SCOPE_REQUESTS`` request labelled ``None``.
 
-Every conversation is ``split="test"``: no dev-half wording appears, the labels are the intents
+Every conversation is ``split="holdout"``: the wording no version of the rule was shaped on (the
+rule was written on dev and revised on test's misses), the labels are the intents
 and there are no reference answers (``reference`` is None). The set is rebuilt deterministically
 from the CSVs, so it is not written to disk.
 
@@ -29,7 +30,7 @@ The classifier is the demo's frozen-encoder ``EmbeddingClassifier`` with the 77 
 fitted on ``train.csv`` less every 10th row; the threshold is calibrated (default objective,
 best routed accuracy, which scores a ``None`` example right when sent to the edge) on those held-out
 rows plus the *dev* half of ``OUT_OF_SCOPE_REQUESTS`` labelled ``None``, so clear out-of-scope
-requests go to the edge while the conversations' test-half requests stay unseen.
+requests go to the edge while the conversations' holdout requests stay unseen.
 ``python -m evals.banking_conversations`` merges ``banking77_*`` keys into ``--results``.
 """
 
@@ -51,6 +52,7 @@ from evals.make_conversations import (
     CONFIRM,
     CONTEXT_KINDS,
     GENERIC_ANAPHORIC,
+    HOLDOUT,
     NO_PREFIX_SHARE,
     OUT_OF_SCOPE_REQUESTS,
     SHORT_SWITCH_SHARE,
@@ -60,7 +62,7 @@ from evals.make_conversations import (
 )
 
 WORKDIR = Path(".conversations") / "banking77-classifier"
-SPLIT = "test"  # the half of every hand-written list the conversations use; dev tuned the rule
+SPLIT = HOLDOUT  # the half of every hand-written list the conversations use; dev and test shaped the rule
 HELD_OUT_EVERY = 10  # every 10th train.csv row calibrates the threshold instead of fitting
 ROWS_PER_CONVERSATION = 20  # --limit N trains on at most N * 20 train.csv rows
 
@@ -151,7 +153,7 @@ def classifier_for(workdir: Path, limit: int | None = None) -> Any:
     clf.fit([t for t, _ in fit], [c for _, c in fit])
     # A thinned (--limit) fit may miss an intent; calibrate accepts only fitted classes.
     held_out = [(t, c) for t, c in held_out if c in set(clf.classes_.tolist())]
-    out_of_scope = OUT_OF_SCOPE_REQUESTS["dev"]  # the test half is the conversations' wording
+    out_of_scope = OUT_OF_SCOPE_REQUESTS["dev"]  # the holdout half is the conversations' wording
     texts = [t for t, _ in held_out] + out_of_scope
     clf.calibrate(texts, [c for _, c in held_out] + [None] * len(out_of_scope))
     print(f"      fitted on {len(fit)} train.csv rows ({len(clf.classes_)} intents); calibrated on {len(held_out)} held-out rows"

@@ -1,17 +1,19 @@
 """Conversation benchmark (``make eval-conversations``): route whole conversations, not their last line.
 
-The benchmark is ``evals/corpora/conversations.jsonl`` (``evals/make_conversations.py`` says how it
-was built: Bitext first questions from the replay pool the demo's classifier never trains on,
-then hand-written follow-ups, switches to other Bitext categories and out-of-scope requests; each
-turn labelled with the category a person would give it in context). No label is read while
-routing. Two measurements, both for last-message routing and for conversation-aware routing:
+The benchmark is ``evals/corpora/conversations.jsonl`` and ``conversations_holdout.jsonl``
+(``evals/make_conversations.py`` says how they were built: Bitext first questions from the replay
+pool the demo's classifier never trains on, then hand-written follow-ups, switches to other Bitext
+categories and out-of-scope requests; each turn labelled with the category a person would give it
+in context). No label is read while routing. Two measurements, both for last-message routing and
+for conversation-aware routing:
 
 1. **routing**, every turn of all conversations: the category chosen in context (None = the
    cloud) against the label, per turn kind; categories the classifier does not know (the demo's
-   out-of-scope ones) count as right when sent to the cloud. Reported on the *dev* conversations
-   (where the rule's settings were chosen) and on the *test* ones, whose follow-up wording the
-   rule never saw;
-2. **serving**, ``--serve`` test conversations replayed through ``router.Client`` turn by turn as
+   out-of-scope ones) count as right when sent to the cloud. Reported per wording split: *dev*
+   (where the rule was written), *test* (its misses shaped the rule's second version, so it is
+   development data too) and *holdout*, follow-up wording written after the rule was committed
+   by someone who never read it: the headline figures are the holdout's;
+2. **serving**, ``--serve`` holdout conversations replayed through ``router.Client`` turn by turn as
    ``make demo``'s phase 2 (its classifier, the shipped adapter, PAYMENT private, the stand-in
    cloud answering each turn with its reference): each assistant message sent back is the answer
    the router served. Local share, the guard's verdict and the similarity to the reference, for
@@ -41,6 +43,9 @@ from typing import Any
 from tqdm import tqdm
 
 CORPUS = Path(__file__).resolve().parent / "corpora" / "conversations.jsonl"
+HOLDOUT_CORPUS = CORPUS.with_name("conversations_holdout.jsonl")
+SPLITS = ("dev", "test", "holdout")
+HEADLINE_SPLIT = "holdout"  # the only wording no version of the rule was shaped on
 RESULTS = Path(__file__).resolve().parent / "results" / "conversations.json"
 FOLLOW_UP_KINDS = ("confirm", "clarify", "anaphoric", "same_category", "switch", "out_of_scope")
 SWITCH_KINDS = ("switch", "out_of_scope")
@@ -122,8 +127,8 @@ def routing_step(conversations: list[dict[str, Any]], classifier: Any, settings:
     known = {str(c) for c in classifier.classes_}
     own = own_predictions(conversations, classifier)
     figures: dict[str, Any] = {}
-    for split in ("dev", "test", "all"):
-        chosen = [c for c in conversations if split == "all" or c["split"] == split]
+    for split in SPLITS:
+        chosen = [c for c in conversations if c["split"] == split]
         figures[split] = {
             "conversations": len(chosen),
             "last_message": routing_figures(chosen, route_turns(chosen, own, last_message), known),
@@ -309,14 +314,17 @@ def pruning_figures(full: list[dict[str, Any]], pruned: list[dict[str, Any]], n_
 
 
 def summary(routing: dict[str, Any], serving: dict[str, Any] | None) -> dict[str, Any]:
-    """The issue's headline keys, from the test conversations (the wording the rule never saw)."""
-    test = routing["test"]
+    """The issue's headline keys, from the holdout conversations (the wording no version of the rule saw)."""
+    held = routing[HEADLINE_SPLIT]
     out: dict[str, Any] = {
-        "followup_routing_accuracy": test["in_context"]["followup_accuracy"],
-        "followup_routing_accuracy_last_message": test["last_message"]["followup_accuracy"],
-        "switch_recall": test["in_context"]["switch_recall"],
-        "switch_recall_last_message": test["last_message"]["switch_recall"],
-        "first_turn_routing_accuracy": test["in_context"]["first_turn_accuracy"],
+        "headline_split": HEADLINE_SPLIT,
+        "followup_routing_accuracy": held["in_context"]["followup_accuracy"],
+        "followup_routing_accuracy_last_message": held["last_message"]["followup_accuracy"],
+        "switch_recall": held["in_context"]["switch_recall"],
+        "switch_recall_last_message": held["last_message"]["switch_recall"],
+        "first_turn_routing_accuracy": held["in_context"]["first_turn_accuracy"],
+        "followup_routing_accuracy_test": routing["test"]["in_context"]["followup_accuracy"],
+        "followup_routing_accuracy_dev": routing["dev"]["in_context"]["followup_accuracy"],
     }
     if serving is not None:
         ctx, last = serving["in_context"], serving["last_message"]
@@ -347,7 +355,7 @@ def print_answers(served: list[dict[str, Any]], count: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--serve", type=int, default=60, help="test conversations replayed through the router (0: routing only)")
+    parser.add_argument("--serve", type=int, default=60, help="holdout conversations replayed through the router (0: routing only)")
     parser.add_argument("--answer-tokens", type=int, default=256)
     parser.add_argument("--pruned-ctx", type=int, default=640, help="local window of the pruned-context replay")
     parser.add_argument("--show", type=int, default=20, help="local follow-up answers printed")
@@ -360,22 +368,22 @@ def main(argv: list[str] | None = None) -> None:
     from router import RouterConfig
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    conversations = load_conversations()
+    conversations = load_conversations() + load_conversations(HOLDOUT_CORPUS)
     classifier = classifier_for(args.workdir)
     defaults = RouterConfig().conversation
     settings = {"switch_confidence": defaults.switch_confidence}
     print(f"[1/2] routing {len(conversations)} conversations (every turn), last message vs in context")
     routing = routing_step(conversations, classifier, settings)
-    for split in ("dev", "test"):
+    for split in SPLITS:
         r = routing[split]
         for mode in ("last_message", "in_context", *(f"blend_{w}" for w in BLEND_WEIGHTS)):
             f = r[mode]
-            print(f"      {split:<5}{mode:<13} follow-ups {f['followup_accuracy']:.3f}  context-dependent {f['context_dependent_accuracy']:.3f}"
+            print(f"      {split:<8}{mode:<13} follow-ups {f['followup_accuracy']:.3f}  context-dependent {f['context_dependent_accuracy']:.3f}"
                   f"  switch recall {f['switch_recall']:.3f}  first turns {f['first_turn_accuracy']:.3f}")  # fmt: skip
     serving = served = None
     if args.serve > 0:
-        chosen = [c for c in conversations if c["split"] == "test"][: args.serve]
-        print(f"[2/2] serving {len(chosen)} test conversations turn by turn: as before, as now, with the whole history, and pruned to n_ctx={args.pruned_ctx}")
+        chosen = [c for c in conversations if c["split"] == HEADLINE_SPLIT][: args.serve]
+        print(f"[2/2] serving {len(chosen)} {HEADLINE_SPLIT} conversations turn by turn: as before, as now, with the whole history, and pruned to n_ctx={args.pruned_ctx}")
         shutil.rmtree(args.workdir / "evidence", ignore_errors=True)
         serving, served = serve_step(
             chosen, args.workdir / "classifier", args.workdir, answer_tokens=args.answer_tokens, pruned_ctx=args.pruned_ctx, only=args.modes

@@ -25,9 +25,13 @@ to three follow-ups of these kinds:
 
 Every hand-written list is split into disjoint ``dev`` and ``test`` halves; a conversation's split
 (a salted hash of its first text, about 40 % dev) picks the half its wording comes from, so a
-routing method can be tuned on dev and reported on test with wording it never saw. The labels are
-for scoring only: nothing here is read at routing time. Deterministic (a fixed seed); run
-``python -m evals.make_conversations`` to write the file again.
+routing method can be tuned on dev and reported on test with wording it never saw. The test half's
+misses later shaped the rule's second version, so a third half, ``holdout``, was written after that
+version was committed, by a writer told to write as customers type and not allowed to read the
+rule: ``conversations_holdout.jsonl`` (``HOLDOUT_OUT``) draws its first turns from the same replay
+pool (another seed) and takes all its hand-written turns from it. The labels are for scoring
+only: nothing here is read at routing time. Deterministic (fixed seeds); run
+``python -m evals.make_conversations`` to write both files again.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ from typing import Any
 from evals.demo import bucket, load_bitext
 
 OUT = Path(__file__).resolve().parent / "corpora" / "conversations.jsonl"
+HOLDOUT_OUT = OUT.with_name("conversations_holdout.jsonl")
+HOLDOUT = "holdout"  # the wording half (and split) no version of the follow-up rule was shaped on
+HOLDOUT_SEED = 29
 
 FIRST_PER_CATEGORY = 36  # capped by the replay pool (CANCELLATION_FEE has 33, NEWSLETTER 35)
 DEV_SHARE = 40  # percent of conversations in the dev split
@@ -65,6 +72,9 @@ CONFIRM = {
             "alright go for it", "OK thanks, I'll do that now", "yes!"],
     "test": ["yes, do that please", "ok go ahead", "Sounds good, let's go with that", "perfect!! do it",
              "yeah sure", "right, please continue", "fine, proceed", "ok let's do it then"],
+    "holdout": ["k", "yes pls", "yup that's it, go on", "Yes, that's exactly what I want.",
+                "ok cool, can you just go ahead and sort that out for me then", "sure thing",
+                "alrighty, lets get it done", "Confirmed."],
 }  # fmt: skip
 CLARIFY = {
     "dev": ["sorry, can you explain that again?", "what do you mean exactly?", "I don't get it",
@@ -73,6 +83,9 @@ CLARIFY = {
     "test": ["sorry, I didn't follow that", "can you rephrase?", "what does that mean",
              "Could you explain it in simpler terms please", "I'm lost, say again?",
              "not sure I understand, can you repeat?", "come again?"],
+    "holdout": ["wdym", "sorry, what?", "that's a lot of steps, can you break it down for me?",
+                "im not great with computers, could you explain it slower", "Hmm, I read that twice and still don't get it.",
+                "confused. say it a different way?", "in plain english please"],
 }  # fmt: skip
 GENERIC_ANAPHORIC = {
     "dev": ["can I do that from my phone?", "and what happens after that?", "how long does that usually take?",
@@ -81,6 +94,10 @@ GENERIC_ANAPHORIC = {
     "test": ["does that work in the app too?", "ok and then what?", "how long does it normally take",
              "which menu is that under?", "do i have to sign in first?", "and if I get stuck halfway?",
              "is that the only way to do it?"],
+    "holdout": ["how?", "and how soon does that happen", "where is that on the site? cant find it anywhere",
+                "will i get an email or something when its done?", "so what's the next step",
+                "what info do I need to have ready for that",
+                "ok, and if it still doesn't work after I've done all that, what then?"],
 }  # fmt: skip
 # Per category: (text, the intents it fits; empty means every intent of the category).
 ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
@@ -91,39 +108,60 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "test": [("this is for my business profile, not my personal one", ()),
                  ("do I need to verify my email for that?", ("create_account", "edit_account", "recover_password", "registration_problems")),
                  ("and will my saved addresses still be there afterwards?", ("delete_account", "switch_account"))],  # reads as SHIPPING_ADDRESS
+        "holdout": [("the reset link never shows up in my inbox", ("recover_password",)),
+                    ("is that permanent? like could i get it back later", ("delete_account",)),
+                    ("it keeps saying the username is already taken", ("create_account", "registration_problems")),
+                    ("what happens to the gift card balance on it?", ("delete_account", "switch_account"))],  # reads as PAYMENT
     },
     "CANCELLATION_FEE": {
         "dev": [("is it the same if I cancel in the first month?", ()), ("and for the yearly plan?", ()),
                 ("would that be charged to my card?", ())],  # reads as PAYMENT
         "test": [("what about if I'm on the premium plan?", ()), ("does that apply if I cancel early?", ()),
                  ("would it show up on my next bill?", ())],  # reads as INVOICE
+        "holdout": [("even if it's only been a week?", ()), ("so roughly how much are we talking", ()),
+                    ("is it a one-off or do I keep paying it every month?", ()),  # reads as PAYMENT
+                    ("what if I'm moving abroad, do you waive it then?", ())],
     },
     "CONTACT": {
         "dev": [("are they available on weekends?", ()), ("do they speak Spanish?", ()), ("is there usually a wait?", ())],
         "test": [("what hours are they open?", ()), ("can I just email them instead?", ()), ("is that number toll free?", ())],
+        "holdout": [("is that a real person or another bot", ()), ("can they ring me back instead? I'm at work", ()),
+                    ("what time of day is best to get through", ()),
+                    ("and they can deal with order problems too?", ())],  # reads as ORDER
     },
     "DELIVERY": {
         "dev": [("what if I'm not home?", ()), ("does that include weekends?", ()),
                 ("and to a PO box?", ("delivery_options",))],  # reads as SHIPPING_ADDRESS
         "test": [("what if nobody's there to sign for it?", ()), ("is express any faster?", ()),
                  ("can it be left with a neighbour?", ())],
+        "holdout": [("so i'd have it by friday?", ("delivery_period",)), ("the cheapest option i guess", ("delivery_options",)),
+                    ("is that counted from when I pay or from when it leaves the warehouse?", ("delivery_period",)),  # reads as PAYMENT
+                    ("what about rural areas, same?", ())],
     },
     "FEEDBACK": {
         "dev": [("it's about the delivery guy being rude", ("complaint",)),  # reads as DELIVERY
                 ("can I add photos to it?", ()), ("will someone actually read it?", ())],
         "test": [("the support agent on the phone was really unhelpful", ("complaint",)),  # reads as CONTACT
                  ("can I post it anonymously?", ()), ("it's about the product I got last week", ())],
+        "holdout": [("it's mostly positive tbh, just one small thing", ("review",)),
+                    ("do I get a reference number or something?", ("complaint",)), ("is there a word limit", ()),
+                    ("basically your app keeps logging me out every 5 minutes", ("complaint",))],  # reads as ACCOUNT
     },
     "INVOICE": {
         "dev": [("the one from last month", ()), ("i need it as a PDF", ()),
                 ("it's for the payment I made in March", ())],  # reads as PAYMENT
         "test": [("the one from January please", ()), ("can it have my company's VAT number on it?", ()),
                  ("the one for my last order", ())],  # reads as ORDER
+        "holdout": [("the february one", ()), ("can it go straight to my accountant's email?", ("get_invoice",)),
+                    ("the total on it looks higher than what I was charged", ("check_invoice",)),  # reads as PAYMENT
+                    ("and the 2023 ones too if possible", ())],
     },
     "NEWSLETTER": {
         "dev": [("where do I sign up for it?", ()), ("can I do it with my work email?", ()), ("so just my email address?", ())],
         "test": [("do I need an account for that?", ()), ("which page is that on", ()),
                  ("is it the box at the bottom of the homepage?", ())],
+        "holdout": [("how often would i get it", ()), ("signed up but no confirmation email yet", ()),
+                    ("can I choose to only get the sale stuff?", ())],
     },
     "ORDER": {
         "dev": [("the one I placed yesterday", ("cancel_order", "change_order", "track_order")),
@@ -134,6 +172,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
                  ("i ordered it on the app", ("cancel_order", "change_order", "track_order")),
                  ("and if it's already been paid?", ("cancel_order", "change_order")),  # reads as PAYMENT
                  ("can I get different sizes in one go?", ("place_order",))],
+        "holdout": [("#40217, from the 3rd", ("cancel_order", "change_order", "track_order")),
+                    ("it's says processing still", ("cancel_order", "change_order", "track_order")),
+                    ("the blue one instead of the black", ("change_order",)),
+                    ("and I can pay for it at the end right?", ("place_order",))],  # reads as PAYMENT
     },
     "PAYMENT": {
         "dev": [("ok, and how long will that take?", ("payment_issue",)),  # reads as DELIVERY
@@ -142,6 +184,9 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
                  ("what about Apple Pay?", ("check_payment_methods",)),
                  ("it failed right on the checkout page", ("payment_issue",)),  # reads as ORDER
                  ("do you take amex", ("check_payment_methods",))],
+        "holdout": [("and paypal?", ("check_payment_methods",)), ("tried two different cards, same thing", ("payment_issue",)),
+                    ("but the money still left my account", ("payment_issue",)),  # reads as REFUND
+                    ("can I split it over a few months", ("check_payment_methods",))],
     },
     "REFUND": {
         "dev": [("it arrived broken", ("check_refund_policy", "get_refund")),  # reads as DELIVERY
@@ -150,12 +195,19 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "test": [("the item was damaged when it came", ("check_refund_policy", "get_refund")),  # reads as DELIVERY
                  ("i sent it back ten days ago", ("track_refund",)),  # reads as DELIVERY / ORDER
                  ("it was a gift, does that matter?", ("check_refund_policy", "get_refund"))],
+        "holdout": [("only opened it, never used", ("check_refund_policy", "get_refund")),
+                    ("bought it about 5 weeks ago, too late?", ("check_refund_policy", "get_refund")),
+                    ("still nothing on my card statement", ("track_refund",)),  # reads as PAYMENT
+                    ("will it go back to the original card or as store credit", ())],
     },
     "SHIPPING_ADDRESS": {
         "dev": [("what if it already shipped?", ("change_shipping_address",)),  # reads as DELIVERY
                 ("it's my office address", ()), ("can I have two saved?", ("set_up_shipping_address",))],
         "test": [("and if the package is already on its way?", ("change_shipping_address",)),  # reads as DELIVERY
                  ("it's an apartment, where does the unit number go?", ()), ("i want it to be my default", ())],
+        "holdout": [("it's a new build so the street might not come up", ()),
+                    ("only for this one order, not permanently", ("change_shipping_address",)),  # reads as ORDER
+                    ("can it be in a different country?", ())],
     },
 }  # fmt: skip
 OUT_OF_SCOPE_REQUESTS = {
@@ -179,10 +231,23 @@ OUT_OF_SCOPE_REQUESTS = {
              "what does 'carpe diem' mean?", "also, can you recommend a movie for tonight?",
              "write a regex that matches an email address", "unrelated, but how long should I boil an egg?",
              "give me a fun fact about octopuses", "what is the square root of 1764?", "who wrote Pride and Prejudice"],
+    "holdout": ["know any good puns?", "which country has the most islands?", "how many ounces in a cup",
+                "write a python function that checks if a number is prime", "easy dinner ideas with chicken and rice?",
+                "I'm going to Lisbon in May, what should I see", "oh while I'm here, who invented the telephone?",
+                "can you help me word a text to my landlord about the broken heater", "what's 3/8 as a percentage",
+                "totally random q but do cats dream?", "write a birthday message for my grandma, she's turning 90",
+                "how do i convert celsius to fahrenheit in my head", "why is the sky blue",
+                "off topic - can u recommend a board game for 4 people", "best way to learn spanish fast?",
+                "what rhymes with orange", "explain the difference between weather and climate",
+                "also, what's the difference between a list and a tuple", "give me a vegan lasagna recipe",
+                "integral of x times e^x?", "is it worth visiting iceland in winter", "how do I center a div",
+                "summarize the french revolution in 3 sentences", "whats a good caption for a beach photo"],
 }  # fmt: skip
 SWITCH_PREFIXES = {
     "dev": ["also, ", "one more thing: ", "different question - ", "oh and ", "btw ", "Oh, also: "],
     "test": ["another thing, ", "and also ", "separately: ", "new question: ", "PS ", "By the way, "],
+    "holdout": ["on another note, ", "quick other question: ", "changing topic - ", "while i have you, ",
+                "totally different thing, ", "Something else: "],
 }  # fmt: skip
 NO_PREFIX_SHARE = 0.4  # switches written as the bare Bitext instruction
 SHORT_SWITCH_SHARE = 0.3  # switches drawn from a category's shortest instructions
@@ -229,8 +294,12 @@ def _with_prefix(prefix: str, instruction: str) -> str:
     return prefix + instruction
 
 
-def build(seed: int = 11) -> list[dict[str, Any]]:
-    """The conversations, in file order; the same seed always gives the same list."""
+def build(seed: int = 11, wording: str | None = None) -> list[dict[str, Any]]:
+    """The conversations, in file order; the same seed always gives the same list.
+
+    ``wording`` (``HOLDOUT``) takes every hand-written turn from that half and labels every
+    conversation with it; by default each conversation's split (dev or test) picks its half.
+    """
     rng = random.Random(seed)
     rows = sorted((r for r in load_bitext() if bucket(r["instruction"]) >= 80), key=lambda r: r["instruction"])
     pool = {c: [r for r in rows if r["category"] == c] for c in sorted({r["category"] for r in rows})}
@@ -274,7 +343,7 @@ def build(seed: int = 11) -> list[dict[str, Any]]:
 
     conversations: list[dict[str, Any]] = []
     for i, first in enumerate(firsts, start=1):
-        split = split_of(first["instruction"])
+        split = wording or split_of(first["instruction"])
         turns = [_bitext_turn(first, "first")]
         topic = 0  # index of the last self-contained Bitext turn: what context-dependent turns continue
         for _ in range(rng.randint(1, 3)):
@@ -282,7 +351,7 @@ def build(seed: int = 11) -> list[dict[str, Any]]:
             turns.append(turn)
             if turn["kind"] in ("same_category", "switch"):
                 topic = len(turns) - 1
-        conversations.append({"id": f"conv-{i:04d}", "split": split, "turns": turns})
+        conversations.append({"id": f"{'hold' if wording else 'conv'}-{i:04d}", "split": split, "turns": turns})
     return conversations
 
 
@@ -303,11 +372,11 @@ def summary(conversations: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 def main() -> None:
-    conversations = build()
-    OUT.write_text(render(conversations), encoding="utf-8")
-    print(f"{OUT}: {len(conversations)} conversations")
-    for name, counts in summary(conversations).items():
-        print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    for path, conversations in ((OUT, build()), (HOLDOUT_OUT, build(HOLDOUT_SEED, HOLDOUT))):
+        path.write_text(render(conversations), encoding="utf-8")
+        print(f"{path}: {len(conversations)} conversations")
+        for name, counts in summary(conversations).items():
+            print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 
 
 if __name__ == "__main__":

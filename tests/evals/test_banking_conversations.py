@@ -1,4 +1,4 @@
-"""The Banking77 conversations are reproducible, use only test-half wording, and their labels hold."""
+"""The Banking77 conversations are reproducible, use only holdout wording, and their labels hold."""
 
 from __future__ import annotations
 
@@ -48,21 +48,22 @@ def test_shape_and_first_turns(conversations: list[dict], test_queries: dict[str
     firsts = [c["turns"][0] for c in conversations]
     assert len(conversations) == 60 and len({t["text"] for t in firsts}) == 60
     assert len({t["intent"] for t in firsts}) == 60  # 60 < 77 intents: spread means no intent twice
-    assert all(c["split"] == "test" and 2 <= len(c["turns"]) <= 4 for c in conversations)
+    assert all(c["split"] == mc.HOLDOUT and 2 <= len(c["turns"]) <= 4 for c in conversations)
     assert all(t["kind"] == "first" and t["text"] in test_queries and _normal(t["text"]) not in train for t in firsts)
 
 
-def test_hand_written_turns_use_only_test_halves(conversations: list[dict], test_queries: dict[str, str]) -> None:
-    dev = {_normal(t) for lists in HAND_WRITTEN.values() for t in lists["dev"]} | {_normal(p) for p in mc.SWITCH_PREFIXES["dev"]}
+def test_hand_written_turns_use_only_holdout_halves(conversations: list[dict], test_queries: dict[str, str]) -> None:
+    dev = {_normal(t) for lists in HAND_WRITTEN.values() for half in ("dev", "test") for t in lists[half]}
+    dev |= {_normal(p) for half in ("dev", "test") for p in mc.SWITCH_PREFIXES[half]}
     bitext_specific = {_normal(t) for halves in mc.ANAPHORIC.values() for half in halves.values() for t, _ in half}
     lowered = {q[0].lower() + q[1:]: q for q in test_queries}
     for conversation in conversations:
         for turn in conversation["turns"]:
             assert _normal(turn["text"]) not in dev | bitext_specific, (conversation["id"], turn["text"])
             if turn["kind"] in HAND_WRITTEN:
-                assert turn["text"] in HAND_WRITTEN[turn["kind"]]["test"], (conversation["id"], turn["text"])
+                assert turn["text"] in HAND_WRITTEN[turn["kind"]][mc.HOLDOUT], (conversation["id"], turn["text"])
             elif turn["kind"] == "switch":
-                prefix = next((p for p in mc.SWITCH_PREFIXES["test"] if turn["text"].startswith(p)), "")
+                prefix = next((p for p in mc.SWITCH_PREFIXES[mc.HOLDOUT] if turn["text"].startswith(p)), "")
                 rest = turn["text"][len(prefix) :]
                 assert rest in test_queries or rest in lowered, (conversation["id"], turn["text"])
             else:
@@ -87,7 +88,7 @@ def test_labels_are_intents_and_context_turns_continue_their_topic(conversations
             else:
                 assert turn["continues"] is None
             if turn["kind"] in {"same_category", "switch"}:
-                tails = (turn["text"], *(turn["text"][len(p) :] for p in mc.SWITCH_PREFIXES["test"] if turn["text"].startswith(p)))
+                tails = (turn["text"], *(turn["text"][len(p) :] for p in mc.SWITCH_PREFIXES[mc.HOLDOUT] if turn["text"].startswith(p)))
                 query = next(q if q in test_queries else lowered[q] for q in tails if q in test_queries or q in lowered)
                 assert turn["category"] == test_queries[query]
                 assert (turn["category"] == turns[topic]["category"]) == (turn["kind"] == "same_category")

@@ -1,4 +1,4 @@
-"""The committed conversation benchmark is reproducible, its dev and test wording never overlap, and its labels hold."""
+"""The committed conversation benchmark is reproducible, its dev, test and holdout wording never overlap, and its labels hold."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 
 from evals import make_conversations as mc
-from evals.demo import load_bitext
+from evals.demo import bucket, load_bitext
 
 HAND_WRITTEN = {"confirm": mc.CONFIRM, "clarify": mc.CLARIFY, "out_of_scope": mc.OUT_OF_SCOPE_REQUESTS}
 CONTEXT_KINDS = {"confirm", "clarify", "anaphoric"}
@@ -30,21 +30,27 @@ def _half(split: str) -> dict[str, set[str]]:
 
 @pytest.fixture(scope="module")
 def committed() -> list[dict]:
-    return [json.loads(line) for line in mc.OUT.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for path in (mc.OUT, mc.HOLDOUT_OUT) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_the_committed_file_is_what_build_writes(committed: list[dict]) -> None:
+def test_the_committed_files_are_what_build_writes() -> None:
     assert mc.render(mc.build()).splitlines() == mc.OUT.read_text(encoding="utf-8").splitlines()
-    firsts = [c["turns"][0]["text"] for c in committed]
-    assert len(committed) >= 360 and len(set(firsts)) == len(firsts)
-    assert all(2 <= len(c["turns"]) <= 4 and c["split"] == mc.split_of(c["turns"][0]["text"]) for c in committed)
+    assert mc.render(mc.build(mc.HOLDOUT_SEED, mc.HOLDOUT)).splitlines() == mc.HOLDOUT_OUT.read_text(encoding="utf-8").splitlines()
+    main = [json.loads(line) for line in mc.OUT.read_text(encoding="utf-8").splitlines()]
+    holdout = [json.loads(line) for line in mc.HOLDOUT_OUT.read_text(encoding="utf-8").splitlines()]
+    firsts = [c["turns"][0]["text"] for c in main]
+    assert len(main) >= 360 and len(set(firsts)) == len(firsts)
+    assert all(2 <= len(c["turns"]) <= 4 and c["split"] == mc.split_of(c["turns"][0]["text"]) for c in main)
+    # The holdout's first turns come from the same replay pool (another draw: they are not what it measures).
+    held_firsts = [c["turns"][0]["text"] for c in holdout]
+    assert len(holdout) >= 360 and len(set(held_firsts)) == len(held_firsts) and all(bucket(t) >= 80 for t in held_firsts)
+    assert all(2 <= len(c["turns"]) <= 4 and c["split"] == mc.HOLDOUT for c in holdout)
 
 
-def test_dev_and_test_never_share_hand_written_wording(committed: list[dict]) -> None:
-    dev, test = _half("dev"), _half("test")
-    dev_all = {_normal(t) for texts in dev.values() for t in texts}
-    test_all = {_normal(t) for texts in test.values() for t in texts}
-    assert not dev_all & test_all
+def test_the_halves_never_share_hand_written_wording(committed: list[dict]) -> None:
+    wording = {split: {_normal(t) for texts in _half(split).values() for t in texts} for split in ("dev", "test", mc.HOLDOUT)}
+    assert not wording["dev"] & wording["test"]
+    assert not (wording["dev"] | wording["test"]) & wording[mc.HOLDOUT]
     instructions = defaultdict(list)  # a switch turn is an optional prefix and a Bitext instruction
     for row in load_bitext():
         instructions[mc._reference(row)].append(row["instruction"])

@@ -110,8 +110,8 @@ FUNCTION_WORDS = frozenset(
     option options alternative alternatives process procedure method possible
     own myself yourself someone somebody anyone anybody everyone nothing everything come comes came
     """.split()
-    # When and how many: "i sent it back ten days ago", "the order from last Tuesday" date what the
-    # conversation is about without naming it (hours are left out: "what are your hours" is a question).
+    # When and how many: "i sent it back ten days ago", "the order from last Tuesday" place the
+    # conversation's subject in time without naming it ("hours" is left out: "what are your hours?").
     + """
     ago since until day days week weeks month months year years weekend weekends morning afternoon evening
     night tonight monday tuesday wednesday thursday friday saturday sunday january february march april
@@ -163,11 +163,11 @@ def context_dependent(text: str) -> bool:
     last word such as "first" or "instead" that presupposes an earlier event, or a verbless
     phrase such as "the order from last Tuesday") with at most a few subject words, or one that
     opens as a continuation ("what if I'm not home?", "and for the yearly plan?") with a few words
-    of its own. A turn opening with a switch
-    marker ("also, ...", "unrelated, but ...") is read on its own unless nothing follows the
-    marker. A short turn with a subject word and nothing pointing back ("tell me a joke", "any
-    fees?") is read on its own: when in doubt a turn is classified alone, and an unsure turn goes
-    to the cloud, never to a local answer about the wrong topic.
+    of its own. A turn opening with a switch marker ("also, ...", "unrelated, but ...") is read on
+    its own unless nothing follows the marker. A short turn with a subject word and nothing
+    pointing back ("tell me a joke", "any fees?") is read on its own: when in doubt a turn is
+    classified alone, and an unsure turn goes to the cloud, never to a local answer about the
+    wrong topic.
     """
     words = _words(text)
     if not words:

@@ -5,7 +5,8 @@ traffic log of ``make demo``): it starts by repeating the question, often loopin
 stray token (``where is my order? mendatanguser where is my order? …``); it repeats a span back
 to back (``(UK) (UK) (UK)``); it paraphrases its own loop so that no two copies are equal; it emits
 runs of separators (``| | | |``); it drifts into a script the question was not written in; or it
-says nothing. Each is a check here, run on the growing text after every piece, costing
+says nothing. A tuned one still miscopies numbers from the question (order 3707955617 answered
+as 370795561700, "$3" as "$3000"). Each is a check here, run on the growing text after every piece, costing
 microseconds against a token's milliseconds. Long, well-formed answers that legitimately repeat a
 phrase or a ``{{Placeholder}}`` (Bitext's reference answers) pass: the repetition checks look for
 *adjacent* copies or for a few phrases covering most of the answer, never for a phrase said twice.
@@ -38,6 +39,10 @@ _FOREIGN_CHARS = 2  # characters of a script absent from the question
 _EARLIER_TURNS = 6  # a conversation's last this-many earlier messages are echo sources too ...
 _EARLIER_WORDS = 16  # ... compared on their opening this many words
 _MIN_ECHO_WORDS = 3  # shorter texts are not judged as echoes
+_NUMBER = re.compile(r"([$€£]?)(\d+)")
+_MIN_NUMBER_DIGITS = 3  # a shorter number ("3 items", "30 days") is judged only as an amount ("$3")
+_NEAR_MISS_DIGITS = 5  # numbers this long that differ in one or two digits are one number miscopied
+_NEAR_MISS_CHANGES = 2
 
 # Scripts a Latin-script question should not be answered in (base models drift into these).
 _SCRIPTS: dict[str, re.Pattern[str]] = {
@@ -102,6 +107,21 @@ def _echo_still_possible(words: list[str], source: list[str]) -> bool:
     return False
 
 
+def _numbers(text: str) -> list[tuple[str, str, int]]:
+    """``(currency symbol or "", digits, end offset)`` of every run of digits in ``text``."""
+    return [(m.group(1), m.group(2), m.end()) for m in _NUMBER.finditer(text)]
+
+
+def _miscopied(digits: str, symbol: str, given: str, given_symbol: str) -> bool:
+    """Whether ``digits`` is ``given`` copied wrong: extended ("3707955617" → "370795561700", "$3" →
+    "$3000") or, for a long number, one or two digits changed."""
+    if digits == given:
+        return False
+    if digits.startswith(given) and (len(given) >= _MIN_NUMBER_DIGITS or (symbol and symbol == given_symbol)):
+        return True
+    return len(digits) == len(given) >= _NEAR_MISS_DIGITS and sum(a != b for a, b in zip(digits, given)) <= _NEAR_MISS_CHANGES
+
+
 def _opening(text: str, words: int) -> str:
     """The raw text up to the end of its first ``words`` words."""
     end = 0
@@ -138,6 +158,8 @@ class DegenerationGuard:
         self._echo_pending = set(range(len(self._echo_sources)))
         self._min_span = min_span
         self._allowed_scripts = {name for name, pattern in _SCRIPTS.items() if pattern.search(" ".join([question, *earlier]))}
+        # Numbers the caller gave (an order number, an amount): the answer may repeat them, not alter them.
+        self._given_numbers = {(symbol, digits) for turn in (question, *earlier) for symbol, digits, _ in _numbers(turn)}
         self.problem: str | None = None
         self.rejected_text: str | None = None
         """The text in which ``problem`` was found (live evidence scores it against the answer served instead)."""
@@ -153,6 +175,7 @@ class DegenerationGuard:
                 or self._foreign_script(text)
                 or self._adjacent_repeat(text)
                 or self._covered_by_repeats(text)
+                or self._altered_number(text, final=False)
             )
             if self.problem is not None:
                 self.rejected_text = text
@@ -164,7 +187,7 @@ class DegenerationGuard:
             if not _normalise(text):
                 self.problem = "empty answer"
             else:
-                self.problem = self._echo(text, final=True)
+                self.problem = self._echo(text, final=True) or self._altered_number(text, final=True)
             if self.problem is not None:
                 self.rejected_text = text
         return self.problem
@@ -237,6 +260,18 @@ class DegenerationGuard:
                 span = unit * reps
                 if span <= n and tail[n - span :] == piece * reps and piece.strip():
                     return "repetition loop"
+        return None
+
+    def _altered_number(self, text: str, *, final: bool) -> str | None:
+        """A number the caller gave comes back altered; a number still being written is not judged yet."""
+        if not self._given_numbers:
+            return None
+        given_digits = {digits for _, digits in self._given_numbers}
+        for symbol, digits, end in _numbers(text):
+            if digits in given_digits or (not final and end == len(text)):
+                continue
+            if any(_miscopied(digits, symbol, given, given_symbol) for given_symbol, given in self._given_numbers):
+                return "altered a number from the question"
         return None
 
     def _separator_run(self, text: str) -> str | None:

@@ -28,6 +28,7 @@ from finetune.datasets import (
     examples_from_log,
     split_bucket,
 )
+from hybrid_common.guard import DegenerationGuard
 from router.errors import ArtifactError, ArtifactIntegrityError, ConfigError
 from router.policy import luhn_valid
 from router.traffic_log import LogRecord, TrafficLog
@@ -43,10 +44,13 @@ def bitext() -> list[Example]:
 
 @pytest.fixture(scope="module")
 def unique_bitext(bitext: list[Example]) -> list[Example]:
-    """Bitext rows with distinct prompts (the file repeats a few instructions)."""
+    """Bitext rows with distinct prompts (the file repeats a few instructions) whose answer keeps the
+    question's numbers (some of Bitext's own answers miscopy its order number: the filter drops those)."""
     seen: set[str] = set()
     out = []
     for e in bitext:
+        if any(c.isdigit() for c in e.query) and DegenerationGuard(question=e.query).check_text(e.answer) == "altered a number from the question":
+            continue
         if e.prompt_key not in seen:
             seen.add(e.prompt_key)
             out.append(e)
@@ -374,7 +378,7 @@ def test_no_eval_leakage_into_train(tmp_path: Path, unique_bitext: list[Example]
 
 
 def test_snapshot_is_idempotent_and_tamper_evident(tmp_path: Path, unique_bitext: list[Example]) -> None:
-    rows = unique_bitext[:300]
+    rows = [e for e in unique_bitext if e.category == "ORDER"][:400]  # enough for its frozen block (30 in eval)
     a = build_snapshot(rows, tmp_path, seed=3, sources=["bitext"])
     shuffled = rows[:]
     random.Random(0).shuffle(shuffled)

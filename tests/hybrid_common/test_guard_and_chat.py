@@ -202,3 +202,34 @@ def test_a_settled_opening_never_becomes_an_echo_whatever_follows() -> None:
                         assert verdict != "echoed the question", (question, prefix, answer)
                         checked += 1
     assert checked > 1000
+
+
+ALTERED = "altered a number from the question"
+
+
+def test_a_number_the_caller_gave_must_come_back_unaltered() -> None:
+    # Bitext's own reference answers miscopy its order number (3707955617 as 370795561790), and a
+    # model tuned on them does the same.
+    order = "I need assistance cancelling purchase 3707955617"
+    assert DegenerationGuard(question=order).check_text("Cancelling purchase 370795561790 now, as you asked.") == ALTERED
+    assert DegenerationGuard(question=order).check_text("Purchase 3707955671 is being cancelled, as you asked.") == ALTERED
+    assert DegenerationGuard(question="refunding$3").check_text("You will get a refund of $3000 within a week.") == ALTERED
+    earlier = DegenerationGuard(question="ok do it", earlier=[order, "Sure, I can help."])
+    assert earlier.check_text("Purchase 370795561790 is now cancelled.") == ALTERED
+    for question, answer in [
+        (order, "Purchase 3707955617 is cancelled within 24 hours: 1. Sign in. 2. Open your orders."),
+        ("refunding$3", "Your $3 refund arrives within 30 days."),
+        ("what is the fee for 3 items?", "The fee is $30 and delivery takes 5 days."),
+        ("I need the invoice for 2023", "Invoices from 2023 and 2024 are under Billing."),
+        ("where is my order?", "Orders ship within 3 to 5 days; call 18005550199 if not."),
+    ]:
+        assert DegenerationGuard(question=question).check_text(answer) is None, answer
+
+
+def test_a_number_still_being_written_is_judged_once_it_ends() -> None:
+    guard = DegenerationGuard(question="where is order 3707955617?", reject_echo=False)
+    assert guard.check_partial("Order 37079556") is None
+    assert guard.check_partial("Order 370795561790") is None  # the digits may still change what it is
+    assert guard.check_partial("Order 370795561790 left") == ALTERED
+    finished = DegenerationGuard(question="where is order 3707955617?", reject_echo=False)
+    assert finished.check_final("Order 370795561790") == ALTERED

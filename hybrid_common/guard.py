@@ -6,8 +6,8 @@ stray token (``where is my order? mendatanguser where is my order? …``); it re
 to back (``(UK) (UK) (UK)``); it paraphrases its own loop so that no two copies are equal; it emits
 runs of separators (``| | | |``); it drifts into a script the question was not written in; or it
 says nothing. A tuned one still miscopies numbers from the question (order 3707955617 answered
-as 370795561700, "$3" as "$3000"). Each is a check here, run on the growing text after every piece, costing
-microseconds against a token's milliseconds. Long, well-formed answers that legitimately repeat a
+as 370795561700, "$3" as "$3000"). Each is a check here, run on the growing text after every
+piece, costing microseconds against a token's milliseconds. Long, well-formed answers that legitimately repeat a
 phrase or a ``{{Placeholder}}`` (Bitext's reference answers) pass: the repetition checks look for
 *adjacent* copies or for a few phrases covering most of the answer, never for a phrase said twice.
 """

@@ -160,6 +160,7 @@ class DegenerationGuard:
         self._allowed_scripts = {name for name, pattern in _SCRIPTS.items() if pattern.search(" ".join([question, *earlier]))}
         # Numbers the caller gave (an order number, an amount): the answer may repeat them, not alter them.
         self._given_numbers = {(symbol, digits) for turn in (question, *earlier) for symbol, digits, _ in _numbers(turn)}
+        self._given_digits = {digits for _, digits in self._given_numbers}
         self.problem: str | None = None
         self.rejected_text: str | None = None
         """The text in which ``problem`` was found (live evidence scores it against the answer served instead)."""
@@ -266,9 +267,8 @@ class DegenerationGuard:
         """A number the caller gave comes back altered; a number still being written is not judged yet."""
         if not self._given_numbers:
             return None
-        given_digits = {digits for _, digits in self._given_numbers}
         for symbol, digits, end in _numbers(text):
-            if digits in given_digits or (not final and end == len(text)):
+            if digits in self._given_digits or (not final and end == len(text)):
                 continue
             if any(_miscopied(digits, symbol, given, given_symbol) for given_symbol, given in self._given_numbers):
                 return "altered a number from the question"

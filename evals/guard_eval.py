@@ -8,7 +8,16 @@ at every word boundary, then the final ones), with the question each answer was 
   guard flags stays flagged, so the rate at 64 tokens is a lower bound for the demo's longer cap;
 * 1,000 Bitext reference answers with their queries, read from ``../shared/datasets``;
 * ``evals/corpora/tuned_answers.jsonl``: the shipped adapter's answers to its frozen evaluation
-  set (written by ``make demo-retrain``; every category, 180+ answers).
+  set (written by ``make demo-retrain``; every category, 180+ answers);
+* ``evals/corpora/base_answers_banking77_hwu64.jsonl``: the untuned model's answers (greedy, 48
+  tokens) to 150 Banking77 and 150 HWU64 test questions (``--regenerate-other``), data the early
+  stream release below was not designed on (its one-character tolerance was added after reading
+  the HWU64 echoes it let through: 6 of 115 before, 2 after).
+
+Besides the flag rates it reports, per corpus, how a held stream is released
+(``release``): at which word the hold ends (:meth:`DegenerationGuard.opening_differs` or
+:meth:`~DegenerationGuard.opening_settled`) and how many echoes were released before the guard
+caught them (those cut the stream instead of falling back to the cloud).
 
 Writes ``evals/results/guard.json`` (``base_flagged_rate``, ``reference_flagged_rate``,
 ``tuned_flagged_rate`` and the flags by kind). Targets (issue 13): >= 99 %, <= 1 %, <= 2 %.
@@ -29,6 +38,8 @@ HERE = Path(__file__).resolve().parent
 CORPORA = HERE / "corpora"
 BASE_CORPUS = CORPORA / "base_answers.jsonl"
 TUNED_CORPUS = CORPORA / "tuned_answers.jsonl"
+OTHER_CORPUS = CORPORA / "base_answers_banking77_hwu64.jsonl"
+DATASETS = HERE.parent.parent / "shared" / "datasets"
 RESULTS = HERE / "results" / "guard.json"
 
 
@@ -71,6 +82,59 @@ def regenerate_base(count: int, max_tokens: int) -> None:
             fh.write(json.dumps({"question": row["instruction"], "category": row["category"], "answer": answer}) + "\n")
 
 
+def release(rows: list[dict[str, str]]) -> dict[str, object]:
+    """Where a held stream's hold ends (words in), and the echoes released before the guard caught them."""
+    import re
+
+    from hybrid_common.guard import DegenerationGuard
+
+    at_word: Counter[str] = Counter()
+    echoes = released_echoes = 0
+    for row in rows:
+        problem = row.get("degenerate") or DegenerationGuard(question=row["question"]).check_text(row["answer"])
+        echo = bool(problem and "echo" in problem)
+        echoes += echo
+        guard = DegenerationGuard(question=row["question"])
+        for count, match in enumerate(re.finditer(r"\S+\s*", row["answer"]), start=1):
+            text = row["answer"][: match.end()]
+            if guard.check_partial(text):
+                break
+            if guard.opening_differs(text) or guard.opening_settled(text):
+                at_word[str(count) if count <= 3 else "4+"] += 1
+                released_echoes += echo and not guard.opening_settled(text)
+                break
+        else:
+            at_word["end"] += 1
+    return {"echoes": echoes, "echoes_released_before_caught": released_echoes, "released_at_word": dict(sorted(at_word.items()))}
+
+
+def regenerate_other(count: int, max_tokens: int) -> None:
+    """The untuned model's answers to ``count`` Banking77 and ``count`` HWU64 test questions (a fixed sample)."""
+    import csv
+    import random
+
+    from tqdm import tqdm
+
+    from router.backends import GenerationParams, LlamaCppBackend
+    from router.config import LocalConfig
+
+    with (DATASETS / "banking77" / "test.csv").open(encoding="utf-8") as fh:
+        banking = [r["text"] for r in csv.DictReader(fh)]
+    with (DATASETS / "hwu64" / "hwu64.csv").open(encoding="utf-8") as fh:
+        hwu = [r["text"] for r in csv.DictReader(fh)]
+    rng = random.Random(7)
+    sample = [("banking77", q) for q in rng.sample(banking, count)] + [("hwu64", q) for q in rng.sample(hwu, count)]
+    backend = LlamaCppBackend(LocalConfig(registry_path=None, n_threads=2, timeout_s=600))
+    with backend, OTHER_CORPUS.open("w", encoding="utf-8") as fh:
+        for source, question in tqdm(sample, desc="base answers (Banking77, HWU64)", unit="answer"):
+            stream = backend.generate([{"role": "user", "content": question}], GenerationParams(), max_tokens=max_tokens, deadline=time.monotonic() + 3600)
+            try:
+                answer = "".join(stream)
+            finally:
+                stream.close()
+            fh.write(json.dumps({"source": source, "question": question, "answer": answer}) + "\n")
+
+
 def _read(path: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -81,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-count", type=int, default=300)
     # 64 tokens gives a lower bound for any longer cap: a stream the guard flags stays flagged.
     parser.add_argument("--max-tokens", type=int, default=64, help="answer cap of the base-model corpus")
+    parser.add_argument("--regenerate-other", action="store_true", help="rebuild the Banking77 / HWU64 base-model corpus first")
     parser.add_argument("--references", type=int, default=1000)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -95,6 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     if TUNED_CORPUS.is_file():
         figures["tuned"] = judge(_read(TUNED_CORPUS))
+    if args.regenerate_other or not OTHER_CORPUS.is_file():
+        regenerate_other(150, 48)
+    other = _read(OTHER_CORPUS)
+    figures["release"] = {
+        "base": release(_read(BASE_CORPUS)),
+        "base_banking77": release([r for r in other if r["source"] == "banking77"]),
+        "base_hwu64": release([r for r in other if r["source"] == "hwu64"]),
+        "reference": release(references[: args.references]),
+        **({"tuned": release(_read(TUNED_CORPUS))} if TUNED_CORPUS.is_file() else {}),
+    }
     for name in ("base", "reference", "tuned"):
         if name in figures:
             figures[f"{name}_flagged_rate"] = figures[name]["flagged_rate"]  # type: ignore[index]
@@ -104,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         if name in figures:
             f = figures[name]
             print(f"{name:<10} {f['flagged']:>5}/{f['answers']:<5} flagged ({f['flagged_rate']:.1%})  {f['by_kind']}")  # type: ignore[index]
+    for name, r in figures["release"].items():  # type: ignore[union-attr]
+        print(f"release {name:<15} hold ends at word {r['released_at_word']}; echoes released before caught: "
+              f"{r['echoes_released_before_caught']} of {r['echoes']}")  # fmt: skip
     print(f"written to {args.results}")
     return 0
 

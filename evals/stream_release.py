@@ -4,7 +4,10 @@ Side by side in one process: ``make demo``'s phase-2 router (its classifier, the
 its evidence, in ``.demo``; run ``make demo`` first) four times, the same held-out Bitext questions
 of the local categories sent to each in rotating order:
 
-* ``early``: ``local.stream_release_when_settled`` on (the default), ``held``: off;
+* ``early``: the default, released at the first word that is not an echo's opening
+  (``local.stream_release_when_opening_differs``) or once no echo is possible;
+* ``settled``: only once no echo is possible (``stream_release_when_opening_differs = false``);
+* ``held``: ``local.stream_release_when_settled = false``, held to ``stream_hold_back_chars``;
 * ``unheld``: ``local.stream_hold = false``, no hold at all: the floor a held stream cannot beat,
   and what the operator trades the echo check's fallback for;
 * ``cloud``: no local category, every question answered by the stand-in cloud with its latency
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     _, _, replay = split(load_bitext())
     answerable = [r for r in replay if r["category"] in LOCAL_CATEGORIES]
     questions = sorted(answerable, key=lambda r: hashlib.sha256(r["instruction"].encode()).hexdigest())[: args.queries]
-    measured: dict[str, list[tuple[str, float | None, float, str]]] = {"early": [], "held": [], "unheld": [], "cloud": []}
+    measured: dict[str, list[tuple[str, float | None, float, str]]] = {"early": [], "settled": [], "held": [], "unheld": [], "cloud": []}
     arms = list(measured)
     workdir = demo / "stream-release"
     workdir.mkdir(exist_ok=True)
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         }  # fmt: skip
 
         def client_for(name: str) -> Any:
-            local = {"registry_path": demo / "registry", "default_max_tokens": args.answer_tokens, "stream_release_when_settled": name == "early"}
+            local = {"registry_path": demo / "registry", "default_max_tokens": args.answer_tokens, "stream_release_when_settled": name != "held",
+                     "stream_release_when_opening_differs": name != "settled"}  # fmt: skip
             if name == "unheld":
                 local["stream_hold"] = False
             routing = base["routing"] | ({"local_categories": []} if name == "cloud" else {})
@@ -91,10 +95,11 @@ def main(argv: list[str] | None = None) -> None:
         figures[f"release_{name}_{tier}"] = len(served)
         figures[f"release_{name}_ttft_p50_ms"] = statistics.median(r[1] for r in served)  # type: ignore[misc]
         figures[f"release_{name}_total_p50_ms"] = statistics.median(r[2] for r in served)
-    for name in ("early", "held", "unheld"):
+    for name in ("early", "settled", "held", "unheld"):
         figures[f"release_{name}_cloud_ratio"] = figures[f"release_{name}_ttft_p50_ms"] / figures["release_cloud_ttft_p50_ms"]
     figures["release_identical_answers"] = sum(a[3] == b[3] for a, b in zip(measured["early"], measured["held"], strict=True))
     figures["release_unheld_identical_answers"] = sum(a[3] == b[3] for a, b in zip(measured["early"], measured["unheld"], strict=True))
+    figures["release_settled_identical_answers"] = sum(a[3] == b[3] for a, b in zip(measured["early"], measured["settled"], strict=True))
     figures["release_ttft_ratio"] = figures["release_early_ttft_p50_ms"] / figures["release_held_ttft_p50_ms"]
     merge_figures(args.results, figures)
     for name in measured:
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         ratio = f"   TTFT / cloud's {figures[f'release_{name}_cloud_ratio']:.2f}" if name != "cloud" else ""
         print(f"{name:6s} {tier} {figures[f'release_{name}_{tier}']:3d}   TTFT p50 {figures[f'release_{name}_ttft_p50_ms']:6.0f} ms"
               f"   total p50 {figures[f'release_{name}_total_p50_ms']:6.0f} ms{ratio}")  # fmt: skip
-    print(f"identical answers early/held: {figures['release_identical_answers']}, early/unheld: "
+    print(f"identical answers early/held: {figures['release_identical_answers']}, early/settled: "
+          f"{figures['release_settled_identical_answers']}, early/unheld: "
           f"{figures['release_unheld_identical_answers']} of {len(questions)}; written to {args.results}")
 
 

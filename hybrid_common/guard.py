@@ -123,6 +123,21 @@ def _nearly_same(a: str, b: str) -> bool:
     return len(long) == len(short) + 1 and any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 
 
+def _could_become(partial: str, word: str) -> bool:
+    """Whether some completion of ``partial`` (a word still being written) is :func:`_nearly_same` as ``word``."""
+    if word.startswith(partial):
+        return True
+    if len(word) < _NEARLY_SAME_MIN_LETTERS:
+        return False  # only ``word`` itself would do
+    n = len(partial)
+    if n <= len(word) and sum(x != y for x, y in zip(partial, word)) <= 1:
+        return True  # one letter changed, the rest still to come
+    if any(partial[:i] + partial[i + 1 :] == word[: n - 1] for i in range(n)):
+        return True  # one letter added
+    # One letter dropped (the completion is then one shorter than ``word``, which needs the full letters).
+    return len(word) > _NEARLY_SAME_MIN_LETTERS and any(word[:i] + word[i + 1 : n + 1] == partial for i in range(n + 1))
+
+
 def _numbers(text: str) -> list[tuple[str, str, int]]:
     """``(currency symbol or "", digits, end offset)`` of every run of digits in ``text``."""
     return [(m.group(1), m.group(2), m.end()) for m in _NUMBER.finditer(text)]
@@ -240,20 +255,25 @@ class DegenerationGuard:
         HWU64 open with two words of the question's first three, in order, each copied with at most
         one character changed ("audiobook" -> "audiobooks"; ``make eval-guard``). So an answer opening "I understand" to
         "where is my order?" is released at its first word, rather than after the four or five
-        that :meth:`opening_settled` needs to rule an echo out whatever follows; the rare echo
+        that :meth:`opening_settled` needs to rule an echo out whatever follows, and one opening
+        "Certainly" at its first piece, before the word is even complete, since no completion of
+        "cert" can be "where" or "is" with one character changed; the rare echo
         that starts otherwise is still caught, but cuts the stream instead of falling back. Earlier
         turns count as sources too.
         """
         if not self._echo_pending:
             return True
         words = _complete_words(text)
-        if not words:
+        partial = _words(text)[len(words) :]  # the word still being written, if any
+        if not words and not partial:
             return False
         for index in self._echo_pending:
             source = self._echo_sources[index][0]
             for start in range(min(_ECHO_OPENING_STARTS, len(source))):
                 expected = source[start : start + _ECHO_OPENING_WORDS]
-                if all(_nearly_same(word, other) for word, other in zip(words, expected)):
+                if all(_nearly_same(word, other) for word, other in zip(words, expected)) and (
+                    len(words) >= len(expected) or not partial or _could_become(partial[0], expected[len(words)])
+                ):
                     return False  # the opening so far could be this source's: wait for the next word or the full check
         return True
 

@@ -221,6 +221,20 @@ def test_an_opening_that_differs_from_the_questions_first_words_is_released_at_o
     assert DegenerationGuard(question=question, reject_echo=False).opening_differs("")
 
 
+def test_a_word_still_being_written_is_released_once_no_completion_could_open_an_echo() -> None:
+    guard = DegenerationGuard(question="where is my order?")
+    assert guard.opening_differs("Cert")  # no "cert..." is "where" or "is" with one character changed
+    assert not guard.opening_differs("I")  # "i..." could still become "ihere", one letter off "where"
+    assert not guard.opening_differs("Wh") and not guard.opening_differs("Whre")  # "where" with a letter dropped
+    assert not guard.opening_differs("Where i") and guard.opening_differs("Where c")  # the second word likewise
+    # Two-letter source words take no slips: "ix" cannot become "is", but "i" still can.
+    assert guard.opening_differs("ix") and not guard.opening_differs("is")
+    # Every completion the rule allows is checked against the rule itself, letter by letter.
+    for partial in ("Wher", "Whe", "Hwere", "Ahere", "Wxere"):
+        grows_into_echo = any(not guard.opening_differs(partial + rest + " ") for rest in ("", "e", "re", "ere", "s"))
+        assert guard.opening_differs(partial) is not grows_into_echo, partial
+
+
 def test_an_echo_that_differs_at_its_opening_is_still_caught() -> None:
     """The early release trusts that an echo starts where its source starts; one that does not is still judged."""
     question = "assistance canceling my company newsletter subscription"

@@ -296,9 +296,11 @@ class BatchScheduler:
             canary_live=canary_live,
         )
 
-    def _lane_sizes(self, extra: int = 0, adapter: Path | None = None) -> collections.Counter[Path | None]:
-        """Live sequences per adapter (under the lock), plus ``extra`` newcomers on ``adapter``."""
-        sizes = collections.Counter(s.adapter for s in self._live.values())
+    def _lane_sizes(
+        self, extra: int = 0, adapter: Path | None = None, live: list[_Sequence] | None = None
+    ) -> collections.Counter[Path | None]:
+        """Live sequences (all, or ``live``) per adapter (under the lock), plus ``extra`` newcomers on ``adapter``."""
+        sizes = collections.Counter(s.adapter for s in (self._live.values() if live is None else live))
         if extra:
             sizes[adapter] += extra
         return sizes
@@ -314,10 +316,11 @@ class BatchScheduler:
         finish: its wait for a free sequence, its prefill and ``max_tokens`` steps at the batch size
         it would join (None before any step)."""
         with self._lock:
-            live = list(self._live.values())
+            # A cancelled sequence (its caller closed the stream) leaves at the next step: not load.
+            live = [s for s in self._live.values() if not s.job.cancelled.is_set()]
             waiting = len(self._waiting) + ahead
             size = min(self.max_sequences, len(live) + waiting + 1)
-            lanes = self._lane_sizes(size - len(live), self._adapter_path)  # newcomers: mostly the serving lane
+            lanes = self._lane_sizes(size - len(live), self._adapter_path, live)  # newcomers: mostly the serving lane
         step = self._step_time(lanes)
         if step is None:
             return None
@@ -776,27 +779,32 @@ class BatchScheduler:
         native.copy_prefix(sequence.seq, seq, len(prompt))
 
     def _end(self, sequence: _Sequence, failure: LocalFailure | None, *, finish: str = "stop") -> None:
+        """End one sequence. It leaves the batch before its caller hears that it ended, so a request
+        sent right after the answer (the next turn of a conversation) finds the batch without it,
+        and admission does not count it as load."""
         job = sequence.job
-        if failure is not None:
-            job.out.put(failure)
-        else:
-            if finish != "cancelled" and sequence.emitted < len(sequence.text):
-                job.out.put(sequence.text[sequence.emitted :])
-                sequence.emitted = len(sequence.text)
-            job.out.put(JobDone(finish if finish != "cancelled" else "stop", sequence.generated, sequence.version))
-            if finish != "cancelled" and job.started_at is not None:
-                seconds = time.monotonic() - job.started_at
-                self.service_s = seconds if self.service_s is None else 0.8 * self.service_s + 0.2 * seconds
-                self.completed += 1
-        if sequence.sampler is not None:
-            sequence.sampler.close()
-            sequence.sampler = None
-        if self._native is not None:
-            self._native.forget(sequence.seq)
-        with self._lock:
-            self._live.pop(sequence.seq, None)
-            job.released = True
-            self._wake.notify_all()
+        try:
+            if sequence.sampler is not None:
+                sequence.sampler.close()
+                sequence.sampler = None
+            if self._native is not None:
+                self._native.forget(sequence.seq)
+        finally:
+            with self._lock:
+                self._live.pop(sequence.seq, None)
+                job.released = True
+                self._wake.notify_all()
+            if failure is not None:
+                job.out.put(failure)
+            else:
+                if finish != "cancelled" and sequence.emitted < len(sequence.text):
+                    job.out.put(sequence.text[sequence.emitted :])
+                    sequence.emitted = len(sequence.text)
+                job.out.put(JobDone(finish if finish != "cancelled" else "stop", sequence.generated, sequence.version))
+                if finish != "cancelled" and job.started_at is not None:
+                    seconds = time.monotonic() - job.started_at
+                    self.service_s = seconds if self.service_s is None else 0.8 * self.service_s + 0.2 * seconds
+                    self.completed += 1
 
     def _failed_step(self, code: int, owners: list[tuple[_Sequence, int]], entries: list[tuple[int, int, int, bool]]) -> None:
         if code == 1:  # no KV room for this step: end the newest sequence, the others go on

@@ -20,6 +20,7 @@ from hybrid_common.chat import STOP_SEQUENCES, render_prompt
 from hybrid_common.errors import ArtifactError, ConfigError, MissingDependencyError
 from router.adapter_watch import AdapterWatch, CanaryAdapter, ServingAdapter
 from router.backends.base import GenerationParams, GenerationStream, LocalBackend, LocalFailure, register_local_backend
+from router.backends.llama_native import warn_if_torch_shares_openmp
 from router.backends.llama_workers import GenerationJob, JobDone, LlamaWorkerPool
 
 if TYPE_CHECKING:
@@ -125,6 +126,8 @@ class LlamaCppBackend(LocalBackend):
             from llama_cpp import Llama
         except ImportError as err:
             raise MissingDependencyError("llama-cpp-python", purpose="the local tier") from err
+        if not vocab_only:
+            warn_if_torch_shares_openmp()
         model_path = self._model_path()
         for label, path in (("local.model_path", model_path), ("local.adapter_path", adapter_path)):
             if path is not None and not Path(path).is_file():

@@ -878,3 +878,64 @@ def test_a_context_rebuilt_after_a_failed_decode_serves_both_lanes_again(batch, 
     canary, serving = answer(scheduler, question, 12, version="A"), answer(scheduler, tokens(user(ECHOES[0])), 16)
     assert (canary.text, canary.end) == (alone["A"].text, alone["A"].end)
     assert (serving.text, serving.end) == (alone["base"].text, alone["base"].end)
+
+
+@pytest.mark.slow
+def test_a_finished_or_cancelled_sequence_is_not_load_for_the_next_request(batch, tokens, monkeypatch) -> None:
+    """A conversation's next turn is sent the moment the last answer ends: admission must then see an
+    idle batch, not the answer that just ended (it spilled such turns to the cloud as local_busy)."""
+    scheduler = batch()
+    prompt = tokens(user(SUPPORT[1]))
+    answer(scheduler, prompt, 8)  # a step time is known from here on
+    job = greedy(prompt, 8)
+    scheduler.submit(job)
+    seen_at_end = None
+    while seen_at_end is None:
+        item = job.out.get(timeout=60)
+        if isinstance(item, JobDone):
+            seen_at_end = scheduler.stats().live  # read the moment the caller hears it ended
+    assert seen_at_end == 0
+    assert scheduler.predicted_seconds(len(prompt), 64) == scheduler.idle_seconds(len(prompt), 64) is not None
+
+    native = scheduler._native
+    held, blocked, release = threading.Event(), threading.Event(), threading.Event()
+    real_decode = native.decode
+
+    def decode(entries: list[tuple[int, int, int, bool]]) -> int:
+        if held.is_set():
+            blocked.set()
+            release.wait(60)  # the scheduler is stuck before a step until the test lets go
+        return real_decode(entries)
+
+    monkeypatch.setattr(native, "decode", decode)
+    walking_away = Reader(greedy(prompt, 64))
+    scheduler.submit(walking_away.job)
+    try:
+        assert until(lambda: len(walking_away.pieces) >= 2)
+        held.set()
+        assert blocked.wait(10)
+        idle = scheduler.idle_seconds(len(prompt), 64)  # the step times stay as they are while the steps are held
+        assert scheduler.predicted_seconds(len(prompt), 64) > idle  # a live neighbour slows a newcomer
+        walking_away.job.cancelled.set()  # the caller closed its stream; the sequence leaves at the next step
+        assert scheduler.stats().live == 1
+        assert scheduler.predicted_seconds(len(prompt), 64) == idle
+    finally:
+        release.set()
+    walking_away.wait()
+
+
+def test_torch_loaded_beside_the_local_model_is_warned_about_once(monkeypatch: Any, caplog: Any) -> None:
+    """torch's own libgomp.so.1 is the OpenMP runtime llama.cpp then uses: serving beside it decodes slower."""
+    import sys
+    import types
+
+    from router.backends import llama_native
+
+    monkeypatch.setattr(llama_native, "_torch_warned", False)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert not llama_native.warn_if_torch_shares_openmp()  # no torch: nothing to say
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    with caplog.at_level("WARNING", logger="router"):
+        assert llama_native.warn_if_torch_shares_openmp()
+        assert not llama_native.warn_if_torch_shares_openmp()  # once per process
+    assert [r.getMessage() for r in caplog.records if "OpenMP" in r.getMessage()][0].startswith("torch is loaded")

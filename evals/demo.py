@@ -212,10 +212,13 @@ def score(results: list[dict[str, Any]]) -> None:
 
 def phase_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
     total = len(results)
-    local = [r for r in results if r["tier"] == "local" and not r["private"]]
+    # A local stream the guard cut after its first text went out is not an answer a user accepts: it is
+    # neither counted as answered locally nor as saved (it is priced as the cloud answer it still needs).
+    cut = [r for r in results if r["tier"] == "local" and not r["private"] and r.get("degenerate")]
+    local = [r for r in results if r["tier"] == "local" and not r["private"] and not r.get("degenerate")]
     cloud = [r for r in results if r["tier"] == "cloud"]
     private = [r for r in results if r["private"]]
-    spent = sum(r["cost_usd"] or 0.0 for r in results)
+    spent = sum(r["cost_usd"] or 0.0 for r in results) + sum(r["all_cloud_cost"] for r in cut)
     all_cloud = sum(r["all_cloud_cost"] for r in results if not r["private"])  # private queries could never go out
     mean = lambda rows: sum(r["similarity"] for r in rows) / len(rows) if rows else None  # noqa: E731
 
@@ -229,6 +232,7 @@ def phase_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
         "nonprivate_local": len(local),
         "local_share": len(local) / total if total else 0.0,
         "local_similarity": mean(local),
+        "local_cut_short": len(cut),
         "cloud": len(cloud),
         "cloud_similarity": mean(cloud),
         "private": len(private),
@@ -365,7 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         print(quality_report(results[phase]))
         print(
             f"\nnon-private queries answered locally: {f['nonprivate_local']} of {f['queries']} ({f['local_share']:.0%}),"
-            f" mean similarity {_fmt(f['local_similarity'])}; cloud answers {f['cloud']}, mean similarity {_fmt(f['cloud_similarity'])}"
+            f" mean similarity {_fmt(f['local_similarity'])}; local streams cut short by the guard (not counted): {f['local_cut_short']};"
+            f" cloud answers {f['cloud']}, mean similarity {_fmt(f['cloud_similarity'])}"
             f"\nprivate queries (never leave the machine): {f['private']}, {f['private_local_unproven']} answered by a model not proven"
             f" for them (flagged), mean similarity {_fmt(f['private_similarity'])}; {f['private_handoff']} handed off because"
             f" the guard rejected the local answer; degenerate private answers served: {f['private_degenerate_served']}"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from collections import Counter
@@ -84,42 +85,84 @@ def regenerate_base(count: int, max_tokens: int) -> None:
 
 
 def release(rows: list[dict[str, str]], tokenizer: Any) -> dict[str, object]:
-    """Where a held stream's hold ends, and the echoes released before the guard caught them.
+    """Where a held stream's hold ends, and the bad answers whose stream was already released when caught.
 
-    Each answer is replayed as the pieces a stream of the packaged model's tokens carries (a word
-    may be judged before it is complete): ``released_at_token`` counts pieces, ``released_at_word``
-    the words begun by then.
+    Each answer is replayed, as the packaged model's token pieces, through serving's own loop
+    (:func:`~hybrid_common.generation.guarded_pieces`, with the default hold of a stream that may
+    fall back): ``released_at_token`` counts the pieces consumed when the first text goes out,
+    ``released_at_word`` the words begun by then. An answer the guard rejects before that falls
+    back to the cloud unseen; one rejected after it cuts the stream (``cut_after_release`` by
+    kind), and ``shown_number_miscopied`` counts the cut ones whose caller saw the wrong number.
     """
+    from hybrid_common.generation import guarded_pieces
     from hybrid_common.guard import DegenerationGuard
+    from router.config import LocalConfig
 
+    config = LocalConfig(registry_path=None)
     at_word: Counter[str] = Counter()
     at_token: Counter[str] = Counter()
-    echoes = released_echoes = 0
+    cut: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    shown_miscopied = with_numbers = 0
+    first_tokens: list[int] = []
     for row in rows:
-        problem = row.get("degenerate") or DegenerationGuard(question=row["question"]).check_text(row["answer"])
-        echo = bool(problem and "echo" in problem)
-        echoes += echo
+        pieces = _pieces(tokenizer, row["answer"])
+        consumed, exhausted = 0, False
+
+        def counted(pieces: list[str] = pieces) -> Any:
+            nonlocal consumed, exhausted
+            for piece in pieces:
+                consumed += 1
+                yield piece
+            exhausted = True
+
         guard = DegenerationGuard(question=row["question"])
-        text = ""
-        for count, piece in enumerate(_pieces(tokenizer, row["answer"]), start=1):
-            if guard.check_partial(text + piece):
-                break
-            text += piece
-            if guard.opening_differs(text) or guard.opening_settled(text):
-                words = len(text.split())
+        with_numbers += bool(guard.unjudged_tail("0"))
+        released, first_at = "", None
+        for out in guarded_pieces(
+            counted(), guard, hold_back=config.hold_back_for(row["question"]), release_when_settled=True, release_when_opening_differs=True
+        ):  # fmt: skip
+            if exhausted and row.get("degenerate"):
+                break  # the row ends where serving stopped it: the final flush never happened
+            if first_at is None:
+                first_at = consumed
+                first_tokens.append(first_at)
+                words = len(_words_begun(released + out))
                 at_word[str(words) if words <= 3 else "4+"] += 1
-                at_token[str(count) if count <= 4 else "5+"] += 1
-                released_echoes += echo and not guard.opening_settled(text)
-                break
-        else:
+                at_token[str(first_at) if first_at <= 4 else "5+"] += 1
+            released += out
+        if first_at is None:
             at_word["end"] += 1
             at_token["end"] += 1
+        problem = row.get("degenerate") or guard.problem
+        if problem:
+            rejected[problem] += 1
+            if released:
+                cut[problem] += 1
+                shown_miscopied += problem.startswith("altered a number") and _shows_miscopied(released, row["question"])
     return {
-        "echoes": echoes,
-        "echoes_released_before_caught": released_echoes,
+        "answers": len(rows),
+        "questions_with_numbers": with_numbers,
+        "rejected": dict(sorted(rejected.items())),
+        "cut_after_release": dict(sorted(cut.items())),
+        "echoes": sum(n for kind, n in rejected.items() if "echo" in kind),
+        "echoes_released_before_caught": sum(n for kind, n in cut.items() if "echo" in kind),
+        "shown_number_miscopied": shown_miscopied,
         "released_at_word": dict(sorted(at_word.items())),
         "released_at_token": dict(sorted(at_token.items())),
+        "released_at_token_p50": statistics.median(first_tokens) if first_tokens else None,
     }
+
+
+def _words_begun(text: str) -> list[str]:
+    return text.split()
+
+
+def _shows_miscopied(released: str, question: str) -> bool:
+    """Whether the text a caller saw already holds a miscopy of a number the question gave."""
+    from hybrid_common.guard import DegenerationGuard
+
+    return DegenerationGuard(question=question, reject_echo=False).check_text(released) == "altered a number from the question"
 
 
 def _pieces(tokenizer: Any, text: str) -> list[str]:
@@ -220,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<10} {f['flagged']:>5}/{f['answers']:<5} flagged ({f['flagged_rate']:.1%})  {f['by_kind']}")  # type: ignore[index]
     for name, r in figures["release"].items():  # type: ignore[union-attr]
         print(f"release {name:<15} hold ends at token {r['released_at_token']}, word {r['released_at_word']}; echoes released before caught: "
-              f"{r['echoes_released_before_caught']} of {r['echoes']}")  # fmt: skip
+              f"{r['echoes_released_before_caught']} of {r['echoes']}; streams cut after release {r['cut_after_release']}"
+              f" (a miscopied number shown: {r['shown_number_miscopied']})")  # fmt: skip
     print(f"written to {args.results}")
     return 0
 

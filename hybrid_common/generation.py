@@ -34,24 +34,26 @@ def guarded_pieces(
     stream instead of falling back (as one after ``hold_back`` always did). With
     ``release_when_opening_differs`` it ends sooner still, at the first word that is not the opening
     of the question or an earlier turn (:meth:`DegenerationGuard.opening_differs`): an echo starting
-    some other way then cuts the stream too.
+    some other way then cuts the stream too. When the caller gave numbers, any release waits for
+    the answer's first sentence to end (:meth:`DegenerationGuard.numbers_settled`), where a
+    miscopied order number or amount appears, for at most twice ``hold_back``. Whatever the hold, a number still being written is
+    not sent until the next piece lets the guard judge it (:meth:`DegenerationGuard.unjudged_tail`).
     """
     text = ""
-    held = 0  # characters of ``text`` not yet released
+    sent = 0  # characters of ``text`` already yielded
     released = hold_back <= 0
     for piece in pieces:
         if guard.check_partial(text + piece):
             return
         text += piece
-        held += len(piece)
         if not released:
-            released = (
-                len(text) >= hold_back
-                or (release_when_opening_differs and guard.opening_differs(text))
-                or (release_when_settled and guard.opening_settled(text))
-            )
+            early = (release_when_opening_differs and guard.opening_differs(text)) or (release_when_settled and guard.opening_settled(text))
+            # The caller's numbers extend any hold to the first sentence's end, up to twice its length.
+            released = (early or len(text) >= hold_back) and (guard.numbers_settled(text) or len(text) >= 2 * hold_back)
         if released:
-            yield text[len(text) - held :]
-            held = 0
-    if guard.check_final(text) is None and held:
-        yield text[len(text) - held :]
+            ready = len(text) - guard.unjudged_tail(text)
+            if ready > sent:
+                yield text[sent:ready]
+                sent = ready
+    if guard.check_final(text) is None and len(text) > sent:
+        yield text[sent:]

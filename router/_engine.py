@@ -508,6 +508,8 @@ class Engine:
         except LocalFailure as failure:
             # Text already reached the caller: end the stream cleanly and record why.
             exchange.error = InternalServerError(f"local stream cut short ({failure.kind}): {failure.detail}")
+            if failure.kind == "degenerate":  # the caller's last chunk says so too, not only the log
+                exchange.degenerate = failure.detail
             finish = "length" if failure.kind == "timeout" else "stop"
             exchange.finish_reason = finish
         yield exchange.chunk({}, finish_reason=finish)

@@ -264,7 +264,9 @@ class LocalConfig(_Section):
         description="End that hold as soon as the guard has ruled out an echo of the question or an earlier turn "
         "(the opening so far cannot become one, usually a few words in) instead of at stream_hold_back_chars: the "
         "echo is caught all the same and the first token comes sooner; a loop that starts later cuts the stream "
-        "rather than falling back to the cloud. False: always hold stream_hold_back_chars.",
+        "rather than falling back to the cloud. When the caller gave numbers (an order number, an amount) the hold "
+        "lasts until the answer's first sentence has ended (at most twice the usual hold), where a miscopied one "
+        "appears, so it still falls back unseen. False: always hold stream_hold_back_chars.",
     )  # fmt: skip
     stream_release_when_opening_differs: bool = Field(
         True,

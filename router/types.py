@@ -56,7 +56,9 @@ class RouteInfo(BaseModel):
     """The classifier registry version that chose ``category`` (None with a fixed ``classifier.path``)."""
     fallback_from: Tier | None = None
     fallback_reason: str | None = None
-    degenerate: str | None = None  # set when a request that could not fall back got a cut-short answer
+    degenerate: str | None = None
+    """Why the local answer was cut short: a request that could not fall back, or a stream the guard stopped
+    after its first text had gone out (the caller keeps the text before the problem)."""
     quality: str | None = None  # "unproven" / "below_floor": a private answer the gate could not vouch for
     adapter_version: str | None = None
     classify_ms: float | None = None

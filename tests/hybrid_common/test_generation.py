@@ -113,3 +113,69 @@ def test_an_echo_opening_otherwise_is_cut_after_its_release() -> None:
     options = {"hold_back": len(question) + 48, "release_when_settled": True, "release_when_opening_differs": True}
     out = list(guarded_pieces(echo, guard, **options))
     assert out and "".join(out).startswith("user\nwhere") and guard.problem == "echoed the question"
+
+
+EARLY = {"release_when_settled": True, "release_when_opening_differs": True}
+
+
+def test_a_miscopied_number_in_the_first_sentence_is_caught_before_anything_is_sent() -> None:
+    """The tuned model's "$3" -> "$300" (as served in make demo): with the caller's numbers the early
+    release waits for the first sentence, so the answer falls back unseen instead of being cut."""
+    question = "I expect a restitution of $3, was it processed"
+    pieces = ["I", " understand", " that", " you", " are", " expecting", " a", " restitution", " of", " $", "3", "0", "0", ".", " Let"]
+    guard = DegenerationGuard(question=question)
+    assert list(guarded_pieces(pieces, guard, hold_back=len(question) + 48, **EARLY)) == []
+    assert guard.problem == "altered a number from the question"
+
+
+def test_the_first_sentence_is_released_once_its_numbers_are_right() -> None:
+    question = "I expect a restitution of $3, was it processed"
+    pieces = ["I", " understand", " you", " expect", " $", "3", ".", " It", " was", " processed", "."]
+    counted = Counted(pieces)
+    out = list(guarded_pieces(counted, DegenerationGuard(question=question), hold_back=len(question) + 48, **EARLY))
+    assert "".join(out) == "".join(pieces)
+    assert out[0] == "I understand you expect $3. It"  # held until the sentence has ended (". " settles it), sent as one piece
+    # Without numbers in the question the same opening goes out once its first words differ from the question.
+    plain = list(guarded_pieces(["I", " understand", " you", "."], DegenerationGuard(question="was my refund processed"), hold_back=90, **EARLY))
+    assert plain[0] == "I understand"
+
+
+def test_a_number_still_being_written_is_never_sent_before_it_is_judged() -> None:
+    """Even an unheld stream (or one past its hold) keeps "$3" back until the next piece shows whether it becomes "$300"."""
+    question = "refunding $12"
+    pieces = ["You", " asked", " for", " $", "1", "2", "0", "0", " back"]
+    guard = DegenerationGuard(question=question)
+    out = list(guarded_pieces(pieces, guard))  # hold_back=0: released from the first piece
+    assert "".join(out) == "You asked for " and guard.problem == "altered a number from the question"
+    right = ["You", " asked", " for", " $", "1", "2", " back", "."]
+    assert "".join(guarded_pieces(right, DegenerationGuard(question=question))) == "You asked for $12 back."
+    # The number at the very end of the answer is judged by the final check, then sent.
+    assert "".join(guarded_pieces(["Refund", " of", " $", "1", "2"], DegenerationGuard(question=question))) == "Refund of $12"
+    assert "".join(guarded_pieces(["Refund", " of", " $", "1", "2", "0"], DegenerationGuard(question=question))) == "Refund of "
+
+
+def test_without_numbers_from_the_caller_nothing_is_held_for_numbers() -> None:
+    guard = DegenerationGuard(question="where is my order")
+    assert guard.unjudged_tail("It costs $30") == 0 and guard.numbers_settled("It")
+    numbered = DegenerationGuard(question="order 3707955617")
+    assert numbered.unjudged_tail("order 37079") == 5 and numbered.unjudged_tail("costs $") == 1
+    assert numbered.unjudged_tail("order 3707955617 ") == 0
+    assert not numbered.numbers_settled("Your order 3707955617") and numbered.numbers_settled("Your order 3707955617 is on its way. ")
+
+
+def test_the_callers_numbers_hold_past_the_usual_length_up_to_twice_it() -> None:
+    """"reinburse $3" -> "I understand that you would like to request a reimbursement of $300." (make demo):
+    the opening is longer than the usual hold (48 characters beyond the question), so that hold alone
+    would have released it before the number came."""
+    question = "reinburse $3"
+    words = "I understand that you would like to request a reimbursement of".split()
+    pieces = [words[0]] + [" " + w for w in words[1:]] + [" $", "3", "0", "0", ".", " Please"]
+    guard = DegenerationGuard(question=question)
+    assert list(guarded_pieces(pieces, guard, hold_back=len(question) + 48, **EARLY)) == []
+    assert guard.problem == "altered a number from the question"
+    # Not forever: with no sentence end, the text goes out at twice the hold.
+    long = [f"{word} " for word in ("we will look into the matter you raised and then write back to you with what we find out about it soon "
+                                    "enough today or tomorrow morning at the latest if the team has everything it needs from our side").split()]
+    out = list(guarded_pieces(Counted(long), DegenerationGuard(question=question), hold_back=len(question) + 48, **EARLY))
+    assert "".join(out) == "".join(long)
+    assert 2 * (len(question) + 48) <= len(out[0]) < 2 * (len(question) + 48) + 10  # released at the first piece past twice the hold

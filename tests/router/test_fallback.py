@@ -146,6 +146,7 @@ def test_an_unheld_stream_sends_its_opening_at_once_and_a_later_echo_cuts_it(mak
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text.strip(), "the opening went out before the guard judged it"
         assert chunks[-1].choices[0].finish_reason == "stop"
+        assert chunks[-1].router.degenerate == "echoed the question"  # the caller is told, not only the log
         row = list(client.traffic_log.records())[-1]
         assert row.tier == "local" and row.fallback_from is None
         assert row.error_type == "InternalServerError" and "cut short (degenerate" in row.error_message

@@ -117,7 +117,7 @@ def release(rows: list[dict[str, str]], tokenizer: Any) -> dict[str, object]:
             exhausted = True
 
         guard = DegenerationGuard(question=row["question"])
-        with_numbers += bool(guard.unjudged_tail("0"))
+        with_numbers += guard.has_given_numbers
         released, first_at = "", None
         for out in guarded_pieces(
             counted(), guard, hold_back=config.hold_back_for(row["question"]), release_when_settled=True, release_when_opening_differs=True
@@ -127,7 +127,7 @@ def release(rows: list[dict[str, str]], tokenizer: Any) -> dict[str, object]:
             if first_at is None:
                 first_at = consumed
                 first_tokens.append(first_at)
-                words = len(_words_begun(released + out))
+                words = len((released + out).split())
                 at_word[str(words) if words <= 3 else "4+"] += 1
                 at_token[str(first_at) if first_at <= 4 else "5+"] += 1
             released += out
@@ -152,10 +152,6 @@ def release(rows: list[dict[str, str]], tokenizer: Any) -> dict[str, object]:
         "released_at_token": dict(sorted(at_token.items())),
         "released_at_token_p50": statistics.median(first_tokens) if first_tokens else None,
     }
-
-
-def _words_begun(text: str) -> list[str]:
-    return text.split()
 
 
 def _shows_miscopied(released: str, question: str) -> bool:

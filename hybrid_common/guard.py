@@ -43,7 +43,8 @@ _ECHO_OPENING_WORDS = 2  # an echo starts with two of its source's words, copied
 _NEARLY_SAME_MIN_LETTERS = 3  # ... each with at most one character changed, if it has this many letters
 _ECHO_OPENING_STARTS = 2  # ... from its first word or its second (a dropped "please", "minimize")
 _NUMBER = re.compile(r"([$€£]?)(\d+)")
-_NUMBER_BEING_WRITTEN = re.compile(r"(?:[$€£]\d*|\d+)$")  # the end of a text that may still grow into a number
+_CURRENCY = "$€£"
+_DIGITS = "0123456789"
 _SENTENCE_END = re.compile(r"[.!?:]\s|\n")
 _MIN_NUMBER_DIGITS = 3  # a shorter number ("3 items", "30 days") is judged only as an amount ("$3")
 _NEAR_MISS_DIGITS = 5  # numbers this long that differ in one or two digits are one number miscopied
@@ -255,8 +256,15 @@ class DegenerationGuard:
         next piece settles them, so a miscopied number the caller gave is never shown."""
         if not self._given_numbers:
             return 0
-        match = _NUMBER_BEING_WRITTEN.search(text)
-        return len(match.group()) if match else 0
+        # Walks back over the tail only: called for every piece of every stream.
+        before = text.rstrip(_DIGITS)
+        tail = len(text) - len(before)
+        return tail + 1 if before.endswith(tuple(_CURRENCY)) else tail
+
+    @property
+    def has_given_numbers(self) -> bool:
+        """Whether the question or an earlier turn holds a number the answer must not alter."""
+        return bool(self._given_numbers)
 
     def numbers_settled(self, text: str) -> bool:
         """Whether an early release may go ahead as far as the caller's numbers are concerned.

@@ -38,11 +38,11 @@ def queries(category: str, n: int, skip: int = 0) -> list[str]:
     return rows[skip : skip + n]
 
 
-def canary_config(make_config: Callable[..., Any], registry: ModelRegistry, **canary: Any) -> Any:
+def canary_config(make_config: Callable[..., Any], registry: ModelRegistry, min_samples: int = 10, **canary: Any) -> Any:
     return make_config(
         local={"registry_path": registry.root, "registry_poll_s": POLL_S, "reject_echo": True, "degenerate_min_span": 48,
                "max_sequences": 4},
-        quality={"overrides": {}, "shadow_rate": 0.0, "audit_rate": 0.0, "idle_s": 0.0, "min_samples": 10},
+        quality={"overrides": {}, "shadow_rate": 0.0, "audit_rate": 0.0, "idle_s": 0.0, "min_samples": min_samples},
         canary={"look_every": 5, "min_audits": 5, "max_audits": 100, "max_requests": 200, **canary},
     )  # fmt: skip
 
@@ -141,7 +141,11 @@ def test_a_better_canary_is_promoted_live_on_audits(tmp_path: Path, make_config:
     registry.promote("base")
     registry.start_canary(candidate, 0.5)
     # Audits on both arms at the same rate; the base model's degenerate answers score 0 there.
-    config = canary_config(make_config, registry, audit_rate=1.0)
+    # The serving version's own live gate would close a category after `min_samples` such audits and
+    # send it to the cloud, canary arm included (a canary serves only requests the local tier answers).
+    # At 10, a salt that puts most early conversations on the serving arm starved the canary below
+    # its 5 audits in both categories (CI, 2026-12-04); at 40 the canary reaches 5 first.
+    config = canary_config(make_config, registry, min_samples=40, audit_rate=1.0)
     texts = queries("ORDER", 60, skip=60) + queries("DELIVERY", 60, skip=60)
     with Client(config) as client:
         for text in texts:
@@ -151,6 +155,6 @@ def test_a_better_canary_is_promoted_live_on_audits(tmp_path: Path, make_config:
                 break
         wait_for_canary_state(registry, present=False, timeout_s=120)
         decision = registry.history()[-1]
-        assert decision["action"] == "canary_promote", decision
+        assert decision["action"] == "canary_promote", (decision, client._engine.canary.evidence())
         assert registry.serving_state()["version"] == candidate
         assert decision["evidence"]["canary"]["audits"] >= 5 and decision["evidence"]["serving"]["audits"] >= 1

@@ -6,8 +6,10 @@ Measured side by side in one run, on the shipped adapter, greedy, through ``Clie
 * for 1, 4, 8 and 16 concurrent callers, the same held-out Bitext queries with 64-token answers:
   aggregate tokens/s, requests/s, time to first token and total latency (p50/p99);
 * the physical reference beside it: llama.cpp's own multi-sequence decode of the same model and
-  adapter (one ``llama_decode`` per step for all sequences, 64 tokens each, no router), whose
-  ratio at 16 sequences over 1 is what batching can give on this machine;
+  adapter (one ``llama_decode`` per step for all sequences, 64 tokens each, no router) doing the
+  same work right after each level (the same queries in waves of the level's size), whose ratio at
+  16 sequences over 1 is what batching can give on this machine. Each level answers 64 queries, so
+  16 callers send four each: with two, the run measured mostly the batch filling and draining;
 * whether an answer depends on its neighbours: each query's greedy answer alone (1 caller)
   against the same query's answer in each batched level (identical share, where they diverge);
 * answer quality batched vs alone: similarity to Bitext's reference answers on the shipped
@@ -141,43 +143,47 @@ def run_level(client: Any, queries: list[str], callers: int, max_tokens: int) ->
     }
 
 
-def raw_decode(prompts: list[list[int]], sizes: tuple[int, ...], tokens: int, n_threads: int) -> dict[int, float]:
-    """Aggregate tokens/s of llama.cpp decoding ``n`` sequences together (prefill included), no router."""
-    from router.backends.llama_native import NativeBatch, NativeContextSettings
-    from router.backends.llama_cpp import packaged_model_path
+class RawReference:
+    """llama.cpp's own multi-sequence decode of the same model and adapter, no router: the physical
+    reference. Opened once beside the router's client and measured right after each router level,
+    on the same work, so both see the same machine state (before the similarity encoder, and the
+    torch it brings, ever loads: torch's OpenMP runtime changes llama.cpp's speed once it has run)."""
 
-    longest = max(len(p) for p in prompts)
-    settings = NativeContextSettings(
-        model_path=packaged_model_path(), kv_tokens=max(sizes) * (longest + tokens + 8), n_seq_max=max(sizes),
-        n_batch=max(sizes) * longest + 8, n_threads=n_threads,
-    )  # fmt: skip
-    native = NativeBatch(settings, ADAPTER)
-    speeds: dict[int, float] = {}
-    try:
-        for n in sizes:
-            runs = []
-            for _ in range(2):
-                chosen = [prompts[i % len(prompts)] for i in range(n)]
-                started = time.perf_counter()
-                entries = [(tok, pos, s, pos == len(p) - 1) for s, p in enumerate(chosen) for pos, tok in enumerate(p)]
-                if native.decode(entries) != 0:
-                    raise RuntimeError("raw prefill failed")
-                index = {s: i for i, (_, _, s, wants) in enumerate(entries) if wants}
-                positions = [len(p) for p in chosen]
-                for _ in range(tokens):
-                    next_tokens = [native.argmax(index[s]) for s in range(n)]
-                    step = [(next_tokens[s], positions[s], s, True) for s in range(n)]
-                    if native.decode(step) != 0:
-                        raise RuntimeError("raw decode failed")
-                    index = {s: s for s in range(n)}
-                    positions = [p + 1 for p in positions]
-                runs.append(n * tokens / (time.perf_counter() - started))
-                for s in range(n):
-                    native.forget(s)
-            speeds[n] = max(runs)
-    finally:
-        native.close()
-    return speeds
+    def __init__(self, max_sequences: int, longest_prompt: int, tokens: int, n_threads: int) -> None:
+        from router.backends.llama_cpp import packaged_model_path
+        from router.backends.llama_native import NativeBatch, NativeContextSettings
+
+        settings = NativeContextSettings(
+            model_path=packaged_model_path(), kv_tokens=max_sequences * (longest_prompt + tokens + 8),
+            n_seq_max=max_sequences, n_batch=max_sequences * longest_prompt + 8, n_threads=n_threads,
+        )  # fmt: skip
+        self.tokens = tokens
+        self.native = NativeBatch(settings, ADAPTER)
+
+    def close(self) -> None:
+        self.native.close()
+
+    def tokens_per_s(self, prompts: list[list[int]], n: int) -> float:
+        """Aggregate tokens/s answering all ``prompts`` in lockstep waves of ``n`` (prefill included):
+        the router level's work (the same queries, ``n`` at a time, ``tokens`` each) with no router."""
+        native, done, started = self.native, 0, time.perf_counter()
+        for first in range(0, len(prompts), n):
+            wave = prompts[first : first + n]
+            entries = [(tok, pos, s, pos == len(p) - 1) for s, p in enumerate(wave) for pos, tok in enumerate(p)]
+            if native.decode(entries) != 0:
+                raise RuntimeError("raw prefill failed")
+            index = {s: i for i, (_, _, s, wants) in enumerate(entries) if wants}
+            positions = [len(p) for p in wave]
+            for _ in range(self.tokens):
+                step = [(native.argmax(index[s]), positions[s], s, True) for s in range(len(wave))]
+                if native.decode(step) != 0:
+                    raise RuntimeError("raw decode failed")
+                index = {s: s for s in range(len(wave))}
+                positions = [p + 1 for p in positions]
+            for s in range(len(wave)):
+                native.forget(s)
+            done += len(wave) * self.tokens
+        return done / (time.perf_counter() - started)
 
 
 def identity(alone: list[str], batched: list[str]) -> dict[str, Any]:
@@ -234,7 +240,7 @@ def prefix_reuse(client: Any, questions: list[str], pairs: int) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=32, help="queries answered at each level (the same ones)")
+    parser.add_argument("--queries", type=int, default=64, help="queries answered at each level (the same ones)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--frozen", type=int, default=64, help="frozen-set questions for the quality comparison")
     parser.add_argument("--frozen-max-tokens", type=int, default=128)
@@ -252,16 +258,23 @@ def main(argv: list[str] | None = None) -> int:
         client = _client(Path(tmp))
         try:
             _ask(client, [{"role": "user", "content": "hello"}], 4)  # load the model outside the timings
-            levels = {}
-            for callers in LEVELS:
-                level = run_level(client, queries, callers, args.max_tokens)
-                levels[callers] = level
-                print(f"{callers:>2} callers: {level['tokens_per_s']:6.1f} tok/s, {level['requests_per_s']:.2f} req/s, "
-                      f"TTFT p50 {level['ttft_p50_ms']:.0f} / p99 {level['ttft_p99_ms']:.0f} ms, "
-                      f"total p50 {level['total_p50_ms']:.0f} / p99 {level['total_p99_ms']:.0f} ms, "
-                      f"{level['mean_tokens']:.0f} tokens an answer", flush=True)  # fmt: skip
-                for key in ("tokens_per_s", "requests_per_s", "ttft_p50_ms", "ttft_p99_ms", "total_p50_ms", "total_p99_ms"):
-                    figures[f"{key}_{callers}"] = level[key]
+            prompts = [client._engine.local._prompt_tokens([{"role": "user", "content": q}]) for q in queries]
+            raw_reference = RawReference(max(LEVELS), max(len(p) for p in prompts), args.max_tokens, default_threads(batched=True))
+            levels, raw = {}, {}
+            try:
+                for callers in LEVELS:  # each router level, then the raw decode of the same work
+                    level = run_level(client, queries, callers, args.max_tokens)
+                    levels[callers] = level
+                    raw[callers] = raw_reference.tokens_per_s(prompts, callers)
+                    print(f"{callers:>2} callers: {level['tokens_per_s']:6.1f} tok/s (raw llama.cpp {raw[callers]:6.1f}), "
+                          f"{level['requests_per_s']:.2f} req/s, TTFT p50 {level['ttft_p50_ms']:.0f} / p99 {level['ttft_p99_ms']:.0f} ms, "
+                          f"total p50 {level['total_p50_ms']:.0f} / p99 {level['total_p99_ms']:.0f} ms, "
+                          f"{level['mean_tokens']:.0f} tokens an answer", flush=True)  # fmt: skip
+                    for key in ("tokens_per_s", "requests_per_s", "ttft_p50_ms", "ttft_p99_ms", "total_p50_ms", "total_p99_ms"):
+                        figures[f"{key}_{callers}"] = level[key]
+                    figures[f"raw_tokens_per_s_{callers}"] = raw[callers]
+            finally:
+                raw_reference.close()
             for callers in LEVELS[1:]:
                 same = identity(levels[1]["answers"], levels[callers]["answers"])
                 figures[f"identical_share_{callers}"] = same["identical_share"]
@@ -291,16 +304,10 @@ def main(argv: list[str] | None = None) -> int:
             figures["frozen_questions"] = quality["questions"]
             print(f"   similarity alone {quality['similarity_alone']:.3f}, batched {quality['similarity_batched']:.3f}; "
                   f"identical {quality['identity']['identical_share']:.0%}", flush=True)  # fmt: skip
-            prompts = [client._engine.local._prompt_tokens([{"role": "user", "content": q}]) for q in queries[:16]]
         finally:
             client.close()
-    print("raw llama.cpp multi-sequence decode (no router)", flush=True)
-    raw = raw_decode(prompts, LEVELS, args.max_tokens, default_threads(batched=True))  # as the batch is served
-    for n, speed in raw.items():
-        figures[f"raw_tokens_per_s_{n}"] = speed
     figures["raw_speedup_16"] = raw[16] / raw[1]
     figures["speedup_16_over_raw"] = figures["speedup_16"] / figures["raw_speedup_16"]
-    print("   " + ", ".join(f"{n}: {s:.0f} tok/s" for n, s in raw.items()))
     print(f"speedup at 16 callers {figures['speedup_16']:.2f} (raw llama.cpp {figures['raw_speedup_16']:.2f}, "
           f"{figures['speedup_16_over_raw']:.0%} of it); TTFT p99 at 8 callers {figures['ttft_p99_ms_8']:.0f} ms")  # fmt: skip
     merge_figures(args.results, figures)

@@ -161,7 +161,7 @@ class RawReference:
         self.native = NativeBatch(settings, ADAPTER)
 
     def warm_up(self, prompts: list[list[int]]) -> None:
-        """One untimed wave first: on a fresh context the first waves ran slower (measured 52.9 then
+        """Untimed waves (at 4, then at 1) first: on a fresh context the first waves ran slower (measured 52.9 then
         59.2 tokens/s at one sequence, same settings), which made the reference's 1-sequence figure
         the lowest in the run and pulled down its share of the router's."""
         self.tokens_per_s(prompts[:4], 4)
@@ -267,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             _ask(client, [{"role": "user", "content": "hello"}], 4)  # load the model outside the timings
             prompts = [client._engine.local._prompt_tokens([{"role": "user", "content": q}]) for q in queries]
             raw_reference = RawReference(max(LEVELS), max(len(p) for p in prompts), args.max_tokens, default_threads(batched=True))
-            raw_reference.warm_up(prompts)
             levels, raw = {}, {}
             try:
+                raw_reference.warm_up(prompts)
                 for callers in LEVELS:  # each router level, then the raw decode of the same work
                     level = run_level(client, queries, callers, args.max_tokens)
                     levels[callers] = level

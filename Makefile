@@ -86,7 +86,7 @@ eval-learned-followups: $(STAMP)
 	$(PY) -m evals.learned_followups
 
 # Many callers at once: continuous batching at 1, 4, 8 and 16 concurrent model="local" callers beside raw
-# llama.cpp multi-sequence decode, answers alone vs batched, prefix reuse (about 10 minutes):
+# llama.cpp multi-sequence decode in three rounds, answers alone vs batched, prefix reuse (about 25 minutes):
 # writes evals/results/capacity.json.
 bench-capacity: $(STAMP)
 	$(PY) -m evals.capacity_bench

@@ -1,6 +1,6 @@
 """Conversation benchmark (``make eval-conversations``): route whole conversations, not their last line.
 
-The benchmark is ``evals/corpora/conversations.jsonl`` and ``conversations_holdout.jsonl``
+The benchmark is ``evals/corpora/conversations.jsonl``, ``conversations_holdout.jsonl`` and ``conversations_holdout2.jsonl``
 (``evals/make_conversations.py`` says how they were built: Bitext first questions from the replay
 pool the demo's classifier never trains on, then hand-written follow-ups, switches to other Bitext
 categories and out-of-scope requests; each turn labelled with the category a person would give it
@@ -11,9 +11,11 @@ for conversation-aware routing:
    cloud) against the label, per turn kind; categories the classifier does not know (the demo's
    out-of-scope ones) count as right when sent to the cloud. Reported per wording split: *dev*
    (where the rule was written), *test* (its misses shaped the rule's second version, so it is
-   development data too) and *holdout*, follow-up wording written after the rule was committed
-   by someone who never read it: the headline figures are the holdout's;
-2. **serving**, ``--serve`` holdout conversations replayed through ``router.Client`` turn by turn as
+   development data too), *holdout*, follow-up wording written after the rule was committed by
+   someone who never read it (its misses were read on 2026-12-04, so it is development data now),
+   and *holdout2*, written after that by another writer who read neither the rule nor its
+   results: the headline figures are holdout2's;
+2. **serving**, ``--serve`` holdout2 conversations replayed through ``router.Client`` turn by turn as
    ``make demo``'s phase 2 (its classifier, the shipped adapter, PAYMENT private, the stand-in
    cloud answering each turn with its reference): each assistant message sent back is the answer
    the router served. Local share, the guard's verdict and the similarity to the reference, for
@@ -44,8 +46,9 @@ from tqdm import tqdm
 
 CORPUS = Path(__file__).resolve().parent / "corpora" / "conversations.jsonl"
 HOLDOUT_CORPUS = CORPUS.with_name("conversations_holdout.jsonl")
-SPLITS = ("dev", "test", "holdout")
-HEADLINE_SPLIT = "holdout"  # the only wording no version of the rule was shaped on
+HOLDOUT2_CORPUS = CORPUS.with_name("conversations_holdout2.jsonl")
+SPLITS = ("dev", "test", "holdout", "holdout2")
+HEADLINE_SPLIT = "holdout2"  # the only wording no version of the rule was shaped on (the holdout's misses were read on 2026-12-04)
 RESULTS = Path(__file__).resolve().parent / "results" / "conversations.json"
 FOLLOW_UP_KINDS = ("confirm", "clarify", "anaphoric", "same_category", "switch", "out_of_scope")
 SWITCH_KINDS = ("switch", "out_of_scope")
@@ -328,7 +331,7 @@ def pruning_figures(full: list[dict[str, Any]], pruned: list[dict[str, Any]], n_
 
 
 def summary(routing: dict[str, Any], serving: dict[str, Any] | None) -> dict[str, Any]:
-    """The issue's headline keys, from the holdout conversations (the wording no version of the rule saw)."""
+    """The issue's headline keys, from ``HEADLINE_SPLIT`` (the wording no version of the rule saw)."""
     held = routing[HEADLINE_SPLIT]
     out: dict[str, Any] = {
         "headline_split": HEADLINE_SPLIT,
@@ -337,6 +340,8 @@ def summary(routing: dict[str, Any], serving: dict[str, Any] | None) -> dict[str
         "switch_recall": held["in_context"]["switch_recall"],
         "switch_recall_last_message": held["last_message"]["switch_recall"],
         "first_turn_routing_accuracy": held["in_context"]["first_turn_accuracy"],
+        "followup_routing_accuracy_holdout": routing["holdout"]["in_context"]["followup_accuracy"],
+        "followup_routing_accuracy_holdout_last_message": routing["holdout"]["last_message"]["followup_accuracy"],
         "followup_routing_accuracy_test": routing["test"]["in_context"]["followup_accuracy"],
         "followup_routing_accuracy_dev": routing["dev"]["in_context"]["followup_accuracy"],
     }
@@ -386,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     from router import RouterConfig
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    conversations = load_conversations() + load_conversations(HOLDOUT_CORPUS)
+    conversations = load_conversations() + load_conversations(HOLDOUT_CORPUS) + load_conversations(HOLDOUT2_CORPUS)
     classifier = classifier_for(args.workdir)
     defaults = RouterConfig().conversation
     settings = {"switch_confidence": defaults.switch_confidence}

@@ -29,9 +29,12 @@ routing method can be tuned on dev and reported on test with wording it never sa
 misses later shaped the rule's second version, so a third half, ``holdout``, was written after that
 version was committed, by a writer told to write as customers type and not allowed to read the
 rule: ``conversations_holdout.jsonl`` (``HOLDOUT_OUT``) draws its first turns from the same replay
-pool (another seed) and takes all its hand-written turns from it. The labels are for scoring
-only: nothing here is read at routing time. Deterministic (fixed seeds); run
-``python -m evals.make_conversations`` to write both files again.
+pool (another seed) and takes all its hand-written turns from it. Once the holdout's misses had
+been read (and any change they inspire would be tuned on them), a fourth half, ``holdout2``, was
+written the same way by another writer who read neither the rule nor its results:
+``conversations_holdout2.jsonl`` (``HOLDOUT2_OUT``). The labels are for scoring only: nothing here
+is read at routing time. Deterministic (fixed seeds); run ``python -m evals.make_conversations``
+to write the three files again.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ OUT = Path(__file__).resolve().parent / "corpora" / "conversations.jsonl"
 HOLDOUT_OUT = OUT.with_name("conversations_holdout.jsonl")
 HOLDOUT = "holdout"  # the wording half (and split) no version of the follow-up rule was shaped on
 HOLDOUT_SEED = 29
+HOLDOUT2_OUT = OUT.with_name("conversations_holdout2.jsonl")
+HOLDOUT2 = "holdout2"  # written after the holdout's misses had been read (2026-12-04), by a writer who never read the rule
+HOLDOUT2_SEED = 41
 
 FIRST_PER_CATEGORY = 36  # capped by the replay pool (CANCELLATION_FEE has 33, NEWSLETTER 35)
 DEV_SHARE = 40  # percent of conversations in the dev split
@@ -75,6 +81,9 @@ CONFIRM = {
     "holdout": ["k", "yes pls", "yup that's it, go on", "Yes, that's exactly what I want.",
                 "ok cool, can you just go ahead and sort that out for me then", "sure thing",
                 "alrighty, lets get it done", "Confirmed."],
+    "holdout2": ["ya ok", "yess that one", "Please do, thank you.", "mhm sounds right, start it",
+                 "ok ive made up my mind, id like to go through with it", "yeah thats what i was after, carry on",
+                 "Right, I'm happy with that, you can start.", "okey dokey"],
 }  # fmt: skip
 CLARIFY = {
     "dev": ["sorry, can you explain that again?", "what do you mean exactly?", "I don't get it",
@@ -86,6 +95,10 @@ CLARIFY = {
     "holdout": ["wdym", "sorry, what?", "that's a lot of steps, can you break it down for me?",
                 "im not great with computers, could you explain it slower", "Hmm, I read that twice and still don't get it.",
                 "confused. say it a different way?", "in plain english please"],
+    "holdout2": ["??", "sorry which part do I do first? kinda lost", "can u explain that like step 1 step 2",
+                 "Sorry, that went over my head. Could you walk me through it again?",
+                 "that doesnt really make sense to me tbh", "english isnt my first language, can you use easier words",
+                 "so what am i actually supposed to do"],
 }  # fmt: skip
 GENERIC_ANAPHORIC = {
     "dev": ["can I do that from my phone?", "and what happens after that?", "how long does that usually take?",
@@ -98,6 +111,11 @@ GENERIC_ANAPHORIC = {
                 "will i get an email or something when its done?", "so what's the next step",
                 "what info do I need to have ready for that",
                 "ok, and if it still doesn't work after I've done all that, what then?"],
+    "holdout2": ["can i do it on the website or is it app only", "ok, where do i even start",
+                 "does it take effect right away or is there a delay?", "is it the same steps on android",
+                 "what if the button is greyed out for me",
+                 "do I have to finish it all in one go, or can I come back to it later?",
+                 "how will i know it actually worked"],
 }  # fmt: skip
 # Per category: (text, the intents it fits; empty means every intent of the category).
 ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
@@ -112,6 +130,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
                     ("is that permanent? like could i get it back later", ("delete_account",)),
                     ("it keeps saying the username is already taken", ("create_account", "registration_problems")),
                     ("what happens to the gift card balance on it?", ("delete_account", "switch_account"))],  # reads as PAYMENT
+        "holdout2": [("i made it with my google login if that matters", ("recover_password", "edit_account", "delete_account")),
+                     ("the verification code text never comes thru", ("create_account", "registration_problems", "recover_password")),
+                     ("will i still get the newsletter emails after that?", ("delete_account",)),  # reads as NEWSLETTER
+                     ("does it change straight away or at the end of my billing month", ("switch_account",))],  # reads as INVOICE / PAYMENT
     },
     "CANCELLATION_FEE": {
         "dev": [("is it the same if I cancel in the first month?", ()), ("and for the yearly plan?", ()),
@@ -121,6 +143,9 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "holdout": [("even if it's only been a week?", ()), ("so roughly how much are we talking", ()),
                     ("is it a one-off or do I keep paying it every month?", ()),  # reads as PAYMENT
                     ("what if I'm moving abroad, do you waive it then?", ())],
+        "holdout2": [("im on the family plan if that changes anything", ()), ("my contract ends in march, do i still have to pay it?", ()),
+                     ("would it come off the refund I'm owed or get billed separately?", ()),  # reads as REFUND
+                     ("does it go down the longer youve been a member", ())],
     },
     "CONTACT": {
         "dev": [("are they available on weekends?", ()), ("do they speak Spanish?", ()), ("is there usually a wait?", ())],
@@ -128,6 +153,9 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "holdout": [("is that a real person or another bot", ()), ("can they ring me back instead? I'm at work", ()),
                     ("what time of day is best to get through", ()),
                     ("and they can deal with order problems too?", ())],  # reads as ORDER
+        "holdout2": [("do they do live chat or just phone", ()), ("if i email how long till someone replies", ()),
+                     ("whats the number if im calling from outside the uk", ()),
+                     ("can i talk to them about a billing thing?", ())],  # reads as INVOICE / PAYMENT
     },
     "DELIVERY": {
         "dev": [("what if I'm not home?", ()), ("does that include weekends?", ()),
@@ -137,6 +165,9 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "holdout": [("so i'd have it by friday?", ("delivery_period",)), ("the cheapest option i guess", ("delivery_options",)),
                     ("is that counted from when I pay or from when it leaves the warehouse?", ("delivery_period",)),  # reads as PAYMENT
                     ("what about rural areas, same?", ())],
+        "holdout2": [("to ireland?", ()), ("i need it before the 22nd, its a gift", ("delivery_period",)),
+                     ("can i pick it up from a locker or a store instead", ("delivery_options",)),  # reads as SHIPPING_ADDRESS
+                     ("and if i order after 5pm does it still go out today?", ("delivery_period",))],  # reads as ORDER
     },
     "FEEDBACK": {
         "dev": [("it's about the delivery guy being rude", ("complaint",)),  # reads as DELIVERY
@@ -146,6 +177,9 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "holdout": [("it's mostly positive tbh, just one small thing", ("review",)),
                     ("do I get a reference number or something?", ("complaint",)), ("is there a word limit", ()),
                     ("basically your app keeps logging me out every 5 minutes", ("complaint",))],  # reads as ACCOUNT
+        "holdout2": [("5 stars honestly, the blender is great", ("review",)),
+                     ("ive been charged twice and nobody answers my emails about it", ("complaint",)),  # reads as PAYMENT
+                     ("does it go to the store manager or to head office?", ()), ("can i edit it after i post it", ("review",))],
     },
     "INVOICE": {
         "dev": [("the one from last month", ()), ("i need it as a PDF", ()),
@@ -155,6 +189,9 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "holdout": [("the february one", ()), ("can it go straight to my accountant's email?", ("get_invoice",)),
                     ("the total on it looks higher than what I was charged", ("check_invoice",)),  # reads as PAYMENT
                     ("and the 2023 ones too if possible", ())],
+        "holdout2": [("inv 2024-0193", ()), ("the one for the 2 chairs i bought in november", ()),  # reads as ORDER
+                     ("its on my old account, i changed emails since", ()),  # reads as ACCOUNT
+                     ("can i get them all in one file for my taxes", ("get_invoice",))],
     },
     "NEWSLETTER": {
         "dev": [("where do I sign up for it?", ()), ("can I do it with my work email?", ()), ("so just my email address?", ())],
@@ -162,6 +199,8 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
                  ("is it the box at the bottom of the homepage?", ())],
         "holdout": [("how often would i get it", ()), ("signed up but no confirmation email yet", ()),
                     ("can I choose to only get the sale stuff?", ())],
+        "holdout2": [("is it free?", ()), ("it keeps ending up in my spam folder", ()),
+                     ("can i do it for two email addresses", ())],
     },
     "ORDER": {
         "dev": [("the one I placed yesterday", ("cancel_order", "change_order", "track_order")),
@@ -176,6 +215,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
                     ("it's says processing still", ("cancel_order", "change_order", "track_order")),
                     ("the blue one instead of the black", ("change_order",)),
                     ("and I can pay for it at the end right?", ("place_order",))],  # reads as PAYMENT
+        "holdout2": [("order no. 71-3306, placed on the 9th", ("cancel_order", "change_order", "track_order")),
+                     ("i checked out as a guest, no account", ("cancel_order", "change_order", "track_order")),  # reads as ACCOUNT
+                     ("the status hasnt moved since monday", ("track_order",)),  # reads as DELIVERY
+                     ("is there a minimum spend?", ("place_order",))],
     },
     "PAYMENT": {
         "dev": [("ok, and how long will that take?", ("payment_issue",)),  # reads as DELIVERY
@@ -187,6 +230,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "holdout": [("and paypal?", ("check_payment_methods",)), ("tried two different cards, same thing", ("payment_issue",)),
                     ("but the money still left my account", ("payment_issue",)),  # reads as REFUND
                     ("can I split it over a few months", ("check_payment_methods",))],
+        "holdout2": [("what about klarna or afterpay", ("check_payment_methods",)),
+                     ("it says 'transaction could not be processed' and then nothing", ("payment_issue",)),
+                     ("my bank says they didnt block anything on their end", ("payment_issue",)),
+                     ("got charged twice for the same order", ("payment_issue",))],  # reads as ORDER / REFUND
     },
     "REFUND": {
         "dev": [("it arrived broken", ("check_refund_policy", "get_refund")),  # reads as DELIVERY
@@ -199,6 +246,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
                     ("bought it about 5 weeks ago, too late?", ("check_refund_policy", "get_refund")),
                     ("still nothing on my card statement", ("track_refund",)),  # reads as PAYMENT
                     ("will it go back to the original card or as store credit", ())],
+        "holdout2": [("its from the sale, does that change anything?", ("check_refund_policy", "get_refund")),
+                     ("the parcel never even turned up", ("check_refund_policy", "get_refund")),  # reads as DELIVERY
+                     ("returned order 58812 on the 14th and theyve had it since", ("track_refund",)),  # reads as ORDER
+                     ("how many working days till it hits my bank", ("track_refund",))],  # reads as PAYMENT
     },
     "SHIPPING_ADDRESS": {
         "dev": [("what if it already shipped?", ("change_shipping_address",)),  # reads as DELIVERY
@@ -208,6 +259,8 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "holdout": [("it's a new build so the street might not come up", ()),
                     ("only for this one order, not permanently", ("change_shipping_address",)),  # reads as ORDER
                     ("can it be in a different country?", ())],
+        "holdout2": [("we moved house last week", ("change_shipping_address",)), ("the postcode field wont accept mine", ()),
+                     ("do i have to redo it on every order?", ("set_up_shipping_address",))],  # reads as ORDER
     },
 }  # fmt: skip
 OUT_OF_SCOPE_REQUESTS = {
@@ -242,12 +295,27 @@ OUT_OF_SCOPE_REQUESTS = {
                 "also, what's the difference between a list and a tuple", "give me a vegan lasagna recipe",
                 "integral of x times e^x?", "is it worth visiting iceland in winter", "how do I center a div",
                 "summarize the french revolution in 3 sentences", "whats a good caption for a beach photo"],
+    "holdout2": ["whats the longest river in south america", "btw can you write a bash one-liner to rename all .jpeg files to .jpg",
+                 "how long do i roast a whole chicken for, its about 2kg", "tell me a riddle", "what's an 18% tip on $64.50",
+                 "plan a weekend in edinburgh for me and my partner, we like food and hiking",
+                 "also quick one, how many bones are in the human body?",
+                 "can you help me write a resignation email, polite but short", "derivative of sin(x)^2",
+                 "what time zone is tokyo in", "suggest a name for my sourdough starter lol",
+                 "how do i undo the last commit in git without losing my changes", "Is it safe to eat raw cookie dough?",
+                 "write a two line poem about mondays", "btw whats the difference between affect and effect",
+                 "do i need a visa to visit japan from canada", "convert 5 miles to km", "explain inflation in simple words",
+                 "what should i get my dad for his 60th, he likes fishing", "random but why do onions make you cry",
+                 "what does a promise do in javascript", "probability of rolling two sixes?",
+                 "quick q - best substitute for buttermilk in pancakes?",
+                 "who was the roman emperor when pompeii was destroyed"],
 }  # fmt: skip
 SWITCH_PREFIXES = {
     "dev": ["also, ", "one more thing: ", "different question - ", "oh and ", "btw ", "Oh, also: "],
     "test": ["another thing, ", "and also ", "separately: ", "new question: ", "PS ", "By the way, "],
     "holdout": ["on another note, ", "quick other question: ", "changing topic - ", "while i have you, ",
                 "totally different thing, ", "Something else: "],
+    "holdout2": ["ok next thing, ", "unrelated, ", "oh before i forget - ", "moving on, ", "Separate issue: ",
+                 "can i ask about something else? "],
 }  # fmt: skip
 NO_PREFIX_SHARE = 0.4  # switches written as the bare Bitext instruction
 SHORT_SWITCH_SHARE = 0.3  # switches drawn from a category's shortest instructions
@@ -297,7 +365,7 @@ def _with_prefix(prefix: str, instruction: str) -> str:
 def build(seed: int = 11, wording: str | None = None) -> list[dict[str, Any]]:
     """The conversations, in file order; the same seed always gives the same list.
 
-    ``wording`` (``HOLDOUT``) takes every hand-written turn from that half and labels every
+    ``wording`` (``HOLDOUT``, ``HOLDOUT2``) takes every hand-written turn from that half and labels every
     conversation with it; by default each conversation's split (dev or test) picks its half.
     """
     rng = random.Random(seed)
@@ -351,7 +419,8 @@ def build(seed: int = 11, wording: str | None = None) -> list[dict[str, Any]]:
             turns.append(turn)
             if turn["kind"] in ("same_category", "switch"):
                 topic = len(turns) - 1
-        conversations.append({"id": f"{'hold' if wording else 'conv'}-{i:04d}", "split": split, "turns": turns})
+        prefix = {None: "conv", HOLDOUT: "hold"}.get(wording, wording)
+        conversations.append({"id": f"{prefix}-{i:04d}", "split": split, "turns": turns})
     return conversations
 
 
@@ -372,7 +441,7 @@ def summary(conversations: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 def main() -> None:
-    for path, conversations in ((OUT, build()), (HOLDOUT_OUT, build(HOLDOUT_SEED, HOLDOUT))):
+    for path, conversations in ((OUT, build()), (HOLDOUT_OUT, build(HOLDOUT_SEED, HOLDOUT)), (HOLDOUT2_OUT, build(HOLDOUT2_SEED, HOLDOUT2))):
         path.write_text(render(conversations), encoding="utf-8")
         print(f"{path}: {len(conversations)} conversations")
         for name, counts in summary(conversations).items():

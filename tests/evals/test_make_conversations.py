@@ -1,4 +1,4 @@
-"""The committed conversation benchmark is reproducible, its dev, test and holdout wording never overlap, and its labels hold."""
+"""The committed conversation benchmark is reproducible, its dev, test, holdout and holdout2 wording never overlap, and its labels hold."""
 
 from __future__ import annotations
 
@@ -30,27 +30,32 @@ def _half(split: str) -> dict[str, set[str]]:
 
 @pytest.fixture(scope="module")
 def committed() -> list[dict]:
-    return [json.loads(line) for path in (mc.OUT, mc.HOLDOUT_OUT) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for path in (mc.OUT, mc.HOLDOUT_OUT, mc.HOLDOUT2_OUT) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_the_committed_files_are_what_build_writes() -> None:
     assert mc.render(mc.build()).splitlines() == mc.OUT.read_text(encoding="utf-8").splitlines()
     assert mc.render(mc.build(mc.HOLDOUT_SEED, mc.HOLDOUT)).splitlines() == mc.HOLDOUT_OUT.read_text(encoding="utf-8").splitlines()
+    assert mc.render(mc.build(mc.HOLDOUT2_SEED, mc.HOLDOUT2)).splitlines() == mc.HOLDOUT2_OUT.read_text(encoding="utf-8").splitlines()
     main = [json.loads(line) for line in mc.OUT.read_text(encoding="utf-8").splitlines()]
-    holdout = [json.loads(line) for line in mc.HOLDOUT_OUT.read_text(encoding="utf-8").splitlines()]
+    holdouts = {half: [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+                for half, path in ((mc.HOLDOUT, mc.HOLDOUT_OUT), (mc.HOLDOUT2, mc.HOLDOUT2_OUT))}  # fmt: skip
     firsts = [c["turns"][0]["text"] for c in main]
     assert len(main) >= 360 and len(set(firsts)) == len(firsts)
     assert all(2 <= len(c["turns"]) <= 4 and c["split"] == mc.split_of(c["turns"][0]["text"]) for c in main)
-    # The holdout's first turns come from the same replay pool (another draw: they are not what it measures).
-    held_firsts = [c["turns"][0]["text"] for c in holdout]
-    assert len(holdout) >= 360 and len(set(held_firsts)) == len(held_firsts) and all(bucket(t) >= 80 for t in held_firsts)
-    assert all(2 <= len(c["turns"]) <= 4 and c["split"] == mc.HOLDOUT for c in holdout)
+    # The holdouts' first turns come from the same replay pool (other draws: they are not what a holdout measures).
+    for half, holdout in holdouts.items():
+        held_firsts = [c["turns"][0]["text"] for c in holdout]
+        assert len(holdout) >= 360 and len(set(held_firsts)) == len(held_firsts) and all(bucket(t) >= 80 for t in held_firsts)
+        assert all(2 <= len(c["turns"]) <= 4 and c["split"] == half for c in holdout)
 
 
 def test_the_halves_never_share_hand_written_wording(committed: list[dict]) -> None:
-    wording = {split: {_normal(t) for texts in _half(split).values() for t in texts} for split in ("dev", "test", mc.HOLDOUT)}
-    assert not wording["dev"] & wording["test"]
-    assert not (wording["dev"] | wording["test"]) & wording[mc.HOLDOUT]
+    splits = ("dev", "test", mc.HOLDOUT, mc.HOLDOUT2)
+    wording = {split: {_normal(t) for texts in _half(split).values() for t in texts} for split in splits}
+    for i, split in enumerate(splits):
+        for other in splits[i + 1 :]:
+            assert not wording[split] & wording[other], (split, other, wording[split] & wording[other])
     instructions = defaultdict(list)  # a switch turn is an optional prefix and a Bitext instruction
     for row in load_bitext():
         instructions[mc._reference(row)].append(row["instruction"])

@@ -75,9 +75,11 @@ eval-security: $(STAMP)
 	$(PY) -m evals.security_eval
 
 # Conversations: 392 Bitext conversations in each of four wording halves routed turn by turn (last message vs
-# in context), 60 holdout2 ones served through the router four ways; then 300 Banking77 conversations the rule was not tuned on
-# (about 20 minutes): writes evals/results/conversations.json.
+# in context: the rule, and the rule beside the learned follow-up detector eval-followup-writers trains first),
+# 60 holdout2 ones served through the router five ways; then 300 Banking77 conversations the rule was not tuned on
+# (about 60 minutes): writes evals/results/conversations.json.
 eval-conversations: $(STAMP)
+	$(PY) -m evals.followup_writers
 	$(PY) -m evals.conversation_eval
 	$(PY) -m evals.banking_conversations
 

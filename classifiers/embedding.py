@@ -462,6 +462,7 @@ class EmbeddingClassifier(ParamsMixin):
             )
             model.head_ = LinearHead.load(path / _HEAD_FILE, len(classes))
             model.encoder_source_ = str(encoder_meta["source"])
+            model.encoder_sha256_ = str(encoder_meta["sha256"])  # what a follow-up detector's weights must match
             model.classes_ = np.array(classes, dtype=object)
             model.threshold_ = float(manifest["threshold"])
             model.proba_weight_ = float(manifest["proba_weight"])

@@ -118,7 +118,11 @@ def routing_figures(conversations: Sequence[dict[str, Any]], routed: Sequence[Se
     }
 
 
-def routing_step(conversations: list[dict[str, Any]], classifier: Any, settings: dict[str, Any]) -> dict[str, Any]:
+def routing_step(
+    conversations: list[dict[str, Any]], classifier: Any, settings: dict[str, Any], detector: Any = None
+) -> dict[str, Any]:
+    """Every turn routed last-message, in context (the word rule), in context with ``detector`` beside
+    the rule (when given), and the embedding blends, per wording split."""
     from router import resolve_topics
 
     def last_message(turns: list[tuple[int, str]], own: list[Any]) -> list[Any]:
@@ -126,6 +130,9 @@ def routing_step(conversations: list[dict[str, Any]], classifier: Any, settings:
 
     def in_context(turns: list[tuple[int, str]], own: list[Any]) -> list[Any]:
         return resolve_topics(turns, own, **settings)
+
+    def in_context_learned(turns: list[tuple[int, str]], own: list[Any]) -> list[Any]:
+        return resolve_topics(turns, own, learned=detector.is_follow_up, **settings)
 
     known = {str(c) for c in classifier.classes_}
     own = own_predictions(conversations, classifier)
@@ -137,6 +144,8 @@ def routing_step(conversations: list[dict[str, Any]], classifier: Any, settings:
             "last_message": routing_figures(chosen, route_turns(chosen, own, last_message), known),
             "in_context": routing_figures(chosen, route_turns(chosen, own, in_context), known),
         }
+        if detector is not None:
+            figures[split]["in_context_learned"] = routing_figures(chosen, route_turns(chosen, own, in_context_learned), known)
         for weight in BLEND_WEIGHTS:  # the alternative the rule was chosen over
             blended = routing_figures(chosen, route_turns(chosen, own, blend(classifier, weight)), known)
             figures[split][f"blend_{weight}"] = {k: v for k, v in blended.items() if k != "by_kind"} | {
@@ -265,7 +274,7 @@ def serving_figures(served: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def serve_step(
     conversations: list[dict[str, Any]], classifier_path: Path, workdir: Path, *, answer_tokens: int, pruned_ctx: int,
-    only: Sequence[str] = (),
+    only: Sequence[str] = (), detector_path: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     from evals.demo import LOCAL_CATEGORIES, PRIVATE_CATEGORIES, register_shipped_adapter
     from evals.standin_cloud import StandinCloud
@@ -278,6 +287,7 @@ def serve_step(
     modes = {  # the router as it was (each turn alone, whole history to the local model); as it is; and two variants
         "last_message": {"conversation": {"follow_ups": "last_message"}, "local": {"history": "full"}},
         "in_context": {},
+        **({"in_context_learned": {"conversation": {"followup_detector": detector_path}}} if detector_path is not None else {}),
         "in_context_full_history": {"local": {"history": "full"}},
         "in_context_full_history_pruned": {"local": {"history": "full", "n_ctx": pruned_ctx}},
     }
@@ -288,12 +298,14 @@ def serve_step(
             log_path = (workdir / f"traffic-{mode}.sqlite3").resolve()
             for stale in workdir.glob(f"traffic-{mode}.sqlite3*"):
                 stale.unlink()
+            evidence = workdir / f"evidence-{mode}"  # each mode starts from the same evidence: none gathered live
+            shutil.rmtree(evidence, ignore_errors=True)
             local = {"registry_path": registry, "default_max_tokens": answer_tokens, **overrides.get("local", {})}
             config = RouterConfig(
                 models=cloud.models,
                 cloud={"default_model": "gpt-4o"}, classifier={"path": classifier_path},
                 routing={"local_categories": LOCAL_CATEGORIES, "private_categories": PRIVATE_CATEGORIES},
-                quality={"evidence_dir": workdir / "evidence"}, warmup="eager", local=local, log={"path": log_path},
+                quality={"evidence_dir": evidence}, warmup="eager", local=local, log={"path": log_path},
                 conversation=overrides.get("conversation", {}),
             )  # fmt: skip
             with Client(config) as client:
@@ -331,22 +343,30 @@ def pruning_figures(full: list[dict[str, Any]], pruned: list[dict[str, Any]], n_
 
 
 def summary(routing: dict[str, Any], serving: dict[str, Any] | None) -> dict[str, Any]:
-    """The issue's headline keys, from ``HEADLINE_SPLIT`` (the wording no version of the rule saw)."""
+    """The issue's headline keys, from ``HEADLINE_SPLIT`` (the wording no version of the rule saw), for
+    the router with the learned follow-up detector when one was measured (``*_rule``: the rule alone)."""
     held = routing[HEADLINE_SPLIT]
+    mine = "in_context_learned" if "in_context_learned" in held else "in_context"
     out: dict[str, Any] = {
         "headline_split": HEADLINE_SPLIT,
-        "followup_routing_accuracy": held["in_context"]["followup_accuracy"],
+        "headline_mode": mine,
+        "followup_routing_accuracy": held[mine]["followup_accuracy"],
+        "followup_routing_accuracy_rule": held["in_context"]["followup_accuracy"],
         "followup_routing_accuracy_last_message": held["last_message"]["followup_accuracy"],
-        "switch_recall": held["in_context"]["switch_recall"],
+        "switch_recall": held[mine]["switch_recall"],
+        "switch_recall_rule": held["in_context"]["switch_recall"],
         "switch_recall_last_message": held["last_message"]["switch_recall"],
-        "first_turn_routing_accuracy": held["in_context"]["first_turn_accuracy"],
+        "first_turn_routing_accuracy": held[mine]["first_turn_accuracy"],
         "followup_routing_accuracy_holdout": routing["holdout"]["in_context"]["followup_accuracy"],
         "followup_routing_accuracy_holdout_last_message": routing["holdout"]["last_message"]["followup_accuracy"],
         "followup_routing_accuracy_test": routing["test"]["in_context"]["followup_accuracy"],
         "followup_routing_accuracy_dev": routing["dev"]["in_context"]["followup_accuracy"],
     }
     if serving is not None:
-        ctx, last = serving["in_context"], serving["last_message"]
+        served_mode = "in_context_learned" if "in_context_learned" in serving else "in_context"
+        ctx, last = serving[served_mode], serving["last_message"]
+        out["followup_local_share_rule"] = serving["in_context"]["followups"]["local_share"]
+        out["followup_local_similarity_rule"] = serving["in_context"]["followups"]["local_similarity"]
         first_share = ctx["first_turns"]["local_share"] or 0.0
         out |= {
             "first_turn_local_share": ctx["first_turns"]["local_share"],
@@ -382,7 +402,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--answer-tokens", type=int, default=256)
     parser.add_argument("--pruned-ctx", type=int, default=640, help="local window of the pruned-context replay")
     parser.add_argument("--show", type=int, default=20, help="local follow-up answers printed")
-    parser.add_argument("--modes", nargs="*", default=(), help="serve only these modes (an experiment; results not written)")
+    parser.add_argument("--modes", nargs="*", default=(), help="serve only these modes (results written only with last_message and in_context among them)")
+    parser.add_argument("--followup-detector", type=Path, default=None,
+                        help="a FollowUpDetector to measure beside the rule (default: WORKDIR/followup_detector.npz if `make eval-followup-writers` wrote it)")
     parser.add_argument("--workdir", type=Path, default=Path(".conversations"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -395,21 +417,30 @@ def main(argv: list[str] | None = None) -> None:
     classifier = classifier_for(args.workdir)
     defaults = RouterConfig().conversation
     settings = {"switch_confidence": defaults.switch_confidence}
+    detector_path = args.followup_detector or args.workdir / "followup_detector.npz"
+    detector = None
+    if detector_path.exists():
+        from router import FollowUpDetector
+
+        detector = FollowUpDetector.load(detector_path)
+        if not detector.fits(classifier):
+            raise SystemExit(f"{detector_path} was trained for another encoder than {args.workdir / 'classifier'}'s: run make eval-followup-writers")
+        settings["followup_detector"] = str(detector_path)
     print(f"[1/2] routing {len(conversations)} conversations (every turn), last message vs in context")
-    routing = routing_step(conversations, classifier, settings)
+    routing = routing_step(conversations, classifier, {"switch_confidence": settings["switch_confidence"]}, detector)
     for split in SPLITS:
         r = routing[split]
-        for mode in ("last_message", "in_context", *(f"blend_{w}" for w in BLEND_WEIGHTS)):
+        for mode in ("last_message", "in_context", *(["in_context_learned"] if detector else []), *(f"blend_{w}" for w in BLEND_WEIGHTS)):
             f = r[mode]
-            print(f"      {split:<8}{mode:<13} follow-ups {f['followup_accuracy']:.3f}  context-dependent {f['context_dependent_accuracy']:.3f}"
+            print(f"      {split:<9}{mode:<19} follow-ups {f['followup_accuracy']:.3f}  context-dependent {f['context_dependent_accuracy']:.3f}"
                   f"  switch recall {f['switch_recall']:.3f}  first turns {f['first_turn_accuracy']:.3f}")  # fmt: skip
     serving = served = None
     if args.serve > 0:
         chosen = [c for c in conversations if c["split"] == HEADLINE_SPLIT][: args.serve]
         print(f"[2/2] serving {len(chosen)} {HEADLINE_SPLIT} conversations turn by turn: as before, as now, with the whole history, and pruned to n_ctx={args.pruned_ctx}")
-        shutil.rmtree(args.workdir / "evidence", ignore_errors=True)
         serving, served = serve_step(
-            chosen, args.workdir / "classifier", args.workdir, answer_tokens=args.answer_tokens, pruned_ctx=args.pruned_ctx, only=args.modes
+            chosen, args.workdir / "classifier", args.workdir, answer_tokens=args.answer_tokens, pruned_ctx=args.pruned_ctx, only=args.modes,
+            detector_path=detector_path.resolve() if detector is not None else None,
         )  # fmt: skip
         for mode in served:
             for part in ("first_turns", "followups"):
@@ -417,8 +448,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"      {mode:<18}{part:<12} local {g['local_share'] or 0:.0%} (labels allow {g['attainable_local_share'] or 0:.0%}) at similarity {_fmt(g['local_similarity'])},"
                       f" degenerate {_fmt(g['local_degenerate_rate'])}, sticky {g['sticky_cloud']}, private {g['private']}, errors {g['errors']}")  # fmt: skip
         print(f"      pruning: {serving.get('pruning')}")
-        print_answers(served[next(iter(served))] if args.modes else served["in_context"], args.show)
-        if args.modes:
+        shown = "in_context_learned" if "in_context_learned" in served else "in_context"
+        print_answers(served[shown] if shown in served else served[next(iter(served))], args.show)
+        if not {"last_message", "in_context"} <= set(served):
             return
     result = {
         **summary(routing, serving),
@@ -426,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         "routing": routing,
         "serving": serving,
         "served_conversations": args.serve,
+        "served_modes": list(served) if served is not None else None,
         "minutes": (time.perf_counter() - started) / 60,
     }
     from evals.figures import merge_figures

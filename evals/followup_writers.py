@@ -20,13 +20,17 @@ context-dependent when the rule says so or the follow-up class's probability rea
 * Test, once: the chosen setting trained on all three halves routes holdout2's conversations.
   The other settings' holdout2 figures are printed too, marked as not used for the choice.
 
-Writes ``followup_writers`` into ``evals/results/conversations.json``. Figures, not assertions.
+Writes ``followup_writers`` into ``evals/results/conversations.json`` and the chosen detector (trained
+on all three development halves, for this classifier's encoder) to ``--save``
+(``.conversations/followup_detector.npz``), which ``make eval-conversations`` serves with
+(``conversation.followup_detector``). Figures, not assertions.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +48,13 @@ from evals.conversation_eval import (
     routing_figures,
 )
 from evals.figures import merge_figures
+from router._followup_detector import FOLLOW_UP, OUT_OF_SCOPE, SELF_CONTAINED, FollowUpDetector
 
 DEVELOPMENT = ("dev", "test", "holdout")
 TEST = "holdout2"
 C_VALUES = (0.3, 1.0, 3.0)
 THRESHOLDS = (0.5, 0.7, 0.9)
 SAFETY = 0.90  # worst held-out switch recall and out-of-scope accuracy a setting may have to be chosen
-FOLLOW_UP, OUT_OF_SCOPE, SELF_CONTAINED = 1, 2, 0
 
 
 def _texts(conversations: Sequence[dict[str, Any]], halves: Sequence[str], kinds: set[str]) -> list[str]:
@@ -61,11 +65,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path(".conversations"))
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--save", type=Path, default=None, help="where the chosen detector is written (default: WORKDIR/followup_detector.npz)")
     args = parser.parse_args(argv)
-    from sklearn.linear_model import LogisticRegression
-
     from evals.demo import bucket, load_bitext
-    from router import context_dependent, resolve_topics
+    from router import resolve_topics
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     classifier = classifier_for(args.workdir)
@@ -78,25 +81,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     embeddings = {text: prediction.embedding for text, prediction in by_text.items()}
     own = {c["id"]: [by_text[t["text"]] for t in c["turns"]] for c in conversations}
 
-    def fit(halves: Sequence[str], c_value: float) -> Any:
-        follow = _texts(conversations, halves, set(CONTEXT_KINDS))
-        outside = _texts(conversations, halves, {"out_of_scope"})
-        contained = _texts(conversations, halves, {"switch", "same_category"}) + bitext
-        x = np.array([embeddings[t] for t in follow + outside + contained])
-        y = np.array([FOLLOW_UP] * len(follow) + [OUT_OF_SCOPE] * len(outside) + [SELF_CONTAINED] * len(contained))
-        return LogisticRegression(C=c_value, class_weight="balanced", max_iter=3000).fit(x, y)
+    def fit(halves: Sequence[str], c_value: float) -> FollowUpDetector:
+        examples = {
+            FOLLOW_UP: [embeddings[t] for t in _texts(conversations, halves, set(CONTEXT_KINDS))],
+            OUT_OF_SCOPE: [embeddings[t] for t in _texts(conversations, halves, {"out_of_scope"})],
+            SELF_CONTAINED: [embeddings[t] for t in _texts(conversations, halves, {"switch", "same_category"}) + bitext],
+        }
+        return FollowUpDetector.fit(examples, encoder_sha256=classifier.encoder_sha256_, c=c_value)
 
-    def routed(half: str, dependent: Callable[[str], bool]) -> dict[str, Any]:
+    def routed(half: str, learned: Callable[[Any], bool] | None = None) -> dict[str, Any]:
         chosen = [c for c in conversations if c["split"] == half]
-        figures = routing_figures(chosen, route_turns(chosen, own, lambda turns, preds: resolve_topics(turns, preds, dependent=dependent)), known)
+        resolve = lambda turns, preds: resolve_topics(turns, preds, learned=learned)  # noqa: E731
+        figures = routing_figures(chosen, route_turns(chosen, own, resolve), known)
         return {"followup_accuracy": figures["followup_accuracy"], "context_dependent_accuracy": figures["context_dependent_accuracy"],
                 "switch_recall": figures["switch_recall"], "out_of_scope_accuracy": figures["by_kind"]["out_of_scope"]["accuracy"]}  # fmt: skip
 
-    def with_model(model: Any, threshold: float) -> Callable[[str], bool]:
-        column = list(model.classes_).index(FOLLOW_UP)
-        return lambda text: context_dependent(text) or model.predict_proba(embeddings[text][None])[0, column] >= threshold
-
-    results: dict[str, Any] = {"rule": {half: routed(half, context_dependent) for half in (*DEVELOPMENT, TEST)}}
+    results: dict[str, Any] = {"rule": {half: routed(half) for half in (*DEVELOPMENT, TEST)}}
     last = [c for c in conversations if c["split"] == TEST]
     results["last_message_" + TEST] = routing_figures(last, route_turns(last, own, lambda turns, preds: preds), known)["followup_accuracy"]
     grid: dict[str, Any] = {}
@@ -104,17 +104,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         models = {held: fit([h for h in DEVELOPMENT if h != held], c_value) for held in DEVELOPMENT}
         full = fit(DEVELOPMENT, c_value)
         for threshold in THRESHOLDS:
-            held_out = {held: routed(held, with_model(models[held], threshold)) for held in DEVELOPMENT}
+            held_out = {held: routed(held, replace(models[held], threshold=threshold).is_follow_up) for held in DEVELOPMENT}
             grid[f"C{c_value}_t{threshold}"] = {
                 "c": c_value, "threshold": threshold, "left_out": held_out,
                 "left_out_followup_accuracy": float(np.mean([r["followup_accuracy"] for r in held_out.values()])),
                 "worst_switch_recall": min(r["switch_recall"] for r in held_out.values()),
                 "worst_out_of_scope_accuracy": min(r["out_of_scope_accuracy"] for r in held_out.values()),
-                TEST: routed(TEST, with_model(full, threshold)),
+                TEST: routed(TEST, replace(full, threshold=threshold).is_follow_up),
             }  # fmt: skip
     safe = [k for k, g in grid.items() if g["worst_switch_recall"] >= SAFETY and g["worst_out_of_scope_accuracy"] >= SAFETY]
     chosen = max(safe, key=lambda k: grid[k]["left_out_followup_accuracy"]) if safe else None
     results |= {"grid": grid, "chosen": chosen, "chosen_" + TEST: grid[chosen][TEST] if chosen else None}
+    if chosen is not None:  # what the router serves: the chosen setting trained on every development half
+        setting = grid[chosen]
+        detector = replace(fit(DEVELOPMENT, setting["c"]), threshold=setting["threshold"])
+        results["detector"] = str(detector.save(args.save or args.workdir / "followup_detector.npz"))
 
     rule = ", ".join(f"{half} {r['followup_accuracy']:.3f}" for half, r in results["rule"].items())
     print(f"the rule's follow-ups: {rule}; last message on {TEST}: {results['last_message_' + TEST]:.3f}")

@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "TurnTopic": "router._conversation",
     "context_dependent": "router._conversation",
     "resolve_topics": "router._conversation",
+    "FollowUpDetector": "router._followup_detector",
     "LogConfig": "router.config",
     "QualityConfig": "router.config",
     "ServerConfig": "router.config",
@@ -96,6 +97,7 @@ if TYPE_CHECKING:  # static analysers see the real names
         ServiceUnavailableError,
     )
     from router._conversation import TurnTopic, context_dependent, resolve_topics
+    from router._followup_detector import FollowUpDetector
     from router._request import OPENAI_CHAT_PARAMETERS, SDK_OPTIONS
     from router.backends import LocalBackend, register_local_backend
     from router.client import AsyncClient, AsyncStream, Client, RawResponse, Stream

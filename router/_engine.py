@@ -120,6 +120,8 @@ class Engine:
         )  # fmt: skip
         self._turns = TurnClassifications()
         self._cloud_answers = CloudAnswers(config.conversation.sticky_memory)
+        self._followups = self._load_followup_detector()
+        self._followup_mismatch_warned = False
         self._warm: threading.Thread | None = None
         if config.warmup == "eager":
             self.warmup()
@@ -168,6 +170,27 @@ class Engine:
                 if self._classifier is None:
                     self._classifier = self._load_classifier(path)
         return self._classifier, None, frozenset()
+
+    def _load_followup_detector(self) -> Any:
+        path = self.config.conversation.followup_detector
+        if path is None:
+            return None
+        from router._followup_detector import FollowUpDetector
+
+        return FollowUpDetector.load(path, threshold=self.config.conversation.followup_threshold)
+
+    def _learned_followups(self, classifier: Any) -> Any:
+        """The detector's verdict for this classifier's turns, or None (none configured, or trained on another encoder)."""
+        detector = self._followups
+        if detector is None:
+            return None
+        if not detector.fits(classifier):
+            if not self._followup_mismatch_warned:
+                self._followup_mismatch_warned = True
+                logger.warning("conversation.followup_detector was trained on another encoder than the serving classifier's; "
+                               "follow-ups are recognised by the word rule alone")  # fmt: skip
+            return None
+        return detector.is_follow_up
 
     def _load_classifier(self, path: Path) -> Any:
         from classifiers import EmbeddingClassifier
@@ -263,7 +286,7 @@ class Engine:
                 classify_ms = (time.perf_counter() - start) * 1000
             turn_categories = [(i, p.category) for (i, _), p in zip(turns, predictions, strict=True)]
             if turns[-1][0] == every_turn[-1][0]:  # the last user turn has text: it is what gets routed
-                topic = self._topic_of_last_turn(turns, predictions)
+                topic = self._topic_of_last_turn(turns, predictions, classifier)
                 category, confidence = topic.category, topic.confidence
                 follows = topic.follows
                 if len(turns) > 1:
@@ -291,13 +314,14 @@ class Engine:
         self.cache_stage.probe(exchange, planned=decision, embedding=embedding)
         return exchange
 
-    def _topic_of_last_turn(self, turns: list[tuple[int, str]], predictions: list[Any]) -> TurnTopic:
+    def _topic_of_last_turn(self, turns: list[tuple[int, str]], predictions: list[Any], classifier: Any) -> TurnTopic:
         """The last user turn's category in its conversation (alone, with ``follow_ups = "last_message"``)."""
         conversation = self.config.conversation
         if conversation.follow_ups == "last_message":
             own = predictions[-1]
             return TurnTopic(turns[-1][0], own.category, float(own.confidence), own.category)
-        return resolve_topics(turns, predictions, switch_confidence=conversation.switch_confidence)[-1]
+        learned = self._learned_followups(classifier) if len(turns) > 1 else None
+        return resolve_topics(turns, predictions, switch_confidence=conversation.switch_confidence, learned=learned)[-1]
 
     def _sticky_detail(self, request: ChatRequest, topic: TurnTopic) -> str | None:
         """Why a follow-up stays in the cloud: an earlier answer of its topic was the cloud's (or None)."""

@@ -469,6 +469,15 @@ class ConversationConfig(_Section):
         description="A context-dependent turn the classifier alone gives another category with at least this "
         "confidence is read as a switch of topic (1.01: never; follow-ups always inherit).",
     )  # fmt: skip
+    followup_detector: Path | None = Field(
+        None,
+        description="A learned follow-up detector (router.FollowUpDetector .npz, trained for the classifier's encoder, "
+        "e.g. by `make eval-followup-writers`): a turn it reads as a follow-up is context-dependent too, beside the "
+        "word rule. Used only with a classifier whose encoder SHA-256 matches the one it was trained on.",
+    )
+    followup_threshold: float | None = Field(
+        None, gt=0.0, le=1.0, description="Follow-up probability from which the detector calls a turn a follow-up (None: its own)."
+    )
     sticky_cloud: bool = Field(
         True,
         description="Once the cloud answered a turn the local tier could not serve, follow-ups of that topic stay in "

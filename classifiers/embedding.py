@@ -441,7 +441,9 @@ class EmbeddingClassifier(ParamsMixin):
                 "params": params,
             }
 
-        return write_artifact(path, populate)
+        written = write_artifact(path, populate)
+        self.encoder_sha256_ = read_artifact(written)["encoder"]["sha256"]  # as load() sets it: the identity a follow-up detector checks
+        return written
 
     @classmethod
     def load(cls, path: str | Path, *, threads: int | None = None) -> EmbeddingClassifier:

@@ -31,6 +31,13 @@ fitted on ``train.csv`` less every 10th row; the threshold is calibrated (defaul
 best routed accuracy, which scores a ``None`` example right when sent to the edge) on those held-out
 rows plus the *dev* half of ``OUT_OF_SCOPE_REQUESTS`` labelled ``None``, so clear out-of-scope
 requests go to the edge while the conversations' holdout requests stay unseen.
+Two learned follow-up detectors are measured beside the rule (``router.FollowUpDetector``):
+``in_context_learned_banking``, trained as a Banking77 deployment would (its classifier's own
+training questions as the self-contained class; follow-up and out-of-scope wording from the Bitext
+benchmark's dev and test halves only, so these conversations' holdout wording is unseen): the
+headline; and ``in_context_learned``, ``make eval-followup-writers``'s Bitext detector as it is
+(its training includes the holdout wording, so only the Banking77 questions are new to it), which
+shows what a detector trained on another domain's questions does to switches.
 ``python -m evals.banking_conversations`` merges ``banking77_*`` keys into ``--results``.
 """
 
@@ -166,8 +173,11 @@ def classifier_for(workdir: Path, limit: int | None = None) -> Any:
 # -- the measurement --------------------------------------------------------------------------
 
 
-def routing(conversations: list[dict[str, Any]], classifier: Any, switch_confidence: float) -> dict[str, Any]:
-    """Per-kind figures for last-message and in-context routing, from one classification of each turn."""
+def routing(
+    conversations: list[dict[str, Any]], classifier: Any, switch_confidence: float, detectors: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Per-kind figures for last-message and in-context routing (and, per ``detectors`` entry, in
+    context with that learned follow-up detector beside the rule), from one classification of each turn."""
     from router import resolve_topics
 
     known = {str(c) for c in classifier.classes_}
@@ -176,6 +186,10 @@ def routing(conversations: list[dict[str, Any]], classifier: Any, switch_confide
         "last_message": lambda turns, predictions: predictions,  # a prediction has .category, as a topic does
         "in_context": lambda turns, predictions: resolve_topics(turns, predictions, switch_confidence=switch_confidence),
     }
+    for mode, detector in (detectors or {}).items():
+        modes[mode] = lambda turns, predictions, d=detector: resolve_topics(
+            turns, predictions, switch_confidence=switch_confidence, learned=d.is_follow_up
+        )
     return {
         "conversations": len(conversations),
         "settings": {"switch_confidence": switch_confidence},
@@ -184,15 +198,44 @@ def routing(conversations: list[dict[str, Any]], classifier: Any, switch_confide
     }  # fmt: skip
 
 
+LEARNED_MODES = ("in_context_learned_banking", "in_context_learned")
+"""The headline's routing, first found: a detector trained with this deployment's own questions, then the Bitext one."""
+
+
+def banking_detector(classifier: Any, limit: int | None = None) -> Any:
+    """A follow-up detector as a Banking77 deployment would train it: its classifier's own training
+    questions as the self-contained class, and the follow-up and out-of-scope wording of the Bitext
+    benchmark's *dev* and *test* halves only (these conversations use the holdout half: unseen)."""
+    from evals.make_conversations import ANAPHORIC, CLARIFY, CONFIRM, GENERIC_ANAPHORIC
+    from router import FollowUpDetector
+
+    halves = ("dev", "test")
+    follow = [t for h in halves for t in (*CONFIRM[h], *CLARIFY[h], *GENERIC_ANAPHORIC[h])]
+    follow += [t for h in halves for lists in ANAPHORIC.values() for t, _ in lists[h]]
+    outside = [t for h in halves for t in OUT_OF_SCOPE_REQUESTS[h]]
+    fit, _ = training_rows(limit)
+    contained = [t for t, _ in fit][:: max(1, len(fit) // 3000)]
+
+    def embed(texts: list[str]) -> list[Any]:
+        return [p.embedding for p in classifier.classify_many(texts)]
+
+    examples = {"follow_up": embed(follow), "out_of_scope": embed(outside), "self_contained": embed(contained)}
+    return FollowUpDetector.fit(examples, encoder_sha256=classifier.encoder_sha256_)
+
+
 def headline(figures: dict[str, Any]) -> dict[str, Any]:
-    """The ``banking77_*`` keys merged into the results file."""
-    context, last = figures["in_context"], figures["last_message"]
+    """The ``banking77_*`` keys merged into the results file (the rule alone: ``*_rule``)."""
+    mine = next((m for m in LEARNED_MODES if m in figures), "in_context")
+    context, last = figures[mine], figures["last_message"]
     return {
         "banking77_followup_routing_accuracy": context["followup_accuracy"],
+        "banking77_followup_routing_accuracy_rule": figures["in_context"]["followup_accuracy"],
+        "banking77_switch_recall_rule": figures["in_context"]["switch_recall"],
         "banking77_followup_routing_accuracy_last_message": last["followup_accuracy"],
         "banking77_switch_recall": context["switch_recall"],
         "banking77_first_turn_routing_accuracy": context["first_turn_accuracy"],
         "banking77_context_dependent_accuracy": context["context_dependent_accuracy"],
+        "banking77_headline_mode": mine,
         "banking77_routing": figures,
         "banking77_conversations": figures["conversations"],
     }
@@ -203,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="smoke run: N conversations, at most N*20 training rows")
     parser.add_argument("--workdir", type=Path, default=WORKDIR)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--followup-detector", type=Path, default=Path(".conversations") / "followup_detector.npz",
+                        help="the Bitext-trained FollowUpDetector (make eval-followup-writers), measured here if it fits this classifier's encoder")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
@@ -215,12 +260,21 @@ def main(argv: list[str] | None = None) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     classifier = classifier_for(args.workdir, args.limit)
     print(f"[2/2] routing {len(conversations)} conversations (every turn), last message vs in context")
-    figures = routing(conversations, classifier, RouterConfig().conversation.switch_confidence)
-    for mode in ("last_message", "in_context"):
+    from router import FollowUpDetector
+
+    detectors = {"in_context_learned_banking": banking_detector(classifier, args.limit)}
+    if args.followup_detector.exists():
+        bitext = FollowUpDetector.load(args.followup_detector)
+        if bitext.fits(classifier):
+            detectors["in_context_learned"] = bitext
+        else:
+            print(f"      {args.followup_detector} was trained for another encoder: not measured here")
+    figures = routing(conversations, classifier, RouterConfig().conversation.switch_confidence, detectors)
+    for mode in ("last_message", "in_context", *detectors):
         f = figures[mode]
-        print(f"      {mode:<13} follow-ups {_fmt(f['followup_accuracy'])}  context-dependent {_fmt(f['context_dependent_accuracy'])}"
+        print(f"      {mode:<27} follow-ups {_fmt(f['followup_accuracy'])}  context-dependent {_fmt(f['context_dependent_accuracy'])}"
               f"  switch recall {_fmt(f['switch_recall'])}  first turns {_fmt(f['first_turn_accuracy'])}")  # fmt: skip
-        print("      " + " " * 13 + "  ".join(f"{k} {_fmt(v['accuracy'])} ({v['turns']})" for k, v in f["by_kind"].items()))
+        print("      " + " " * 27 + "  ".join(f"{k} {_fmt(v['accuracy'])} ({v['turns']})" for k, v in f["by_kind"].items()))
     figures["minutes"] = (time.perf_counter() - started) / 60
     merge_figures(args.results, headline(figures))
     print(f"merged banking77_* into {args.results}")

@@ -118,6 +118,12 @@ def routing_figures(conversations: Sequence[dict[str, Any]], routed: Sequence[Se
     }
 
 
+def routing_summary(figures: dict[str, Any]) -> dict[str, Any]:
+    """The four figures a routing variant is compared on (from :func:`routing_figures`)."""
+    return {"followup_accuracy": figures["followup_accuracy"], "context_dependent_accuracy": figures["context_dependent_accuracy"],
+            "switch_recall": figures["switch_recall"], "out_of_scope_accuracy": figures["by_kind"]["out_of_scope"]["accuracy"]}  # fmt: skip
+
+
 def routing_step(
     conversations: list[dict[str, Any]], classifier: Any, settings: dict[str, Any], detector: Any = None
 ) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from evals.conversation_eval import (
     load_conversations,
     route_turns,
     routing_figures,
+    routing_summary,
 )
 from evals.figures import merge_figures
 from router._followup_detector import FOLLOW_UP, OUT_OF_SCOPE, SELF_CONTAINED, FollowUpDetector
@@ -92,9 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def routed(half: str, learned: Callable[[Any], bool] | None = None) -> dict[str, Any]:
         chosen = [c for c in conversations if c["split"] == half]
         resolve = lambda turns, preds: resolve_topics(turns, preds, learned=learned)  # noqa: E731
-        figures = routing_figures(chosen, route_turns(chosen, own, resolve), known)
-        return {"followup_accuracy": figures["followup_accuracy"], "context_dependent_accuracy": figures["context_dependent_accuracy"],
-                "switch_recall": figures["switch_recall"], "out_of_scope_accuracy": figures["by_kind"]["out_of_scope"]["accuracy"]}  # fmt: skip
+        return routing_summary(routing_figures(chosen, route_turns(chosen, own, resolve), known))
 
     results: dict[str, Any] = {"rule": {half: routed(half) for half in (*DEVELOPMENT, TEST)}}
     last = [c for c in conversations if c["split"] == TEST]

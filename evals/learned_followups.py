@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from evals.conversation_eval import CONTEXT_KINDS, RESULTS, classifier_for, load_conversations, route_turns, routing_figures
+from evals.conversation_eval import CONTEXT_KINDS, RESULTS, classifier_for, load_conversations, route_turns, routing_figures, routing_summary
 from evals.figures import merge_figures
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return np.asarray(rows, dtype=np.float64)
 
     def routed_with(dependent: Callable[[str], bool]) -> dict[str, Any]:
-        figures = routing_figures(dev, route_turns(dev, own, lambda turns, preds: resolve_topics(turns, preds, dependent=dependent)), known)
-        return {"followup_accuracy": figures["followup_accuracy"], "context_dependent_accuracy": figures["context_dependent_accuracy"],
-                "switch_recall": figures["switch_recall"], "out_of_scope_accuracy": figures["by_kind"]["out_of_scope"]["accuracy"]}  # fmt: skip
+        return routing_summary(routing_figures(dev, route_turns(dev, own, lambda turns, preds: resolve_topics(turns, preds, dependent=dependent)), known))
 
     results: dict[str, Any] = {"rule_in_sample": routed_with(context_dependent)}
     examples = positives + negatives

@@ -12,15 +12,16 @@ import pytest
 
 from router import Client, FollowUpDetector, Reason, context_dependent, resolve_topics
 from router.errors import ConfigError
+from tests.router.test_conversations import EDGE, ORDER_QUERY, conversation
 
-ORDER_QUERY = "I want to cancel the order I placed yesterday"
 # A follow-up (holdout2's wording, which the detector never trains on) the word rule reads as a question of its own.
 COME_BACK_LATER = "do I have to finish it all in one go, or can I come back to it later?"
-EDGE = {"threshold": 0.6}
 
 
 @dataclass(frozen=True)
 class Own:
+    """A turn's prediction alone, with the embedding the detector reads."""
+
     category: str | None
     confidence: float
     embedding: np.ndarray | None = None
@@ -120,20 +121,11 @@ def detector_for_session_classifier(classifier_path: Path, tmp_path_factory: pyt
     return detector.save(tmp_path_factory.mktemp("followups") / "detector.npz")
 
 
-def _conversation(*turns: str) -> list[dict[str, str]]:
-    messages: list[dict[str, str]] = []
-    for i, text in enumerate(turns):
-        if i:
-            messages.append({"role": "assistant", "content": f"answer {i}"})
-        messages.append({"role": "user", "content": text})
-    return messages
-
-
 @pytest.mark.slow
 def test_a_learned_follow_up_inherits_where_the_rule_alone_sends_it_to_the_cloud(
     make_config: Any, detector_for_session_classifier: Path
 ) -> None:
-    messages = _conversation(ORDER_QUERY, COME_BACK_LATER)
+    messages = conversation(ORDER_QUERY, COME_BACK_LATER)
     with Client(make_config(classifier=EDGE)) as client:
         rule = client.chat.completions.create(model="auto", messages=messages, max_tokens=4)
     assert (rule.router.tier, rule.router.reason) == ("cloud", Reason.EDGE_CASE)
@@ -141,7 +133,7 @@ def test_a_learned_follow_up_inherits_where_the_rule_alone_sends_it_to_the_cloud
     with Client(config) as client:
         learned = client.chat.completions.create(model="auto", messages=messages, max_tokens=4)
         poem = client.chat.completions.create(
-            model="auto", messages=_conversation(ORDER_QUERY, "also, can you write me a poem about the sea?"), max_tokens=4
+            model="auto", messages=conversation(ORDER_QUERY, "also, can you write me a poem about the sea?"), max_tokens=4
         )
     assert (learned.router.tier, learned.router.category, learned.router.reason) == ("local", "ORDER", Reason.LOCAL_CATEGORY)
     assert learned.router.detail == "ORDER (follow-up of messages[0])"
@@ -156,7 +148,7 @@ def test_a_detector_for_another_encoder_leaves_the_rule_alone_and_says_so(
     config = make_config(classifier=EDGE, conversation={"followup_detector": foreign})
     with caplog.at_level(logging.WARNING, logger="router"), Client(config) as client:
         for _ in range(2):
-            r = client.chat.completions.create(model="auto", messages=_conversation(ORDER_QUERY, COME_BACK_LATER), max_tokens=4)
+            r = client.chat.completions.create(model="auto", messages=conversation(ORDER_QUERY, COME_BACK_LATER), max_tokens=4)
             assert (r.router.tier, r.router.reason) == ("cloud", Reason.EDGE_CASE)
     warnings = [rec for rec in caplog.records if "followup_detector was trained on another encoder" in rec.getMessage()]
     assert len(warnings) == 1

@@ -19,10 +19,12 @@ for conversation-aware routing:
    ``make demo``'s phase 2 (its classifier, the shipped adapter, PAYMENT private, the stand-in
    cloud answering each turn with its reference): each assistant message sent back is the answer
    the router served. Local share, the guard's verdict and the similarity to the reference, for
-   first turns and follow-ups apart. Four ways: the router as it was (each turn routed alone, the
-   local model given the whole history), as it is (``follow_ups = "inherit"``, ``local.history =
-   "topic"``), in context with the whole history, and that again with a small context window
-   (``--pruned-ctx`` tokens), so pruned and whole history are compared on the same turns.
+   first turns and follow-ups apart. Up to five ways, each from the same empty live evidence: the
+   router as it was (each turn routed alone, the local model given the whole history), in context
+   with the word rule (``follow_ups = "inherit"``, ``local.history = "topic"``), the same with the
+   learned follow-up detector beside the rule (when ``make eval-followup-writers`` wrote one), in
+   context with the whole history, and that again with a small context window (``--pruned-ctx``
+   tokens), so pruned and whole history are compared on the same turns.
 
 A follow-up's reference is the Bitext answer of the intent it continues: the follow-ups are
 written so that this answer is a right one (confirmations, requests to explain the steps again,

@@ -49,7 +49,7 @@ from evals.conversation_eval import (
     routing_summary,
 )
 from evals.figures import merge_figures
-from router._followup_detector import FOLLOW_UP, OUT_OF_SCOPE, SELF_CONTAINED, FollowUpDetector
+from router import FollowUpDetector
 
 DEVELOPMENT = ("dev", "test", "holdout")
 TEST = "holdout2"
@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def fit(halves: Sequence[str], c_value: float) -> FollowUpDetector:
         examples = {
-            FOLLOW_UP: [embeddings[t] for t in _texts(conversations, halves, set(CONTEXT_KINDS))],
-            OUT_OF_SCOPE: [embeddings[t] for t in _texts(conversations, halves, {"out_of_scope"})],
-            SELF_CONTAINED: [embeddings[t] for t in _texts(conversations, halves, {"switch", "same_category"}) + bitext],
+            "follow_up": [embeddings[t] for t in _texts(conversations, halves, set(CONTEXT_KINDS))],
+            "out_of_scope": [embeddings[t] for t in _texts(conversations, halves, {"out_of_scope"})],
+            "self_contained": [embeddings[t] for t in _texts(conversations, halves, {"switch", "same_category"}) + bitext],
         }
         return FollowUpDetector.fit(examples, encoder_sha256=classifier.encoder_sha256_, c=c_value)
 

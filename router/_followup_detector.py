@@ -108,7 +108,10 @@ class FollowUpDetector:
                 coef, intercept = data["coef"].astype(np.float64), data["intercept"].astype(np.float64)
         except (OSError, KeyError, ValueError) as err:
             raise ConfigError(f"{path} is not a follow-up detector: {err}") from err
-        if meta.get("format") != _FORMAT:
-            raise ConfigError(f"{path} is not a follow-up detector (format {meta.get('format')!r})")
-        chosen = float(meta["threshold"]) if threshold is None else threshold
-        return cls(coef, intercept, tuple(meta["classes"]), str(meta["encoder_sha256"]), chosen)
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise ConfigError(f"{path} is not a follow-up detector (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        try:
+            chosen = float(meta["threshold"]) if threshold is None else threshold
+            return cls(coef, intercept, tuple(meta["classes"]), str(meta["encoder_sha256"]), chosen)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"{path} has a malformed follow-up detector field: {err}") from err

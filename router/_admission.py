@@ -16,7 +16,6 @@ tier: ``local_busy`` means busy, and an idle local tier answers even where the c
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import threading
 from collections import deque
@@ -31,8 +30,6 @@ from router.config import LocalConfig
 __all__ = ["AdmissionCounts", "LocalAdmission", "prompt_token_estimate"]
 
 _WINDOW = 200  # recent cloud answers the median is taken over
-_CALIBRATION_MIN = 10  # admitted local answers observed before predictions are corrected
-_CALIBRATION_QUANTILE = 0.9
 
 
 def prompt_token_estimate(messages: Sequence[Mapping[str, Any]]) -> int:
@@ -51,8 +48,6 @@ class AdmissionCounts:
     over_budget: int
     """Admitted requests whose local answer still took longer than the budget they were admitted under."""
     budget_s: float
-    prediction_correction: float = 1.0
-    """What predictions are multiplied by: how much slower recent admitted answers ran than predicted."""
 
     @property
     def spill_share(self) -> float:
@@ -71,7 +66,6 @@ class LocalAdmission:
         self._busy = 0
         self._over_budget = 0
         self._pending = 0
-        self._actual_over_predicted: deque[float] = deque(maxlen=_WINDOW)
 
     def observe_cloud(self, seconds: float) -> None:
         """A cloud answer's total latency (first attempts that succeeded)."""
@@ -88,22 +82,6 @@ class LocalAdmission:
             return config.latency_budget_cap_s
         return min(config.latency_budget_cap_s, max(config.latency_budget_floor_s, statistics.median(recent)))
 
-    def prediction_correction(self) -> float:
-        """The 90th percentile of recent admitted answers' actual over predicted time, at least 1.
-
-        The backend predicts from the batch's step time alone; on a small box the server's own work
-        under load (HTTP, classification, the log) takes cores from the decode: in ``make
-        bench-load`` (2026-12-04, 64 callers) an admitted answer waited 1.1 s for its first token and
-        took 1.8 s against a 1.0 s budget. Scaling predictions by
-        what recent answers actually took keeps admitted answers inside their budget; it is 1 until
-        ``_CALIBRATION_MIN`` answers were seen, and falls back as the overruns leave the window.
-        """
-        with self._lock:
-            ratios = sorted(self._actual_over_predicted)
-        if len(ratios) < _CALIBRATION_MIN:
-            return 1.0
-        return max(1.0, ratios[round(_CALIBRATION_QUANTILE * (len(ratios) - 1))])
-
     def decide(self, predict: Callable[[int], float | None], idle_s: float | None = None) -> tuple[bool, float, float | None]:
         """``(admit, budget_s, predicted_s)`` for a request whose local completion ``predict(ahead)``
         estimates, ``ahead`` being the requests admitted but not yet handed to the backend (callers
@@ -113,16 +91,13 @@ class LocalAdmission:
         With the derived budget, ``idle_s`` (the request's time on an idle local tier) is its floor:
         admission refuses the slowdown that *load* adds, not a local model that is simply slower
         than the cloud (it would then never answer anything, and save nothing). A configured
-        ``latency_budget_s`` is a hard bound. Both ``predict``'s answer and ``idle_s`` are scaled by
-        :meth:`prediction_correction` (the returned prediction is the scaled one).
+        ``latency_budget_s`` is a hard bound.
         """
         budget = self.budget_s()
-        correction = self.prediction_correction()
         if self._config.latency_budget_s is None and idle_s is not None:
-            budget = max(budget, correction * idle_s)
+            budget = max(budget, idle_s)
         with self._lock:  # one decision at a time: the next one counts this one as pending
             predicted = predict(self._pending)
-            predicted = None if predicted is None else correction * predicted
             admit = predicted is None or predicted <= budget
             if admit:
                 self._admitted += 1
@@ -136,17 +111,13 @@ class LocalAdmission:
         with self._lock:
             self._pending = max(0, self._pending - 1)
 
-    def finished_local(self, seconds: float, budget_s: float, predicted_s: float | None = None) -> None:
-        """An admitted request's local answer is done: count it if it overran its budget, and learn
-        from ``predicted_s`` (the backend's own prediction, before correction) how far off it was."""
-        with self._lock:
-            if seconds > budget_s:
+    def finished_local(self, seconds: float, budget_s: float) -> None:
+        """An admitted request's local answer is done: count it if it overran its budget."""
+        if seconds > budget_s:
+            with self._lock:
                 self._over_budget += 1
-            if predicted_s is not None and predicted_s > 0:
-                self._actual_over_predicted.append(seconds / predicted_s)
 
     def counts(self) -> AdmissionCounts:
         budget = self.budget_s()
         with self._lock:
-            counts = AdmissionCounts(self._admitted, self._busy, self._over_budget, budget)
-        return dataclasses.replace(counts, prediction_correction=self.prediction_correction())
+            return AdmissionCounts(self._admitted, self._busy, self._over_budget, budget)

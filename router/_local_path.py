@@ -54,16 +54,12 @@ class LocalPath:
         request = exchange.request
         max_tokens = self.config.local.answer_tokens(request.params.max_tokens)
         prompt_tokens = prompt_token_estimate(request.messages)
-        raw: list[float | None] = [None]
-
-        def predict(ahead: int) -> float | None:
-            raw[0] = self.backend.predicted_seconds(prompt_tokens, max_tokens, ahead=ahead)
-            return raw[0]
-
-        admit, budget, predicted = self.admission.decide(predict, idle_s=self.backend.idle_seconds(prompt_tokens, max_tokens))
+        admit, budget, predicted = self.admission.decide(
+            lambda ahead: self.backend.predicted_seconds(prompt_tokens, max_tokens, ahead=ahead),
+            idle_s=self.backend.idle_seconds(prompt_tokens, max_tokens),
+        )
         if admit:
             exchange.local_budget_s = budget
-            exchange.local_predicted_s = raw[0]
             exchange.local_finish_by = time.monotonic() + budget
             exchange.admission_pending = True
             return
@@ -87,7 +83,7 @@ class LocalPath:
         if exchange.tier == "cloud" and exchange.fallback_from is None:
             self.admission.observe_cloud(seconds)
         elif exchange.tier == "local" and exchange.local_budget_s is not None:
-            self.admission.finished_local(seconds, exchange.local_budget_s, exchange.local_predicted_s)
+            self.admission.finished_local(seconds, exchange.local_budget_s)
 
     # -- the prompt -----------------------------------------------------------------------------
 

@@ -429,8 +429,6 @@ def _register_gauges(state: ServerState) -> None:
     m.gauge("router_local_busy_total", "Routed requests sent to the cloud because the local tier was predicted slower than "
             "the latency budget (reason local_busy).", admission("busy"))  # fmt: skip
     m.gauge("router_local_over_budget_total", "Admitted local answers that still took longer than their budget.", admission("over_budget"))
-    m.gauge("router_local_prediction_correction", "Factor admission applies to local predictions (recent actual over predicted).",
-            admission("prediction_correction"))
     m.gauge("router_local_spill_share", "Share of routed local decisions spilled to the cloud (local_busy).", admission("spill_share"))
     m.gauge("router_local_latency_budget_seconds", "The latency budget a routed local request is admitted under now.", admission("budget_s"))
     m.gauge("router_local_workers_replaced", "Local workers replaced because they hung past a deadline.",

@@ -56,26 +56,6 @@ def test_decisions_count_admitted_busy_and_pending_so_simultaneous_callers_see_e
     assert admission.counts().over_budget == 1
 
 
-def test_predictions_are_scaled_by_how_much_slower_recent_answers_ran() -> None:
-    admission = LocalAdmission(LocalConfig(latency_budget_floor_s=1.0, latency_budget_cap_s=1.0))
-    assert admission.decide(lambda ahead: 0.6)[:2] == (True, 1.0)
-    for _ in range(9):  # fewer than ten observed: no correction yet
-        admission.finished_local(1.2, 1.0, predicted_s=0.6)
-    assert admission.prediction_correction() == 1.0 and admission.decide(lambda ahead: 0.6)[0] is True
-    admission.finished_local(1.2, 1.0, predicted_s=0.6)  # the tenth: answers ran twice as long as predicted
-    assert admission.prediction_correction() == pytest.approx(2.0)
-    admit, budget, predicted = admission.decide(lambda ahead: 0.6)
-    assert (admit, budget) == (False, 1.0) and predicted == pytest.approx(1.2)
-    # An idle tier still answers: its own (corrected) time is the budget's floor.
-    admit, budget, _ = admission.decide(lambda ahead: 0.6, idle_s=0.6)
-    assert admit and budget == pytest.approx(1.2)
-    assert admission.counts().prediction_correction == pytest.approx(2.0)
-    for _ in range(200):  # answers as fast as predicted (or faster) push the overruns out of the window
-        admission.finished_local(0.5, 1.0, predicted_s=0.6)
-    assert admission.prediction_correction() == 1.0
-    assert admission.decide(lambda ahead: 0.6)[0] is True
-
-
 def test_the_prompt_estimate_grows_with_the_conversation() -> None:
     one = prompt_token_estimate(user("hello there"))
     two = prompt_token_estimate([*user("hello there"), {"role": "assistant", "content": "x" * 400}, *user("and?")])

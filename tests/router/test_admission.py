@@ -79,11 +79,62 @@ def _scheduler_with(live: list[tuple[int, float | None]], step_s: float) -> Batc
     return scheduler
 
 
+def _newcomer(prompt_tokens: int = 3) -> GenerationJob:
+    return GenerationJob(list(range(prompt_tokens)), GenerationParams(), 16, time.monotonic() + 60)
+
+
 def test_a_joiner_waits_when_it_would_push_an_admitted_request_past_its_budget() -> None:
-    # Two live sequences, 50 tokens left each; one more makes a step 3 x 10 ms: 1.5 s to go.
-    assert _scheduler_with([(50, None), (50, None)], 0.01)._keeps_budgets()  # nobody was promised anything
-    assert _scheduler_with([(50, 2.0), (50, None)], 0.01)._keeps_budgets()
-    assert not _scheduler_with([(50, 1.0), (50, None)], 0.01)._keeps_budgets()
+    # Two live sequences, 50 tokens left each: 1.0 s at 2 x 10 ms a step; one more makes a step
+    # 3 x 10 ms: 1.5 s to go (1.8 s with the margin).
+    assert _scheduler_with([(50, None), (50, None)], 0.01)._keeps_budgets(_newcomer())  # nobody was promised anything
+    assert _scheduler_with([(50, 2.0), (50, None)], 0.01)._keeps_budgets(_newcomer())
+    assert not _scheduler_with([(50, 1.2), (50, None)], 0.01)._keeps_budgets(_newcomer())
+
+
+def test_a_request_already_late_still_holds_joiners_back() -> None:
+    # 1.0 s to go without the joiner against 0.8 s left: each joiner would make it later still.
+    assert not _scheduler_with([(50, 0.8), (50, None)], 0.01)._keeps_budgets(_newcomer())
+
+
+def test_step_times_learn_what_a_prompt_token_adds_to_a_step() -> None:
+    times = _StepTimes(16)
+    assert times.prefill_s(300, 128, 0.05) == pytest.approx(3 * 0.05)  # nothing learnt: a step a chunk
+    times.observe(2, 0.04)
+    times.observe_prefill(2, 100, 0.04 + 0.2)  # 100 prompt tokens beside two decodes added 0.2 s
+    assert times.prefill_s(300, 128, 0.05) == pytest.approx(0.6)
+    times.observe(1, 0.03)
+    times.observe_prefill(0, 50, 0.03 + 0.1)  # prompts alone: a one-sequence step is the weights' read
+    assert times.prefill_s(1, 128, 0.05) == pytest.approx(0.8 * 0.002 + 0.2 * 0.002)
+    assert times.prefill_s(0, 128, 0.05) == 0.0
+
+
+def test_a_long_prompt_waits_where_a_short_one_joins_once_prefill_is_learnt() -> None:
+    # Budget 2.0 s; with the joiner the rest of the answer takes 1.5 s of decode steps.
+    scheduler = _scheduler_with([(50, 2.0), (50, None)], 0.01)
+    long_prompt = _newcomer(400)
+    assert scheduler._keeps_budgets(long_prompt)  # prefill unlearnt: four chunks look like four steps
+    scheduler._times.observe_prefill(2, 100, 0.02 + 0.2)  # measured: 2 ms a prompt token
+    assert scheduler._keeps_budgets(_newcomer(20))  # 1.2 x (1.5 + 0.04) s
+    assert not scheduler._keeps_budgets(long_prompt)  # 1.2 x (1.5 + 0.8) s
+
+
+def test_a_prediction_counts_the_prompts_that_share_its_steps() -> None:
+    scheduler = _scheduler_with([(50, None)], 0.01)
+    scheduler._lock = threading.Lock()
+    scheduler._times.observe_prefill(1, 100, 0.01 + 0.2)  # 2 ms a prompt token
+    import collections
+
+    scheduler._waiting = collections.deque()
+    # 64 tokens at two sequences (20 ms a step) and its own 100-token prompt.
+    assert scheduler.predicted_seconds(100, 64) == pytest.approx(1.2 * (64 * 0.02 + 100 * 0.002))
+    now = time.monotonic()
+    scheduler._waiting.append(GenerationJob(list(range(300)), GenerationParams(), 8, now + 60, finish_by=now + 5))
+    scheduler._waiting.append(GenerationJob(list(range(500)), GenerationParams(), 8, now + 60))  # promised no time
+    # Both waiting jobs count as batch size (four sequences); only the budgeted one's prompt counts as
+    # prefill sharing its steps: it starts first, and the one promised no time joins only while it
+    # keeps the budgets.
+    assert scheduler.predicted_seconds(100, 64) == pytest.approx(1.2 * (64 * 0.04 + 400 * 0.002))
+    assert scheduler.predicted_seconds(100, 64, ahead=1) == pytest.approx(1.2 * (64 * 0.05 + 500 * 0.002))
 
 
 @pytest.mark.slow

@@ -108,8 +108,9 @@ class FollowUpDetector:
                 coef, intercept = data["coef"].astype(np.float64), data["intercept"].astype(np.float64)
         except (OSError, KeyError, ValueError) as err:
             raise ConfigError(f"{path} is not a follow-up detector: {err}") from err
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise ConfigError(f"{path} is not a follow-up detector (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        found = meta.get("format") if isinstance(meta, dict) else None
+        if found != _FORMAT:
+            raise ConfigError(f"{path} is not a follow-up detector (format {found!r})")
         try:
             chosen = float(meta["threshold"]) if threshold is None else threshold
             return cls(coef, intercept, tuple(meta["classes"]), str(meta["encoder_sha256"]), chosen)

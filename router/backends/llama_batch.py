@@ -128,6 +128,11 @@ class _Sequence:
     def decoding(self) -> bool:
         return self.last_token is not None
 
+    @property
+    def unprefilled(self) -> int:
+        """Prompt tokens not yet in the KV memory."""
+        return len(self.prompt) - self.prefilled
+
 
 class _StepTimes:
     """One decode's time per number of sequences in it: the speed a new sequence would get (a step
@@ -353,7 +358,7 @@ class BatchScheduler:
             waiting = len(self._waiting) + ahead
             size = min(self.max_sequences, len(live) + waiting + 1)
             lanes = self._lane_sizes(size - len(live), self._adapter_path, live)  # newcomers: mostly the serving lane
-            prompts = sum(len(s.prompt) - s.prefilled for s in live)
+            prompts = sum(s.unprefilled for s in live)
             prompts += sum(len(j.tokens) for j in self._waiting if j.finish_by is not None)
         prompts += (ahead + 1) * prompt_tokens
         step = self._step_time(lanes)
@@ -568,7 +573,7 @@ class BatchScheduler:
         step = self._step_time(self._lane_sizes(1, adapter))
         if step is None:
             return True
-        prompts = sum(len(s.prompt) - s.prefilled for s in self._live.values())
+        prompts = sum(s.unprefilled for s in self._live.values())
         joined = self._times.prefill_s(prompts + len(job.tokens), self.prefill_chunk, step)
         now = time.monotonic()
         for sequence in bound:

@@ -92,8 +92,11 @@ def _metric(text: str, name: str) -> float | None:
     return None
 
 
-def run_level(url: str, queries: list[dict[str, str]], clients: int, requests: int, max_tokens: int) -> dict[str, Any]:
-    """``clients`` threads share ``requests`` queries; every answer's tier and latency is kept."""
+def run_level(
+    url: str, queries: list[dict[str, str]], clients: int, requests: int, max_tokens: int, private: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """``clients`` threads share ``requests`` queries; every answer's tier and latency is kept
+    (``private``: the categories that never go to the cloud, told apart from routed local answers)."""
     results: list[dict[str, Any]] = []
     lock = threading.Lock()
     next_index = [0]
@@ -137,6 +140,8 @@ def run_level(url: str, queries: list[dict[str, str]], clients: int, requests: i
         by_tier[r["tier"]].append(r["seconds"] * 1000)
     answered = [r for r in results if r["status"] == 200]
     local = [r for r in answered if r["tier"] == "local"]
+    routed_local = [r["seconds"] * 1000 for r in local if r["category"] not in private]  # admitted, not private
+    cloud_ms = by_tier.get("cloud", [])
     return {
         "clients": clients,
         "requests": len(results),
@@ -147,6 +152,11 @@ def run_level(url: str, queries: list[dict[str, str]], clients: int, requests: i
         "local_share": len(local) / max(1, len(results)),
         "local_rps": len(local) / wall,
         "local_busy": sum(1 for r in answered if r.get("reason") == "local_busy"),
+        # Side by side, in the same level: routed answers the local tier gave more slowly than the
+        # cloud gave its own answers meanwhile (its median and its 99th percentile).
+        "routed_local_max_ms": max(routed_local, default=None),
+        "routed_local_over_cloud_p50": sum(1 for ms in routed_local if cloud_ms and ms > _percentile(cloud_ms, 50)),
+        "routed_local_over_cloud_p99": sum(1 for ms in routed_local if cloud_ms and ms > _percentile(cloud_ms, 99)),
         "tiers": {tier: {"n": len(v), "p50_ms": _percentile(v, 50), "p99_ms": _percentile(v, 99)} for tier, v in sorted(by_tier.items())},
         "refused": Counter(r.get("error") for r in results if r["status"] != 200),
         "results": results,
@@ -199,28 +209,34 @@ def main(argv: list[str] | None = None) -> int:
         port = _free_port()
         config = write_config(work / "router.toml", workdir=work, cloud_model=cloud.litellm_model, api_base=cloud.api_base,
                               registry=registry, port=port)  # fmt: skip
+        from evals.demo import PRIVATE_CATEGORIES
+
+        private = frozenset(PRIVATE_CATEGORIES)
         with router_serve(config, port) as (url, _server):
             offset = 0
             for clients in levels:
                 n = max(24, clients * args.requests_per_client)
-                level = run_level(url, queries[offset:] + queries[:offset], clients, n, args.max_tokens)
+                level = run_level(url, queries[offset:] + queries[:offset], clients, n, args.max_tokens, private)
                 offset = (offset + n) % len(queries)
                 tiers = ", ".join(f"{t} {v['n']} (p50 {v['p50_ms']:.0f} / p99 {v['p99_ms']:.0f} ms)" for t, v in level["tiers"].items())
                 print(f"{clients:>3} clients: {level['requests']} requests in {level['seconds']:.1f} s, {level['rps']:.2f} answered/s, "
                       f"p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms, local {level['local_share']:.0%}; {tiers}; "
-                      f"refused {dict(level['refused'])}")  # fmt: skip
+                      f"refused {dict(level['refused'])}; routed local answers slower than the cloud's p50 / p99 of this level: "
+                      f"{level['routed_local_over_cloud_p50']} / {level['routed_local_over_cloud_p99']}")  # fmt: skip
                 figures[f"rps_{clients}"] = level["rps"]
                 figures[f"p50_ms_{clients}"] = level["p50_ms"]
                 figures[f"p99_ms_{clients}"] = level["p99_ms"]
                 figures[f"local_share_{clients}"] = level["local_share"]
                 figures[f"local_rps_{clients}"] = level["local_rps"]
                 figures[f"local_busy_{clients}"] = level["local_busy"]
+                for name in ("routed_local_max_ms", "routed_local_over_cloud_p50", "routed_local_over_cloud_p99"):
+                    figures[f"{name}_{clients}"] = level[name]
                 figures[f"tiers_{clients}"] = level["tiers"]
                 figures[f"refused_{clients}"] = dict(level["refused"])
                 figures[f"requests_{clients}"] = level["requests"]
                 (work / f"level-{clients}.json").write_text(json.dumps(level["results"], indent=1), encoding="utf-8")
             metrics = httpx.get(f"{url}/metrics", timeout=10).text
-        sent_private = {r["query"] for clients in levels for r in json.loads((work / f"level-{clients}.json").read_text()) if r["category"] == "PAYMENT"}
+        sent_private = {r["query"] for clients in levels for r in json.loads((work / f"level-{clients}.json").read_text()) if r["category"] in private}
         received = "\n".join(json.dumps(body) for body in cloud.received())
         leaks = sum(1 for q in sent_private if json.dumps(q)[1:-1] in received)
     figures["private_queries_sent"] = len(sent_private)

@@ -111,11 +111,13 @@ class LocalAdmission:
         with self._lock:
             self._pending = max(0, self._pending - 1)
 
-    def finished_local(self, seconds: float, budget_s: float) -> None:
-        """An admitted request's local answer is done: count it if it overran its budget."""
-        if seconds > budget_s:
-            with self._lock:
-                self._over_budget += 1
+    def finished_local(self, seconds: float, budget_s: float) -> bool:
+        """An admitted request's local answer is done: count it if it overran its budget (True)."""
+        if seconds <= budget_s:
+            return False
+        with self._lock:
+            self._over_budget += 1
+        return True
 
     def counts(self) -> AdmissionCounts:
         budget = self.budget_s()

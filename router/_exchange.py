@@ -62,6 +62,8 @@ class Exchange:
     pruned: str | None = None  # what was left out of the prompt to fit the local window (hybrid_common.pruning)
     local_budget_s: float | None = None  # a routed request admitted to the local tier: the latency budget it was admitted under
     local_finish_by: float | None = None  # ... and the time.monotonic() by which its answer should be done
+    local_predicted_s: float | None = None  # ... and what admission predicted its local answer would take
+    admitted_after_s: float | None = None  # ... and how long after the request started it was admitted
     admission_pending: bool = False  # admitted, not yet handed to the backend (counted by later predictions)
     canary_arm: str | None = None  # a canary runs and this request is counted in it: "canary" or "serving" (router.canary)
     canary_version: str | None = None  # ... and the version its arm asked to answer

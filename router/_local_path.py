@@ -9,6 +9,7 @@ request is planned and fed when its log row is written.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,6 +28,8 @@ from router.backends import CloudBackend, GenerationStream, LocalBackend, LocalF
 from router.config import RouterConfig
 from router.policy import Decision
 from router.types import Reason
+
+logger = logging.getLogger("router")
 
 __all__ = ["LocalPath"]
 
@@ -60,6 +63,8 @@ class LocalPath:
         )
         if admit:
             exchange.local_budget_s = budget
+            exchange.local_predicted_s = predicted
+            exchange.admitted_after_s = time.perf_counter() - exchange.started
             exchange.local_finish_by = time.monotonic() + budget
             exchange.admission_pending = True
             return
@@ -83,7 +88,13 @@ class LocalPath:
         if exchange.tier == "cloud" and exchange.fallback_from is None:
             self.admission.observe_cloud(seconds)
         elif exchange.tier == "local" and exchange.local_budget_s is not None:
-            self.admission.finished_local(seconds, exchange.local_budget_s)
+            if self.admission.finished_local(seconds, exchange.local_budget_s):
+                logger.info(
+                    "request %s: its local answer took %.2f s against a budget of %.2f s (admitted %.2f s after it "
+                    "arrived, predicted %s)", exchange.request_id, seconds, exchange.local_budget_s,
+                    exchange.admitted_after_s or 0.0,
+                    "-" if exchange.local_predicted_s is None else f"{exchange.local_predicted_s:.2f} s",
+                )  # fmt: skip
 
     # -- the prompt -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ starts (``cloud.preimport``), while the local model and classifier load.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -50,8 +51,25 @@ def _import_litellm() -> Any:
             raise MissingDependencyError("litellm", purpose="the cloud tier") from err
         litellm.telemetry = False
         litellm.suppress_debug_info = True
+        _quiet_litellm_info()
         _litellm = litellm
         return litellm
+
+
+_LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+
+
+def _quiet_litellm_info() -> None:
+    """litellm's loggers carry no level of their own, so under an application (or ``router serve``)
+    that logs at INFO they write two lines for every cloud call, through two handlers: 2,474 lines in
+    one ``make bench-load`` run, formatted on the request threads while a burst is being served.
+    Raise them to WARNING unless the user chose: ``LITELLM_LOG`` set, or a level set on them."""
+    if os.environ.get("LITELLM_LOG"):
+        return
+    for name in _LITELLM_LOGGERS:
+        chosen = logging.getLogger(name)
+        if chosen.level == logging.NOTSET:
+            chosen.setLevel(logging.WARNING)
 
 
 class CloudBackend:

@@ -252,6 +252,7 @@ class BatchScheduler:
         self._running = False  # a scheduler thread with a loaded context is serving
         self._step_started: float | None = None
         self._times = _StepTimes(max_sequences)
+        self._greedy: dict[int, int] = {}  # this step's greedy tokens by batch entry (read in one call)
         self._native: NativeBatch | None = new_native(adapter_path)
         self._prefixes = self._new_prefix_cache()
         self.replaced_hung = 0
@@ -723,6 +724,12 @@ class BatchScheduler:
             self._times.observe(decoding, elapsed)
         elif prefilled:
             self._times.observe_prefill(decoding, prefilled, elapsed)
+        greedy = [index for sequence, index in owners if sequence.sampler is None]
+        try:
+            self._greedy = dict(zip(greedy, native.argmax_many(greedy), strict=True))  # one GIL release, not one a row
+        except Exception as err:  # noqa: BLE001 - each sequence then samples (and fails) alone
+            logger.warning("reading the step's greedy tokens failed (%s: %s)", type(err).__name__, err)
+            self._greedy = {}
         for sequence, index in owners:
             try:
                 self._advance(sequence, index)
@@ -757,7 +764,8 @@ class BatchScheduler:
         native = self._native
         assert native is not None
         if sequence.sampler is None:
-            return native.argmax(index)
+            token = self._greedy.pop(index, None)
+            return native.argmax(index) if token is None else token
         return native.sample(sequence.sampler, index)
 
     def _advance(self, sequence: _Sequence, index: int) -> None:

@@ -939,3 +939,26 @@ def test_torch_loaded_beside_the_local_model_is_warned_about_once(monkeypatch: A
         assert llama_native.warn_if_torch_shares_openmp()
         assert not llama_native.warn_if_torch_shares_openmp()  # once per process
     assert [r.getMessage() for r in caplog.records if "OpenMP" in r.getMessage()][0].startswith("torch is loaded")
+
+
+@pytest.mark.slow
+def test_a_steps_greedy_tokens_read_in_one_call_match_reading_each_row_alone(model_path, tokens) -> None:
+    from router.backends.llama_native import NativeBatch, NativeContextSettings
+
+    settings = NativeContextSettings(model_path=model_path, kv_tokens=1024, n_seq_max=4, n_batch=256, n_threads=2)
+    native = NativeBatch(settings, None)
+    try:
+        prompts = [tokens(user(q)) for q in SUPPORT]
+        entries = [(t, pos, seq, pos == len(p) - 1) for seq, p in enumerate(prompts) for pos, t in enumerate(p)]
+        entries += [(0, pos, 3, False) for pos in range(5)]  # rows that want no logits, as padding does
+        assert native.decode(entries) == 0
+        last_rows = [i for i, entry in enumerate(entries) if entry[3]]
+        alone = [  # each row read on its own, through llama-cpp-python's own binding
+            int(np.ctypeslib.as_array(native._lib.llama_get_logits_ith(native._ctx, i), shape=(native.n_vocab,)).argmax())
+            for i in last_rows
+        ]
+        assert native.argmax_many(last_rows) == alone  # one numpy call over the rows that lie in a row
+        assert native.argmax_many(last_rows[::-1]) == alone[::-1]  # out of order: read one by one
+        assert [native.argmax(i) for i in last_rows] == alone
+    finally:
+        native.close()

@@ -19,7 +19,8 @@
    answers another set of held-out queries, then the same questions again, as a support desk
    hears them; hits (exact and semantic), their latency and the calls they saved are reported;
 7. **conversations**: the phase-2 router answers 30 conversations of the conversation benchmark
-   (``evals/corpora/conversations.jsonl``) turn by turn, each answer sent back as history; local
+   (``evals/corpora/conversations.jsonl``) turn by turn, each answer sent back as history, with the
+   learned follow-up detector beside the word rule (trained here without those conversations); local
    share and similarity are reported for first turns and follow-ups apart.
    Figures go to ``evals/results/demo.json``.
 """
@@ -445,14 +446,40 @@ def conversation_step(base: dict[str, Any], workdir: Path, conversations: list[d
     for stale in workdir.glob("traffic-conversations.sqlite3*"):
         stale.unlink()
     log_path = (workdir / "traffic-conversations.sqlite3").resolve()
+    detector = demo_followup_detector(workdir, conversations)
     config = RouterConfig(
         **base, local={"registry_path": workdir / "registry", "default_max_tokens": answer_tokens}, log={"path": log_path},
+        conversation={"followup_detector": detector},
     )  # fmt: skip
     with Client(config) as client:
         rows = replay_conversations(client, conversations, max_tokens=answer_tokens, desc="conversations")
     judge(rows)
     print(f"      traffic log: {log_path}")
     return rows
+
+
+def demo_followup_detector(workdir: Path, served: list[dict[str, Any]]) -> Path:
+    """The learned follow-up detector the conversation phase serves with, as ``make eval-conversations``
+    measures the router: trained for this classifier's encoder on the benchmark's *dev* and *holdout*
+    wordings and Bitext instructions the classifier never trained on, none of the served conversations'
+    texts (they come from the *test* half), at the setting ``make eval-followup-writers`` chose by
+    leaving one development half out (C 1.0, threshold 0.7: :meth:`FollowUpDetector.fit`'s defaults)."""
+    from classifiers import EmbeddingClassifier
+    from evals.conversation_eval import CORPUS, HOLDOUT_CORPUS, load_conversations
+    from evals.followup_writers import detector_examples
+    from router import FollowUpDetector
+
+    classifier = EmbeddingClassifier.load(workdir / "classifier")
+    served_texts = {t["text"] for c in served for t in c["turns"]}
+    conversations = [c for c in load_conversations(CORPUS) + load_conversations(HOLDOUT_CORPUS) if c["split"] in ("dev", "holdout")]
+    bitext = sorted({r["instruction"] for r in load_bitext() if bucket(r["instruction"]) < 60} - served_texts)
+    texts = sorted(({t["text"] for c in conversations for t in c["turns"]} | set(bitext)) - served_texts)
+    embeddings = {text: p.embedding for text, p in zip(texts, classifier.classify_many(texts), strict=True)}
+    examples = detector_examples(conversations, ("dev", "holdout"), bitext, embeddings, leave_out=served_texts)
+    detector = FollowUpDetector.fit(examples, encoder_sha256=classifier.encoder_sha256_)
+    path = detector.save(workdir / "followup_detector.npz")
+    print(f"      follow-up detector: {', '.join(f'{len(v)} {k}' for k, v in examples.items())} examples -> {path}")
+    return path
 
 
 def conversation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

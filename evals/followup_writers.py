@@ -29,7 +29,7 @@ on all three development halves, for this classifier's encoder) to ``--save``
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,21 @@ def _texts(conversations: Sequence[dict[str, Any]], halves: Sequence[str], kinds
     return sorted({t["text"] for c in conversations if c["split"] in halves for t in c["turns"] if t["kind"] in kinds})
 
 
+def detector_examples(
+    conversations: Sequence[dict[str, Any]], halves: Sequence[str], bitext: Sequence[str], embeddings: dict[str, Any],
+    *, leave_out: Collection[str] = (),
+) -> dict[str, list[Any]]:
+    """The three classes' embeddings from ``halves``' turns and Bitext instructions, none of ``leave_out``."""
+    def pick(texts: Sequence[str]) -> list[Any]:
+        return [embeddings[t] for t in texts if t not in leave_out]
+
+    return {
+        "follow_up": pick(_texts(conversations, halves, set(CONTEXT_KINDS))),
+        "out_of_scope": pick(_texts(conversations, halves, {"out_of_scope"})),
+        "self_contained": pick(_texts(conversations, halves, {"switch", "same_category"}) + list(bitext)),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path(".conversations"))
@@ -83,11 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     own = {c["id"]: [by_text[t["text"]] for t in c["turns"]] for c in conversations}
 
     def fit(halves: Sequence[str], c_value: float) -> FollowUpDetector:
-        examples = {
-            "follow_up": [embeddings[t] for t in _texts(conversations, halves, set(CONTEXT_KINDS))],
-            "out_of_scope": [embeddings[t] for t in _texts(conversations, halves, {"out_of_scope"})],
-            "self_contained": [embeddings[t] for t in _texts(conversations, halves, {"switch", "same_category"}) + bitext],
-        }
+        examples = detector_examples(conversations, halves, bitext, embeddings)
         return FollowUpDetector.fit(examples, encoder_sha256=classifier.encoder_sha256_, c=c_value)
 
     def routed(half: str, learned: Callable[[Any], bool] | None = None) -> dict[str, Any]:

@@ -11,8 +11,10 @@ back through plain HTTP, answers capped at ``--max-tokens``.
 Per level: requests/s (and local answers/s), p50/p99 latency per tier, the local share, routed
 requests spilled to the cloud because the local tier was predicted slower than the budget
 (``local_busy``), and refusals (503 with Retry-After: a private query the busy local tier could not
-take). From ``/metrics`` at the end: admitted local requests that still overran their budget
-(``local_over_budget``, which must be 0). After the 64-client level the
+take), and side by side with the cloud, the routed (admitted, not private) local answers slower
+than that level's cloud answers at their median and 99th percentile (``routed_local_over_cloud_p50_<n>``,
+``..._p99_<n>``). From ``/metrics`` at the end: admitted local requests that still overran their
+budget (``local_over_budget``, which must be 0; ``router serve`` logs each). After the 64-client level the
 stand-in's record is searched for every private query sent: ``private_leaks`` must be 0.
 Then the crash run of :mod:`evals.log_durability` (``lost_log_rows``) and the cost of a durable
 log write per mode. Figures go to ``evals/results/load.json`` (keys ``rps_1``, ``rps_64``, ``p99_ms_64``,

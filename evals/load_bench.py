@@ -144,6 +144,7 @@ def run_level(
     local = [r for r in answered if r["tier"] == "local"]
     routed_local = [r["seconds"] * 1000 for r in local if r["category"] not in private]  # admitted, not private
     cloud_ms = by_tier.get("cloud", [])
+    cloud_p50, cloud_p99 = _percentile(cloud_ms, 50), _percentile(cloud_ms, 99)  # None without cloud answers
     return {
         "clients": clients,
         "requests": len(results),
@@ -157,8 +158,8 @@ def run_level(
         # Side by side, in the same level: routed answers the local tier gave more slowly than the
         # cloud gave its own answers meanwhile (its median and its 99th percentile).
         "routed_local_max_ms": max(routed_local, default=None),
-        "routed_local_over_cloud_p50": sum(1 for ms in routed_local if cloud_ms and ms > _percentile(cloud_ms, 50)),
-        "routed_local_over_cloud_p99": sum(1 for ms in routed_local if cloud_ms and ms > _percentile(cloud_ms, 99)),
+        "routed_local_over_cloud_p50": sum(1 for ms in routed_local if cloud_p50 is not None and ms > cloud_p50),
+        "routed_local_over_cloud_p99": sum(1 for ms in routed_local if cloud_p99 is not None and ms > cloud_p99),
         "tiers": {tier: {"n": len(v), "p50_ms": _percentile(v, 50), "p99_ms": _percentile(v, 99)} for tier, v in sorted(by_tier.items())},
         "refused": Counter(r.get("error") for r in results if r["status"] != 200),
         "results": results,

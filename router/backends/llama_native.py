@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import functools
 import importlib
 import logging
 import sys
@@ -94,6 +95,7 @@ _QUICK_CALLS = (
 )
 
 
+@functools.cache  # one binding per process: every rebuilt context shares it
 def _gil_holding_calls(lib: Any) -> Any:
     """The same library's short functions bound through ``ctypes.PyDLL`` (which keeps the GIL
     during the call), with llama-cpp-python's own signatures."""

@@ -1,6 +1,6 @@
 """Conversation benchmark (``make eval-conversations``): route whole conversations, not their last line.
 
-The benchmark is ``evals/corpora/conversations.jsonl``, ``conversations_holdout.jsonl`` and ``conversations_holdout2.jsonl``
+The benchmark is ``evals/corpora/conversations.jsonl`` and ``conversations_holdout{,2,3}.jsonl``
 (``evals/make_conversations.py`` says how they were built: Bitext first questions from the replay
 pool the demo's classifier never trains on, then hand-written follow-ups, switches to other Bitext
 categories and out-of-scope requests; each turn labelled with the category a person would give it
@@ -13,9 +13,11 @@ for conversation-aware routing:
    (where the rule was written), *test* (its misses shaped the rule's second version, so it is
    development data too), *holdout*, follow-up wording written after the rule was committed by
    someone who never read it (its misses were read on 2026-12-04, so it is development data now),
-   and *holdout2*, written after that by another writer who read neither the rule nor its
-   results: the headline figures are holdout2's;
-2. **serving**, ``--serve`` holdout2 conversations replayed through ``router.Client`` turn by turn as
+   *holdout2*, written after that by another writer who read neither the rule nor its results
+   (the learned detector's setting was then read on it, so it is development data too), and
+   *holdout3*, written on 2026-12-04 (night) by a fifth writer who read neither the rule, the
+   detector nor any result: the headline figures are holdout3's;
+2. **serving**, ``--serve`` holdout3 conversations replayed through ``router.Client`` turn by turn as
    ``make demo``'s phase 2 (its classifier, the shipped adapter, PAYMENT private, the stand-in
    cloud answering each turn with its reference): each assistant message sent back is the answer
    the router served. Local share, the guard's verdict and the similarity to the reference, for
@@ -49,8 +51,12 @@ from tqdm import tqdm
 CORPUS = Path(__file__).resolve().parent / "corpora" / "conversations.jsonl"
 HOLDOUT_CORPUS = CORPUS.with_name("conversations_holdout.jsonl")
 HOLDOUT2_CORPUS = CORPUS.with_name("conversations_holdout2.jsonl")
-SPLITS = ("dev", "test", "holdout", "holdout2")
-HEADLINE_SPLIT = "holdout2"  # the only wording no version of the rule was shaped on (the holdout's misses were read on 2026-12-04)
+HOLDOUT3_CORPUS = CORPUS.with_name("conversations_holdout3.jsonl")
+CORPORA = (CORPUS, HOLDOUT_CORPUS, HOLDOUT2_CORPUS, HOLDOUT3_CORPUS)
+SPLITS = ("dev", "test", "holdout", "holdout2", "holdout3")
+# The only wording neither the rule nor the learned detector was shaped on: holdout2's figures chose
+# nothing, but were read before holdout3 was written, and the detector now trains on holdout2.
+HEADLINE_SPLIT = "holdout3"
 RESULTS = Path(__file__).resolve().parent / "results" / "conversations.json"
 FOLLOW_UP_KINDS = ("confirm", "clarify", "anaphoric", "same_category", "switch", "out_of_scope")
 SWITCH_KINDS = ("switch", "out_of_scope")
@@ -365,6 +371,8 @@ def summary(routing: dict[str, Any], serving: dict[str, Any] | None) -> dict[str
         "switch_recall_rule": held["in_context"]["switch_recall"],
         "switch_recall_last_message": held["last_message"]["switch_recall"],
         "first_turn_routing_accuracy": held[mine]["first_turn_accuracy"],
+        "followup_routing_accuracy_holdout2": routing["holdout2"]["in_context"]["followup_accuracy"],
+        "followup_routing_accuracy_holdout2_last_message": routing["holdout2"]["last_message"]["followup_accuracy"],
         "followup_routing_accuracy_holdout": routing["holdout"]["in_context"]["followup_accuracy"],
         "followup_routing_accuracy_holdout_last_message": routing["holdout"]["last_message"]["followup_accuracy"],
         "followup_routing_accuracy_test": routing["test"]["in_context"]["followup_accuracy"],
@@ -421,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     from router import RouterConfig
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    conversations = load_conversations() + load_conversations(HOLDOUT_CORPUS) + load_conversations(HOLDOUT2_CORPUS)
+    conversations = [c for path in CORPORA for c in load_conversations(path)]
     classifier = classifier_for(args.workdir)
     defaults = RouterConfig().conversation
     settings = {"switch_confidence": defaults.switch_confidence}

@@ -4,24 +4,29 @@ The word rule (``router._conversation.context_dependent``) routes 0.97 of the fo
 the wording it was written from, 0.876 on the first holdout's and 0.804 on ``holdout2``'s (a fourth
 writer, 2026-12-04): word lists follow their writer. ``evals/learned_followups.py`` tried a
 two-class detector on dev alone (follow-up or not, over the turn's embedding): it recognised unseen
-follow-ups but also read out-of-scope requests as follow-ups. Here, with three wording halves now
-development data (dev, test, holdout), the detector is a *three-class* logistic regression over
-the turn's sentence embedding (the one the request's classification already computed: no extra
-encoder run): follow-up, out of scope, self-contained support question. A turn counts as
-context-dependent when the rule says so or the follow-up class's probability reaches a threshold.
+follow-ups but also read out-of-scope requests as follow-ups. Here the detector is a *three-class*
+logistic regression over the turn's sentence embedding (the one the request's classification
+already computed: no extra encoder run): follow-up, out of scope, self-contained support question.
+A turn counts as context-dependent when the rule says so or the follow-up class's probability
+reaches a threshold.
+
+Trained first on three wording halves and tested once on holdout2 (0.881, 2026-12-04), it is now
+trained on four (dev, test, holdout, holdout2: every wording whose results have been read) and
+tested once on ``holdout3``, written afterwards by a fifth writer who read neither the rule, the
+detector nor any result.
 
 * Examples: each half's context-dependent turns (confirm, clarify, anaphoric), its out-of-scope
   requests, its switches and same-category questions, and Bitext instructions the demo's
-  classifier never trains on (``bucket < 60``; none of holdout2's texts).
-* Selection, without holdout2: for each (C, threshold), train on two halves and route the third
+  classifier never trains on (``bucket < 60``; none of holdout3's texts).
+* Selection, without holdout3: for each (C, threshold), train on three halves and route the fourth
   (leave one half out). The chosen setting has the best mean follow-up accuracy among those whose
   worst switch recall and worst out-of-scope accuracy are both >= 0.90 (an out-of-scope request
   read as a follow-up gets a local answer about the old topic: the costly mistake).
-* Test, once: the chosen setting trained on all three halves routes holdout2's conversations.
-  The other settings' holdout2 figures are printed too, marked as not used for the choice.
+* Test, once: the chosen setting trained on all four halves routes holdout3's conversations.
+  The other settings' holdout3 figures are printed too, marked as not used for the choice.
 
 Writes ``followup_writers`` into ``evals/results/conversations.json`` and the chosen detector (trained
-on all three development halves, for this classifier's encoder) to ``--save``
+on all four development halves, for this classifier's encoder) to ``--save``
 (``.conversations/followup_detector.npz``), which ``make eval-conversations`` serves with
 (``conversation.followup_detector``). Figures, not assertions.
 """
@@ -38,9 +43,7 @@ import numpy as np
 
 from evals.conversation_eval import (
     CONTEXT_KINDS,
-    CORPUS,
-    HOLDOUT2_CORPUS,
-    HOLDOUT_CORPUS,
+    CORPORA,
     RESULTS,
     classifier_for,
     load_conversations,
@@ -51,8 +54,8 @@ from evals.conversation_eval import (
 from evals.figures import merge_figures
 from router import FollowUpDetector
 
-DEVELOPMENT = ("dev", "test", "holdout")
-TEST = "holdout2"
+DEVELOPMENT = ("dev", "test", "holdout", "holdout2")
+TEST = "holdout3"
 C_VALUES = (0.3, 1.0, 3.0)
 THRESHOLDS = (0.5, 0.7, 0.9)
 SAFETY = 0.90  # worst held-out switch recall and out-of-scope accuracy a setting may have to be chosen
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.workdir.mkdir(parents=True, exist_ok=True)
     classifier = classifier_for(args.workdir)
     known = {str(c) for c in classifier.classes_}
-    conversations = load_conversations(CORPUS) + load_conversations(HOLDOUT_CORPUS) + load_conversations(HOLDOUT2_CORPUS)
+    conversations = [c for path in CORPORA for c in load_conversations(path)]
     test_texts = {t["text"] for c in conversations if c["split"] == TEST for t in c["turns"]}
     bitext = sorted({r["instruction"] for r in load_bitext() if bucket(r["instruction"]) < 60} - test_texts)
     texts = sorted({t["text"] for c in conversations for t in c["turns"]} | set(bitext))

@@ -32,9 +32,11 @@ rule: ``conversations_holdout.jsonl`` (``HOLDOUT_OUT``) draws its first turns fr
 pool (another seed) and takes all its hand-written turns from it. Once the holdout's misses had
 been read (and any change they inspire would be tuned on them), a fourth half, ``holdout2``, was
 written the same way by another writer who read neither the rule nor its results:
-``conversations_holdout2.jsonl`` (``HOLDOUT2_OUT``). The labels are for scoring only: nothing here
-is read at routing time. Deterministic (fixed seeds); run ``python -m evals.make_conversations``
-to write the three files again.
+``conversations_holdout2.jsonl`` (``HOLDOUT2_OUT``). After holdout2's results had been read, a fifth
+half, ``holdout3``, was written the same way by a writer who read neither the rule, the learned
+detector nor any result: ``conversations_holdout3.jsonl`` (``HOLDOUT3_OUT``). The labels are for
+scoring only: nothing here is read at routing time. Deterministic (fixed seeds); run
+``python -m evals.make_conversations`` to write the four files again.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ HOLDOUT_SEED = 29
 HOLDOUT2_OUT = OUT.with_name("conversations_holdout2.jsonl")
 HOLDOUT2 = "holdout2"  # written after the holdout's misses had been read (2026-12-04), by a writer who never read the rule
 HOLDOUT2_SEED = 41
+HOLDOUT3_OUT = OUT.with_name("conversations_holdout3.jsonl")
+HOLDOUT3 = "holdout3"  # written 2026-12-04 night by a writer who read neither the rule, the learned detector nor any result
+HOLDOUT3_SEED = 53
 
 FIRST_PER_CATEGORY = 36  # capped by the replay pool (CANCELLATION_FEE has 33, NEWSLETTER 35)
 DEV_SHARE = 40  # percent of conversations in the dev split
@@ -84,6 +89,10 @@ CONFIRM = {
     "holdout2": ["ya ok", "yess that one", "Please do, thank you.", "mhm sounds right, start it",
                  "ok ive made up my mind, id like to go through with it", "yeah thats what i was after, carry on",
                  "Right, I'm happy with that, you can start.", "okey dokey"],
+    "holdout3": ["👍", "yes yes please do it now thank you", "Yes, kindly proceed with the same.",
+                 "oki i will try it like that", "That is correct, I would like to continue. Thank you very much for your help.",
+                 "YES CONFIRMED", "fine by me 🙂 lets go",
+                 "ok so im going ahead with it, ive thought about it the whole week and my mind is made up so yeah whatever the next step is lets just do it"],
 }  # fmt: skip
 CLARIFY = {
     "dev": ["sorry, can you explain that again?", "what do you mean exactly?", "I don't get it",
@@ -99,6 +108,11 @@ CLARIFY = {
                  "Sorry, that went over my head. Could you walk me through it again?",
                  "that doesnt really make sense to me tbh", "english isnt my first language, can you use easier words",
                  "so what am i actually supposed to do"],
+    "holdout3": ["sorry i not understand, what i must to do?", "I beg your pardon, could you please clarify the procedure?",
+                 "uh what", "can you say that again slower i am driving and using voice to text",
+                 "too many steps 😵 simpler pls",
+                 "ok so i read your message like three times and honestly im still not sure which bit applies to me, could you go through it again but more basic, im not very techy",
+                 "wait wHat? explain pls"],
 }  # fmt: skip
 GENERIC_ANAPHORIC = {
     "dev": ["can I do that from my phone?", "and what happens after that?", "how long does that usually take?",
@@ -116,6 +130,11 @@ GENERIC_ANAPHORIC = {
                  "what if the button is greyed out for me",
                  "do I have to finish it all in one go, or can I come back to it later?",
                  "how will i know it actually worked"],
+    "holdout3": ["and this works also from the mobile app or only from computer?",
+                 "where exactly on the website do i see this, i looked in my profile and nothing",
+                 "Is there anything I should have ready beforehand, e.g. my order number or ID?", "ok and after that? 🤔",
+                 "is it the same for every country or only here in the UK", "what if i do it wrong can i start over",
+                 "and that's still up to date? the help page says something different"],
 }  # fmt: skip
 # Per category: (text, the intents it fits; empty means every intent of the category).
 ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
@@ -134,6 +153,11 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
                      ("the verification code text never comes thru", ("create_account", "registration_problems", "recover_password")),
                      ("will i still get the newsletter emails after that?", ("delete_account",)),  # reads as NEWSLETTER
                      ("does it change straight away or at the end of my billing month", ("switch_account",))],  # reads as INVOICE / PAYMENT
+        "holdout3": [("tried 3 times already, the email with the link is not arriving, i checked spam also",
+                      ("recover_password", "registration_problems", "create_account")),
+                     ("can I undo it within 30 days if I change my mind", ("delete_account", "switch_account")),
+                     ("its the account my premium subscription is paid from, will that be cancelled too?", ("delete_account",)),  # reads as CANCELLATION_FEE / PAYMENT
+                     ("the name on it is spelled wrong, it says Jon but its John", ("edit_account",))],
     },
     "CANCELLATION_FEE": {
         "dev": [("is it the same if I cancel in the first month?", ()), ("and for the yearly plan?", ()),
@@ -146,6 +170,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "holdout2": [("im on the family plan if that changes anything", ()), ("my contract ends in march, do i still have to pay it?", ()),
                      ("would it come off the refund I'm owed or get billed separately?", ()),  # reads as REFUND
                      ("does it go down the longer youve been a member", ())],
+        "holdout3": [("i signed up on 1 nov and want out now, so like 5 weeks, how much would that be", ()),
+                     ("Is the fee the same for students? I have a student discount on my plan.", ()),
+                     ("so if i cancel only the 2nd phone line is there still a fee for that", ()),  # reads as ORDER
+                     ("the guy in the shop told me there is no fee 😡 is that true or not", ())],  # reads as FEEDBACK
     },
     "CONTACT": {
         "dev": [("are they available on weekends?", ()), ("do they speak Spanish?", ()), ("is there usually a wait?", ())],
@@ -156,6 +184,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "holdout2": [("do they do live chat or just phone", ()), ("if i email how long till someone replies", ()),
                      ("whats the number if im calling from outside the uk", ()),
                      ("can i talk to them about a billing thing?", ())],  # reads as INVOICE / PAYMENT
+        "holdout3": [("is the line open on 24 december? i know its christmas eve", ()),
+                     ("please a human, not the robot, my english is not so good for chatbot", ("contact_human_agent",)),
+                     ("do they have whatsapp", ()),
+                     ("can they help me with a parcel that never came or is that a different team", ())],  # reads as DELIVERY
     },
     "DELIVERY": {
         "dev": [("what if I'm not home?", ()), ("does that include weekends?", ()),
@@ -168,6 +200,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "holdout2": [("to ireland?", ()), ("i need it before the 22nd, its a gift", ("delivery_period",)),
                      ("can i pick it up from a locker or a store instead", ("delivery_options",)),  # reads as SHIPPING_ADDRESS
                      ("and if i order after 5pm does it still go out today?", ("delivery_period",))],  # reads as ORDER
+        "holdout3": [("ordering today the 4th, postcode BT7, when would it arrive roughly", ("delivery_period",)),
+                     ("Is there an option where the courier phones me 30 minutes before arriving?", ("delivery_options",)),  # reads as CONTACT
+                     ("does the black friday rush make it slower", ("delivery_period",)),
+                     ("to switzerland also? with customs and everything", ())],
     },
     "FEEDBACK": {
         "dev": [("it's about the delivery guy being rude", ("complaint",)),  # reads as DELIVERY
@@ -180,6 +216,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "holdout2": [("5 stars honestly, the blender is great", ("review",)),
                      ("ive been charged twice and nobody answers my emails about it", ("complaint",)),  # reads as PAYMENT
                      ("does it go to the store manager or to head office?", ()), ("can i edit it after i post it", ("review",))],
+        "holdout3": [("its about order 88213, the sofa came with a huge scratch and the legs missing", ("complaint",)),  # reads as ORDER / DELIVERY
+                     ("i give 4 stars because box was bit damaged but the headphones works perfect", ("review",)),  # reads as DELIVERY
+                     ("Will I receive a written response within a specific timeframe?", ("complaint",)),
+                     ("can i write it in german", ())],
     },
     "INVOICE": {
         "dev": [("the one from last month", ()), ("i need it as a PDF", ()),
@@ -192,6 +232,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "holdout2": [("inv 2024-0193", ()), ("the one for the 2 chairs i bought in november", ()),  # reads as ORDER
                      ("its on my old account, i changed emails since", ()),  # reads as ACCOUNT
                      ("can i get them all in one file for my taxes", ("get_invoice",))],
+        "holdout3": [("the one dated 03/10/2024 for 149,90 €", ()),
+                     ("theres a shipping charge of 6.99 on it but i had free shipping??", ("check_invoice",)),  # reads as DELIVERY / PAYMENT
+                     ("my boss needs it on paper by post, is that possible", ("get_invoice",)),  # reads as SHIPPING_ADDRESS
+                     ("the one from when I ordered the printer ink, cant remember the date", ())],
     },
     "NEWSLETTER": {
         "dev": [("where do I sign up for it?", ()), ("can I do it with my work email?", ()), ("so just my email address?", ())],
@@ -201,6 +245,8 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
                     ("can I choose to only get the sale stuff?", ())],
         "holdout2": [("is it free?", ()), ("it keeps ending up in my spam folder", ()),
                      ("can i do it for two email addresses", ())],
+        "holdout3": [("do i get a discount code for signing up", ()), ("can u sign me up with maria.k@gmail.com", ()),
+                     ("I only want it once a month, not every day, is that possible", ())],
     },
     "ORDER": {
         "dev": [("the one I placed yesterday", ("cancel_order", "change_order", "track_order")),
@@ -219,6 +265,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
                      ("i checked out as a guest, no account", ("cancel_order", "change_order", "track_order")),  # reads as ACCOUNT
                      ("the status hasnt moved since monday", ("track_order",)),  # reads as DELIVERY
                      ("is there a minimum spend?", ("place_order",))],
+        "holdout3": [("its the one with the coffee machine, ordered 28 nov, number ends in 4471", ("cancel_order", "change_order", "track_order")),
+                     ("the courier app already says out for delivery", ("cancel_order", "change_order", "track_order")),  # reads as DELIVERY
+                     ("size M to L please, the rest stays the same", ("change_order",)),
+                     ("can I order as a company with a purchase order number", ("place_order",))],  # reads as INVOICE / PAYMENT
     },
     "PAYMENT": {
         "dev": [("ok, and how long will that take?", ("payment_issue",)),  # reads as DELIVERY
@@ -234,6 +284,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
                      ("it says 'transaction could not be processed' and then nothing", ("payment_issue",)),
                      ("my bank says they didnt block anything on their end", ("payment_issue",)),
                      ("got charged twice for the same order", ("payment_issue",))],  # reads as ORDER / REFUND
+        "holdout3": [("bank transfer also ok? i dont have credit card", ("check_payment_methods",)),
+                     ("the error code is 05 do not honour", ("payment_issue",)),
+                     ("the order page still shows 'awaiting payment' since yesterday", ("payment_issue",)),  # reads as ORDER
+                     ("is google pay accepted in the app as well as on the website", ("check_payment_methods",))],
     },
     "REFUND": {
         "dev": [("it arrived broken", ("check_refund_policy", "get_refund")),  # reads as DELIVERY
@@ -250,6 +304,10 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
                      ("the parcel never even turned up", ("check_refund_policy", "get_refund")),  # reads as DELIVERY
                      ("returned order 58812 on the 14th and theyve had it since", ("track_refund",)),  # reads as ORDER
                      ("how many working days till it hits my bank", ("track_refund",))],  # reads as PAYMENT
+        "holdout3": [("the shoes are too small, never worn outside", ("check_refund_policy", "get_refund")),
+                     ("the courier tracking shows you received the return on 27/11", ("track_refund",)),  # reads as DELIVERY
+                     ("i paid with a gift card, how i get the money back then?", ("check_refund_policy", "get_refund")),  # reads as PAYMENT
+                     ("Still waiting for the £42.50, it has been over three weeks now.", ("track_refund",))],
     },
     "SHIPPING_ADDRESS": {
         "dev": [("what if it already shipped?", ("change_shipping_address",)),  # reads as DELIVERY
@@ -261,6 +319,9 @@ ANAPHORIC: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
                     ("can it be in a different country?", ())],
         "holdout2": [("we moved house last week", ("change_shipping_address",)), ("the postcode field wont accept mine", ()),
                      ("do i have to redo it on every order?", ("set_up_shipping_address",))],  # reads as ORDER
+        "holdout3": [("order number is 30057 and it has not shipped yet", ("change_shipping_address",)),  # reads as ORDER
+                     ("it is a c/o address, my cousin receives the parcels for me", ()),
+                     ("i need a second one for my holiday house in spain from july", ("set_up_shipping_address",))],
     },
 }  # fmt: skip
 OUT_OF_SCOPE_REQUESTS = {
@@ -308,6 +369,20 @@ OUT_OF_SCOPE_REQUESTS = {
                  "what does a promise do in javascript", "probability of rolling two sixes?",
                  "quick q - best substitute for buttermilk in pancakes?",
                  "who was the roman emperor when pompeii was destroyed"],
+    "holdout3": ["what is the plural of octopus", "can you translate this to english: 'je voudrais réserver une table pour deux'",
+                 "write a short best man toast for my brothers wedding, 1 minute max", "how many teaspoons in a tablespoon",
+                 "hey random question 😅 how do i get red wine out of a white carpet", "Please explain the difference between TCP and UDP.",
+                 "best time of year to visit vietnam", "how do i make a pivot table in excel",
+                 "calculate compound interest on 10000 at 4% for 5 years", "what is the meaning of life lol",
+                 "tell me a bedtime story about a dragon for my 4 year old", "how often should i water a cactus",
+                 "give me a 20 minute hiit workout no equipment", "who wrote the song bohemian rhapsody", "what is 2 to the power of 20",
+                 "write a python script that reads a csv and prints the average of one column",
+                 "can you recommend some anime similar to attack on titan",
+                 "whats the difference between baking soda and baking powder", "explain en passant in chess",
+                 "ok one more unrelated thing what is a black hole made of",
+                 "BTW how do I say 'where is the train station' in italian",
+                 "Could you draft a polite email to my child's teacher asking for a meeting next week?",
+                 "how far is madrid to barcelona by car", "who was cleopatra"],
 }  # fmt: skip
 SWITCH_PREFIXES = {
     "dev": ["also, ", "one more thing: ", "different question - ", "oh and ", "btw ", "Oh, also: "],
@@ -316,6 +391,8 @@ SWITCH_PREFIXES = {
                 "totally different thing, ", "Something else: "],
     "holdout2": ["ok next thing, ", "unrelated, ", "oh before i forget - ", "moving on, ", "Separate issue: ",
                  "can i ask about something else? "],
+    "holdout3": ["Also another question please: ", "ok and ", "sry one more - ", "Additionally, I would like to ask: ",
+                 "other topic 👉 ", "and another thing i wanted to ask "],
 }  # fmt: skip
 NO_PREFIX_SHARE = 0.4  # switches written as the bare Bitext instruction
 SHORT_SWITCH_SHARE = 0.3  # switches drawn from a category's shortest instructions
@@ -365,7 +442,7 @@ def _with_prefix(prefix: str, instruction: str) -> str:
 def build(seed: int = 11, wording: str | None = None) -> list[dict[str, Any]]:
     """The conversations, in file order; the same seed always gives the same list.
 
-    ``wording`` (``HOLDOUT``, ``HOLDOUT2``) takes every hand-written turn from that half and labels every
+    ``wording`` (``HOLDOUT``, ``HOLDOUT2``, ``HOLDOUT3``) takes every hand-written turn from that half and labels every
     conversation with it; by default each conversation's split (dev or test) picks its half.
     """
     rng = random.Random(seed)
@@ -419,7 +496,7 @@ def build(seed: int = 11, wording: str | None = None) -> list[dict[str, Any]]:
             turns.append(turn)
             if turn["kind"] in ("same_category", "switch"):
                 topic = len(turns) - 1
-        prefix = {None: "conv", HOLDOUT: "hold"}.get(wording, wording)
+        prefix = {None: "conv", HOLDOUT: "hold"}.get(wording, wording)  # HOLDOUT2, HOLDOUT3: their own name
         conversations.append({"id": f"{prefix}-{i:04d}", "split": split, "turns": turns})
     return conversations
 
@@ -441,7 +518,8 @@ def summary(conversations: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 def main() -> None:
-    for path, conversations in ((OUT, build()), (HOLDOUT_OUT, build(HOLDOUT_SEED, HOLDOUT)), (HOLDOUT2_OUT, build(HOLDOUT2_SEED, HOLDOUT2))):
+    for path, conversations in ((OUT, build()), (HOLDOUT_OUT, build(HOLDOUT_SEED, HOLDOUT)),
+                                (HOLDOUT2_OUT, build(HOLDOUT2_SEED, HOLDOUT2)), (HOLDOUT3_OUT, build(HOLDOUT3_SEED, HOLDOUT3))):
         path.write_text(render(conversations), encoding="utf-8")
         print(f"{path}: {len(conversations)} conversations")
         for name, counts in summary(conversations).items():

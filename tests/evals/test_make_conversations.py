@@ -1,4 +1,4 @@
-"""The committed conversation benchmark is reproducible, its dev, test, holdout and holdout2 wording never overlap, and its labels hold."""
+"""The committed conversation benchmark is reproducible, its dev, test, holdout, holdout2 and holdout3 wording never overlap, and its labels hold."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ CONTEXT_KINDS = {"confirm", "clarify", "anaphoric"}
 
 
 def _normal(text: str) -> str:
-    """Wording without case and punctuation: "OK, do it!" and "ok do it" are the same template."""
-    return re.sub(r"[^a-z0-9]+", " ", text.casefold()).strip()
+    """Wording without case and punctuation: "OK, do it!" and "ok do it" are the same template. A turn
+    of symbols alone ("??", "👍") is its own wording, not the empty one."""
+    return re.sub(r"[^a-z0-9]+", " ", text.casefold()).strip() or text
 
 
 def _half(split: str) -> dict[str, set[str]]:
@@ -30,16 +31,17 @@ def _half(split: str) -> dict[str, set[str]]:
 
 @pytest.fixture(scope="module")
 def committed() -> list[dict]:
-    return [json.loads(line) for path in (mc.OUT, mc.HOLDOUT_OUT, mc.HOLDOUT2_OUT) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for path in (mc.OUT, mc.HOLDOUT_OUT, mc.HOLDOUT2_OUT, mc.HOLDOUT3_OUT) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_the_committed_files_are_what_build_writes() -> None:
     assert mc.render(mc.build()).splitlines() == mc.OUT.read_text(encoding="utf-8").splitlines()
     assert mc.render(mc.build(mc.HOLDOUT_SEED, mc.HOLDOUT)).splitlines() == mc.HOLDOUT_OUT.read_text(encoding="utf-8").splitlines()
     assert mc.render(mc.build(mc.HOLDOUT2_SEED, mc.HOLDOUT2)).splitlines() == mc.HOLDOUT2_OUT.read_text(encoding="utf-8").splitlines()
+    assert mc.render(mc.build(mc.HOLDOUT3_SEED, mc.HOLDOUT3)).splitlines() == mc.HOLDOUT3_OUT.read_text(encoding="utf-8").splitlines()
     main = [json.loads(line) for line in mc.OUT.read_text(encoding="utf-8").splitlines()]
     holdouts = {half: [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-                for half, path in ((mc.HOLDOUT, mc.HOLDOUT_OUT), (mc.HOLDOUT2, mc.HOLDOUT2_OUT))}  # fmt: skip
+                for half, path in ((mc.HOLDOUT, mc.HOLDOUT_OUT), (mc.HOLDOUT2, mc.HOLDOUT2_OUT), (mc.HOLDOUT3, mc.HOLDOUT3_OUT))}  # fmt: skip
     firsts = [c["turns"][0]["text"] for c in main]
     assert len(main) >= 360 and len(set(firsts)) == len(firsts)
     assert all(2 <= len(c["turns"]) <= 4 and c["split"] == mc.split_of(c["turns"][0]["text"]) for c in main)
@@ -51,7 +53,7 @@ def test_the_committed_files_are_what_build_writes() -> None:
 
 
 def test_the_halves_never_share_hand_written_wording(committed: list[dict]) -> None:
-    splits = ("dev", "test", mc.HOLDOUT, mc.HOLDOUT2)
+    splits = ("dev", "test", mc.HOLDOUT, mc.HOLDOUT2, mc.HOLDOUT3)
     wording = {split: {_normal(t) for texts in _half(split).values() for t in texts} for split in splits}
     for i, split in enumerate(splits):
         for other in splits[i + 1 :]:

@@ -12,16 +12,19 @@ import pytest
 
 from finetune.registry import ModelRegistry
 from hybrid_common.errors import RouterError
+from hybrid_common.serving_pointer import utc_now
 from router.canary import CanaryJudge, CanarySpec, canary_arm, canary_spec, conversation_key, end_canary
 from router.cli import main as router_main
 from router.config import CanaryConfig
 from tests.finetune.conftest import write_tiny_adapter
 
 METRICS = {"similarity": 0.8}
+# The canaries judged here start now: a fixed date would age past ``max_hours`` and be rolled back for its age.
+STARTED = utc_now().isoformat()
 
 
 def spec(share: float = 0.1, **extra: Any) -> CanarySpec:
-    return CanarySpec("v0002", "v0001", share, "2026-12-02T00:00:00+00:00", **extra)
+    return CanarySpec("v0002", "v0001", share, STARTED, **extra)
 
 
 # -- the split --------------------------------------------------------------------------------------

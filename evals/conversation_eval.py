@@ -48,11 +48,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-CORPUS = Path(__file__).resolve().parent / "corpora" / "conversations.jsonl"
-HOLDOUT_CORPUS = CORPUS.with_name("conversations_holdout.jsonl")
-HOLDOUT2_CORPUS = CORPUS.with_name("conversations_holdout2.jsonl")
-HOLDOUT3_CORPUS = CORPUS.with_name("conversations_holdout3.jsonl")
-CORPORA = (CORPUS, HOLDOUT_CORPUS, HOLDOUT2_CORPUS, HOLDOUT3_CORPUS)
+from evals import make_conversations
+
+CORPUS, HOLDOUT_CORPUS, HOLDOUT2_CORPUS = make_conversations.OUT, make_conversations.HOLDOUT_OUT, make_conversations.HOLDOUT2_OUT
+CORPORA = tuple(path for path, _, _ in make_conversations.CORPORA)  # every wording half's file
 SPLITS = ("dev", "test", "holdout", "holdout2", "holdout3")
 # The only wording neither the rule nor the learned detector was shaped on: holdout2's figures chose
 # nothing, but were read before holdout3 was written, and the detector now trains on holdout2.

@@ -60,6 +60,12 @@ HOLDOUT2_SEED = 41
 HOLDOUT3_OUT = OUT.with_name("conversations_holdout3.jsonl")
 HOLDOUT3 = "holdout3"  # written 2026-12-04 night by a writer who read neither the rule, the learned detector nor any result
 HOLDOUT3_SEED = 53
+SEED = 11  # the dev / test corpus's draws
+# Every corpus file with the seed of its draws and the wording half its hand-written turns come from
+# (None: dev or test, by each conversation's split): what main() writes and the tests rebuild.
+CORPORA: tuple[tuple[Path, int, str | None], ...] = (
+    (OUT, SEED, None), (HOLDOUT_OUT, HOLDOUT_SEED, HOLDOUT), (HOLDOUT2_OUT, HOLDOUT2_SEED, HOLDOUT2), (HOLDOUT3_OUT, HOLDOUT3_SEED, HOLDOUT3),
+)
 
 FIRST_PER_CATEGORY = 36  # capped by the replay pool (CANCELLATION_FEE has 33, NEWSLETTER 35)
 DEV_SHARE = 40  # percent of conversations in the dev split
@@ -439,7 +445,7 @@ def _with_prefix(prefix: str, instruction: str) -> str:
     return prefix + instruction
 
 
-def build(seed: int = 11, wording: str | None = None) -> list[dict[str, Any]]:
+def build(seed: int = SEED, wording: str | None = None) -> list[dict[str, Any]]:
     """The conversations, in file order; the same seed always gives the same list.
 
     ``wording`` (``HOLDOUT``, ``HOLDOUT2``, ``HOLDOUT3``) takes every hand-written turn from that half and labels every
@@ -518,8 +524,8 @@ def summary(conversations: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 def main() -> None:
-    for path, conversations in ((OUT, build()), (HOLDOUT_OUT, build(HOLDOUT_SEED, HOLDOUT)),
-                                (HOLDOUT2_OUT, build(HOLDOUT2_SEED, HOLDOUT2)), (HOLDOUT3_OUT, build(HOLDOUT3_SEED, HOLDOUT3))):
+    for path, seed, wording in CORPORA:
+        conversations = build(seed, wording)
         path.write_text(render(conversations), encoding="utf-8")
         print(f"{path}: {len(conversations)} conversations")
         for name, counts in summary(conversations).items():

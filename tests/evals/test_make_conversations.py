@@ -31,17 +31,16 @@ def _half(split: str) -> dict[str, set[str]]:
 
 @pytest.fixture(scope="module")
 def committed() -> list[dict]:
-    return [json.loads(line) for path in (mc.OUT, mc.HOLDOUT_OUT, mc.HOLDOUT2_OUT, mc.HOLDOUT3_OUT) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for path, _, _ in mc.CORPORA for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_the_committed_files_are_what_build_writes() -> None:
-    assert mc.render(mc.build()).splitlines() == mc.OUT.read_text(encoding="utf-8").splitlines()
-    assert mc.render(mc.build(mc.HOLDOUT_SEED, mc.HOLDOUT)).splitlines() == mc.HOLDOUT_OUT.read_text(encoding="utf-8").splitlines()
-    assert mc.render(mc.build(mc.HOLDOUT2_SEED, mc.HOLDOUT2)).splitlines() == mc.HOLDOUT2_OUT.read_text(encoding="utf-8").splitlines()
-    assert mc.render(mc.build(mc.HOLDOUT3_SEED, mc.HOLDOUT3)).splitlines() == mc.HOLDOUT3_OUT.read_text(encoding="utf-8").splitlines()
+    assert [path for path, _, _ in mc.CORPORA] == [mc.OUT, mc.HOLDOUT_OUT, mc.HOLDOUT2_OUT, mc.HOLDOUT3_OUT]
+    for path, seed, wording in mc.CORPORA:
+        assert mc.render(mc.build(seed, wording)).splitlines() == path.read_text(encoding="utf-8").splitlines()
     main = [json.loads(line) for line in mc.OUT.read_text(encoding="utf-8").splitlines()]
-    holdouts = {half: [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-                for half, path in ((mc.HOLDOUT, mc.HOLDOUT_OUT), (mc.HOLDOUT2, mc.HOLDOUT2_OUT), (mc.HOLDOUT3, mc.HOLDOUT3_OUT))}  # fmt: skip
+    holdouts = {wording: [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+                for path, _, wording in mc.CORPORA if wording is not None}  # fmt: skip
     firsts = [c["turns"][0]["text"] for c in main]
     assert len(main) >= 360 and len(set(firsts)) == len(firsts)
     assert all(2 <= len(c["turns"]) <= 4 and c["split"] == mc.split_of(c["turns"][0]["text"]) for c in main)
@@ -53,7 +52,7 @@ def test_the_committed_files_are_what_build_writes() -> None:
 
 
 def test_the_halves_never_share_hand_written_wording(committed: list[dict]) -> None:
-    splits = ("dev", "test", mc.HOLDOUT, mc.HOLDOUT2, mc.HOLDOUT3)
+    splits = ("dev", "test", *(wording for _, _, wording in mc.CORPORA if wording is not None))
     wording = {split: {_normal(t) for texts in _half(split).values() for t in texts} for split in splits}
     for i, split in enumerate(splits):
         for other in splits[i + 1 :]:
